@@ -1,0 +1,117 @@
+"""Load a TOML config file, apply ``CHARGESIGHT_<SECTION>__<KEY>`` overrides, validate it.
+
+Both halves (edge and cloud) use this loader so installers meet one set of
+rules (CONTRACT.md, "Configuration"):
+
+* the file is TOML; unknown keys are an error, not ignored;
+* every key can be overridden by ``CHARGESIGHT_<SECTION>__<KEY>`` (upper case),
+  whose value is parsed as a TOML value (``30`` is an integer, ``"a"`` or a bare
+  ``a`` a string);
+* every problem is reported as a :class:`ConfigError` whose message names the
+  key (``recovery.window_s``) and says what is wrong, so the CLI can print it
+  and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+ENV_PREFIX = "CHARGESIGHT_"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A configuration file or override is unusable; the message names the key."""
+
+
+def parse_env_value(raw: str) -> Any:
+    """Parse an override as a TOML value; fall back to the raw string for bare words."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(
+    data: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Return ``data`` with every ``CHARGESIGHT_<SECTION>__<KEY>`` variable applied.
+
+    Nested keys use further ``__`` separators (``CHARGESIGHT_OCPP__TLS__CERTFILE``).
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in path):
+            raise ConfigError(f"environment variable {name}: empty section or key name")
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"environment variable {name}: {'.'.join(path[:-1])} is not a section"
+                )
+            node = child
+        node[path[-1]] = parse_env_value(raw)
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Turn pydantic's error list into lines an installer can act on."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key (check the spelling; unknown keys are not ignored)"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"]
+            if "input" in err and kind not in ("model_type", "dict_type"):
+                msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(model: type[M], path: str | Path, environ: Mapping[str, str] | None = None) -> M:
+    """Read ``path``, apply environment overrides and validate against ``model``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    return validate_config(model, data, environ, source=str(p))
+
+
+def validate_config(
+    model: type[M],
+    data: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+) -> M:
+    """Validate an already-parsed mapping (with overrides) against ``model``."""
+    merged = apply_env_overrides(data, environ)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid:\n{format_validation_error(exc)}") from exc

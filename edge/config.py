@@ -1,0 +1,202 @@
+"""The edge agent's configuration model (CONTRACT.md, "Configuration").
+
+Only shape and value checks live here; reaching the CSMS and the broker is
+``chargesight edge check``'s job (:mod:`chargesight.edge.check`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from chargesight.common.configload import load_config
+
+SITE_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+SUBPROTOCOLS = ("ocpp1.6", "ocpp2.0.1", "ocpp2.1")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:9000``); raise ValueError with a readable message."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:9000")
+    host = host.strip("[]")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ValueError(f"port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ValueError(f"port {port_no} is out of range 0-65535")
+    return host, port_no
+
+
+class SiteSection(_Section):
+    id: str
+    currency: str = "EUR"
+    price_per_kwh: float = Field(default=0.0, ge=0)
+    name: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _site_id(cls, v: str) -> str:
+        if not SITE_ID_RE.match(v):
+            raise ValueError("must match [a-z0-9-]{1,64}")
+        return v
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Z]{3}", v):
+            raise ValueError("must be an ISO 4217 code such as EUR")
+        return v
+
+
+class TlsServerSection(_Section):
+    """TLS on the charge point side (security profiles 2 and 3)."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None  # set to require client certificates (profile 3)
+
+
+class TlsClientSection(_Section):
+    """TLS towards the CSMS (wss://): trust anchors and an optional client certificate."""
+
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    verify: bool = True
+
+
+class BasicAuthSection(_Section):
+    """HTTP Basic credentials the agent checks on the charge point side (profile 1).
+
+    ``passwords`` maps charge point id to password. When empty, whatever
+    credentials a charge point sends are passed through to the CSMS unchecked.
+    """
+
+    passwords: dict[str, str] = Field(default_factory=dict)
+
+
+class OcppSection(_Section):
+    listen: str = "0.0.0.0:9000"
+    upstream: str
+    offline: Literal["serve", "disconnect"] = "serve"
+    subprotocols: tuple[str, ...] = SUBPROTOCOLS
+    default_subprotocol: str | None = None  # for chargers that offer none (steve#1109)
+    allowed_charge_points: tuple[str, ...] = ()  # empty: any valid id is accepted
+    upstream_username: str | None = None  # credentials to use upstream instead of pass-through
+    upstream_password: str | None = None
+    basic_auth: BasicAuthSection | None = None
+    tls: TlsServerSection | None = None
+    upstream_tls: TlsClientSection | None = None
+    compression: bool = False  # permessage-deflate roughly halves proxy throughput
+    call_timeout_s: float = Field(default=30.0, gt=0)
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    max_frame_bytes: int = Field(default=1_048_576, ge=1024)
+    queue_high_water: int = Field(default=1000, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_host_port(v)
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        parts = urlsplit(v.replace("{charge_point_id}", "cp"))
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError("must be a ws:// or wss:// URL")
+        if "{charge_point_id}" not in v:
+            raise ValueError("must contain {charge_point_id} where the charge point id goes")
+        return v
+
+    @field_validator("subprotocols")
+    @classmethod
+    def _subprotocols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if s not in SUBPROTOCOLS]
+        if bad:
+            raise ValueError(f"unsupported {bad}; choose from {list(SUBPROTOCOLS)}")
+        if not v:
+            raise ValueError("at least one subprotocol is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> OcppSection:
+        if self.default_subprotocol is not None and self.default_subprotocol not in self.subprotocols:
+            raise ValueError(
+                f"default_subprotocol {self.default_subprotocol!r} is not in subprotocols"
+            )
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class MqttSection(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    cafile: Path | None = None
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    keepalive_s: int = Field(default=30, ge=5)
+    max_inflight: int = Field(default=100, ge=1, le=65000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must be mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return v
+
+
+class StorageSection(_Section):
+    path: Path = Path("/var/lib/chargesight/edge.sqlite")
+    ocpp_log_max_rows: int = Field(default=2_000_000, ge=1000)
+    ocpp_log_max_age_s: int = Field(default=30 * 86400, ge=60)
+    outbox_max_messages: int = Field(default=100_000, ge=10)
+
+
+class RecoverySection(_Section):
+    window_s: float = Field(default=600, ge=20)
+    digest_interval_s: float = Field(default=3600, gt=0)
+    max_resets_per_day: int = Field(default=6, ge=0)
+    flap_period_s: float = Field(default=300, ge=0)
+    heartbeat_grace: float = Field(default=2.5, ge=1)  # missed-heartbeat factor
+    site_event_window_s: float = Field(default=10, ge=0)
+    site_event_min_fraction: float = Field(default=0.5, gt=0, le=1)
+    maintenance: tuple[str, ...] = ()
+    profiles_dir: Path | None = None  # default: the packaged firmware-hooks/profiles
+    hooks_dir: Path | None = None
+    hook_timeout_s: float = Field(default=30, gt=0)
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class EdgeConfig(_Section):
+    site: SiteSection
+    ocpp: OcppSection
+    mqtt: MqttSection = MqttSection()
+    storage: StorageSection = StorageSection()
+    recovery: RecoverySection = RecoverySection()
+    logging: LoggingSection = LoggingSection()
+
+
+def load_edge_config(path: str | Path) -> EdgeConfig:
+    """Load and validate an edge config file; raises ConfigError."""
+    return load_config(EdgeConfig, path)

