@@ -172,6 +172,7 @@ class ChargerCounters(_Model):
     vendor: str | None = None
     model: str | None = None
     firmware: str | None = None
+    connectors: int | None = None
     connected_s: float = 0.0
     disconnects: int = 0
     faults: int = 0
@@ -212,6 +213,8 @@ class Digest(EdgeMessage):
 
     interval_start: UtcDatetime
     interval_end: UtcDatetime
+    currency: str | None = None  # the site's tariff, so the cloud can cost outages
+    price_per_kwh: float | None = None
     chargers: list[ChargerCounters] = Field(default_factory=list)
     self_resolved: list[SelfResolved] = Field(default_factory=list)
     cleared_incidents: list[str] = Field(default_factory=list)  # escalated earlier, now healthy
