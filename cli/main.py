@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="the fleet simulator", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
 
-    demo = sub.add_parser("demo", help="run the whole system on a simulated network", add_help=False)
+    demo = sub.add_parser(
+        "demo", help="run the whole system on a simulated network", add_help=False
+    )
     demo.add_argument("args", nargs=argparse.REMAINDER)
 
     ask = sub.add_parser("ask", help="ask a question about the network in plain words")

@@ -120,7 +120,9 @@ class Fault(_Model):
 
 
 class RecoveryAttempt(_Model):
-    action: str  # confirm | availability_toggle | unlock | soft_reset | hard_reset | hook:<name> | wait
+    action: (
+        str  # confirm | availability_toggle | unlock | soft_reset | hard_reset | hook:<name> | wait
+    )
     at: UtcDatetime
     result: str  # accepted | rejected | no_change | recovered | timeout | error | skipped
     detail: str | None = None
@@ -135,7 +137,9 @@ class Hardware(_Model):
 
 class EvidenceFrame(_Model):
     at: UtcDatetime
-    direction: Literal["cp->csms", "csms->cp", "agent->cp", "cp->agent", "agent->csms", "csms->agent"]
+    direction: Literal[
+        "cp->csms", "csms->cp", "agent->cp", "cp->agent", "agent->csms", "csms->agent"
+    ]
     frame: str
     charge_point_id: str | None = None
 

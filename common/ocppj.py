@@ -115,7 +115,9 @@ def parse_frame(raw: bytes | str, version: Version) -> Frame | FrameError:
         return CallResult(uid, msg[2])
     if mtype == CALLERROR or (mtype == CALLRESULTERROR and version == "2.1"):
         if len(msg) != 5 or not isinstance(msg[2], str) or not isinstance(msg[3], str):
-            return FrameError(uid, not_array, "CALLERROR must be [4, id, code, description, {details}]")
+            return FrameError(
+                uid, not_array, "CALLERROR must be [4, id, code, description, {details}]"
+            )
         details = msg[4] if isinstance(msg[4], dict) else {}
         return CallError(uid, msg[2], msg[3], details, mtype)
     return FrameError(uid, bad_type, f"message type id {mtype} is not supported")

