@@ -266,9 +266,9 @@ def is_resettable(fault: Fault, profile: VendorCodeMap | None = None) -> bool:
         mapped = profile.vendor_codes.get(fault.vendor_code)
         if mapped is not None and not mapped.resettable:
             return False
-    if fault.chargex_code and fault.chargex_code in CHARGEX:
-        if not CHARGEX[fault.chargex_code].resettable:
-            return False
+    cx = CHARGEX.get(fault.chargex_code or "")
+    if cx is not None and not cx.resettable:
+        return False
     info = OCPP16_ERROR_CODES.get(fault.code)
     return info is None or info.resettable
 

@@ -140,7 +140,9 @@ class HookRunner:
             out, err = await asyncio.wait_for(proc.communicate(payload), limit)
         except TimeoutError:
             await _kill(proc)
-            return HookResult(name, "timeout", None, "", f"killed after {limit:g} s", loop.time() - start)
+            return HookResult(
+                name, "timeout", None, "", f"killed after {limit:g} s", loop.time() - start
+            )
         except BaseException:
             await _kill(proc)
             raise

@@ -90,7 +90,9 @@ class Profile:
         """Rated power of one connector in W, when the profile knows it."""
         return self.connector_power_w.get(connector_id, self.rated_power_w)
 
-    def matches(self, vendor: str | None, model: str | None, firmware: str | None, version: str | None) -> bool:
+    def matches(
+        self, vendor: str | None, model: str | None, firmware: str | None, version: str | None
+    ) -> bool:
         if self.ocpp_versions and version is not None and version not in self.ocpp_versions:
             return False
         if not fnmatch.fnmatchcase((vendor or "").lower(), self.vendor.lower()):
