@@ -174,6 +174,11 @@ SITE_OUTAGE: Final = "SiteOutage"
 POWER_BELOW_RATED: Final = "PowerBelowRated"
 SESSION_START_FAILURES: Final = "SessionStartFailures"
 
+REPLACEABLE_COMPONENTS: Final = frozenset(
+    {"cable", "ccs_cable", "connector_latch", "psu_module", "rfid_reader", "power_meter", "modem"}
+)
+"""Parts a technician swaps rather than repairs: ``component_replacement``."""
+
 
 # ---------------------------------------------------------------- profile hook
 
@@ -280,29 +285,30 @@ def connectivity_fault(code: str = CONNECTION_LOST, info: str | None = None) -> 
 
 def performance_fault(code: str, info: str | None = None) -> Fault:
     """Power delivered below rated, or sessions failing to start."""
-    component = "power_electronics" if code == POWER_BELOW_RATED else "session_control"
+    component = "power_electronics" if code == POWER_BELOW_RATED else "control_pilot"
     return Fault(code=code, category=PERFORMANCE, component=component, info=info)
 
 
 def recommended_action(fault: Fault, *, resets_tried: bool = False) -> RecommendedAction:
     """The edge's first guess at what an operator should do about an unresolved fault."""
     if fault.category == CONNECTIVITY:
-        return "network_fix" if fault.code != MISSED_HEARTBEATS or not resets_tried else "reboot"
+        if fault.code == MISSED_HEARTBEATS and not resets_tried:
+            return "reboot"
+        return "network_fix"
     if fault.category == PERFORMANCE:
-        return "field_technician" if fault.code == POWER_BELOW_RATED else "monitor"
-    if (
-        fault.category in (CABLE, LATCH, CONNECTOR_LOCK, READER, METERING)
-        and not fault.safety_critical
+        return "field_technician"
+    if fault.component in REPLACEABLE_COMPONENTS:
+        return "component_replacement"
+    if fault.safety_critical or fault.category in (
+        GROUND_FAULT,
+        CONTACTOR,
+        ISOLATION,
+        EMERGENCY_STOP,
+        CONNECTOR_LOCK,
     ):
-        return "component_replacement"
-    if fault.category in (CABLE, LATCH):
-        return "component_replacement"
-    if fault.safety_critical or fault.category in (GROUND_FAULT, CONTACTOR, ISOLATION):
         return "field_technician"
     if fault.category == CONFIGURATION:
         return "configuration_change"
-    if fault.category in (INTERNAL, RESET_FAILURE):
+    if fault.category in (INTERNAL, RESET_FAILURE) or fault.component == "firmware":
         return "firmware_update" if resets_tried else "reboot"
-    if fault.category == EMERGENCY_STOP:
-        return "field_technician"
     return "field_technician" if resets_tried else "reboot"

@@ -804,10 +804,17 @@ class RecoveryEngine:
             await self._audit(self._entry(inc, step, "skipped", detail=detail))
             return RecoveryAttempt(action=step, at=at, result="skipped", detail=detail)
         at = self.clock.now()
-        self._resets_window(cp).append(self.clock.monotonic())
-        self.digest.reset_sent(cp)
+        stamp = self.clock.monotonic()
+        self._resets_window(cp).append(stamp)
         if hook is not None:
-            return await self._run_hook(run, hook, step, profile, at)
+            attempt = await self._run_hook(run, hook, step, profile, at)
+            if attempt.result == "skipped":  # not applicable here: nothing was power-cycled
+                with contextlib.suppress(ValueError):
+                    self._resets_window(cp).remove(stamp)
+            else:
+                self.digest.reset_sent(cp)
+            return attempt
+        self.digest.reset_sent(cp)
         if self._version(cp) in VERSION_201:
             payload = {"type": "OnIdle" if step == playbooks.SOFT_RESET else "Immediate"}
         else:
@@ -874,14 +881,22 @@ class RecoveryEngine:
         start = inc.started_at - EVIDENCE_BEFORE
         end = self.clock.now()
         per = max(5, EVIDENCE_LIMIT // len(chargers))
+        chosen = chargers[:10]
+        # One overall time limit: evidence is best effort, the escalation must go out.
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(self._evidence(cp, start, end, per) for cp in chosen), return_exceptions=True
+                ),
+                EVIDENCE_TIMEOUT_S,
+            )
+        except TimeoutError:
+            log.warning("evidence timed out", incident_id=inc.id)
+            return []
         frames: list[EvidenceFrame] = []
-        for cp in chargers[:10]:
-            try:
-                got = await asyncio.wait_for(
-                    self._evidence(cp, start, end, per), EVIDENCE_TIMEOUT_S
-                )
-            except Exception as exc:  # evidence is best effort; the escalation must go out
-                log.warning("evidence unavailable", charge_point_id=cp, error=repr(exc))
+        for cp, got in zip(chosen, results, strict=True):
+            if isinstance(got, BaseException):
+                log.warning("evidence unavailable", charge_point_id=cp, error=repr(got))
                 continue
             frames.extend(got[-per:])
         frames.sort(key=lambda f: f.at)
