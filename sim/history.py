@@ -47,7 +47,6 @@ from chargesight.sim.drivers import (
     ambient_c,
     arrival_rate_per_s,
     ev_max_power_w,
-    id_tag,
     session_energy_wh,
 )
 from chargesight.sim.faults import FAULT_TYPES, PSU_TRIP_CODES, PlannedFault, plan_faults
@@ -572,7 +571,7 @@ class _Gen:
                 return f
         return None
 
-    def dropped(self, c: int, t: float) -> PlannedFault | None | bool:
+    def dropped(self, c: int, t: float) -> PlannedFault | bool | None:
         """The drop in progress at ``t`` (its fault, None for a background one), else False."""
         d = self.drops.get(c)
         if not d:
