@@ -1,0 +1,215 @@
+"""The REST API (CONTRACT.md "REST API"), under ``/api/v1``, plus ``/metrics``.
+
+Bearer tokens from the config, two roles: ``viewer`` reads, ``operator`` also
+acknowledges and resolves. A missing or unknown token gets 401, a viewer
+writing gets 403. Every error is ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chargesight.cloud import ask, queries
+from chargesight.cloud.config import TokenEntry
+from chargesight.cloud.engine import Engine, Pool, load_issue, save_issue
+from chargesight.cloud.issues import IssueStateError, acknowledge, resolve
+from chargesight.cloud.metrics import Metrics
+from chargesight.common.messages import RecommendedAction
+
+PREFIX = "/api/v1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class OrjsonResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=str)
+
+
+@dataclass
+class ApiState:
+    pool: Pool
+    engine: Engine
+    tokens: dict[str, TokenEntry]
+    metrics: Metrics
+    ready: bool = True
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str | None = None
+    by: str | None = None
+
+
+class ResolveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: RecommendedAction | Literal["other"] = Field(description="the action taken")
+    worked: bool | None = Field(default=None, description="whether it fixed the problem")
+    note: str | None = None
+    by: str | None = None
+
+
+class AskBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, max_length=2000)
+
+
+def _error(status: int, code: str, message: str) -> OrjsonResponse:
+    return OrjsonResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(state: ApiState) -> FastAPI:
+    app = FastAPI(
+        title="chargesight cloud API",
+        version="1",
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=f"{PREFIX}/docs",
+        redoc_url=None,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.cs = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        msgs = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return _error(422, "invalid_request", msgs)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    def principal(request: Request) -> TokenEntry:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(
+                401, "unauthorized", "missing bearer token (Authorization: Bearer TOKEN)"
+            )
+        entry = state.tokens.get(token.strip())
+        if entry is None:
+            raise ApiError(401, "unauthorized", "unknown token")
+        return entry
+
+    def operator(who: Annotated[TokenEntry, Depends(principal)]) -> TokenEntry:
+        if who.role != "operator":
+            raise ApiError(
+                403, "forbidden", "this action needs an operator token; yours is a viewer token"
+            )
+        return who
+
+    Viewer = Annotated[TokenEntry, Depends(principal)]
+    Operator = Annotated[TokenEntry, Depends(operator)]
+
+    @app.get(f"{PREFIX}/health")
+    async def health() -> dict[str, Any]:
+        async with state.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        return {"status": "ok", "timescale": getattr(state.engine, "timescale", False)}
+
+    @app.get(f"{PREFIX}/issues")
+    async def issues(
+        who: Viewer,
+        status: Annotated[
+            Literal["open", "acknowledged", "resolved", "active", "all"], Query()
+        ] = "open",
+        site_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        async with state.pool.connection() as conn:
+            return {"issues": await queries.list_issues(conn, status, site_id, limit)}
+
+    @app.get(f"{PREFIX}/issues/{{issue_id}}")
+    async def issue(who: Viewer, issue_id: str) -> dict[str, Any]:
+        async with state.pool.connection() as conn:
+            found = await load_issue(conn, issue_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"no issue {issue_id}")
+        return queries.issue_json(found)
+
+    @app.post(f"{PREFIX}/issues/{{issue_id}}/ack")
+    async def ack(who: Operator, issue_id: str, body: AckBody | None = None) -> dict[str, Any]:
+        body = body or AckBody()
+        async with state.pool.connection() as conn, conn.transaction():
+            found = await load_issue(conn, issue_id, for_update=True)
+            if found is None:
+                raise ApiError(404, "not_found", f"no issue {issue_id}")
+            try:
+                new = acknowledge(
+                    found, datetime.now(UTC), body.by or who.name or "operator", body.note
+                )
+            except IssueStateError as exc:
+                raise ApiError(409, "conflict", str(exc)) from exc
+            await save_issue(conn, new)
+        return queries.issue_json(new)
+
+    @app.post(f"{PREFIX}/issues/{{issue_id}}/resolve")
+    async def resolve_(who: Operator, issue_id: str, body: ResolveBody) -> dict[str, Any]:
+        async with state.pool.connection() as conn, conn.transaction():
+            found = await load_issue(conn, issue_id, for_update=True)
+            if found is None:
+                raise ApiError(404, "not_found", f"no issue {issue_id}")
+            try:
+                new = resolve(
+                    found, datetime.now(UTC), body.by or who.name or "operator", body.action, body.worked,
+                    body.note,
+                )  # fmt: skip
+            except IssueStateError as exc:
+                raise ApiError(409, "conflict", str(exc)) from exc
+            await save_issue(conn, new)
+        return queries.issue_json(new)
+
+    @app.get(f"{PREFIX}/sites/{{site_id}}")
+    async def site(who: Viewer, site_id: str) -> dict[str, Any]:
+        async with state.pool.connection() as conn:
+            out = await queries.site_summary(conn, state.engine, site_id)
+        if out is None:
+            raise ApiError(404, "not_found", f"no site {site_id}")
+        return out
+
+    @app.get(f"{PREFIX}/chargers/{{charge_point_id}}")
+    async def charger(who: Viewer, charge_point_id: str) -> dict[str, Any]:
+        async with state.pool.connection() as conn:
+            out = await queries.charger_summary(conn, state.engine, charge_point_id)
+        if out is None:
+            raise ApiError(404, "not_found", f"no charge point {charge_point_id}")
+        return out
+
+    @app.get(f"{PREFIX}/fleet/models")
+    async def fleet_models(who: Viewer) -> dict[str, Any]:
+        return await state.engine.fleet_view()
+
+    @app.post(f"{PREFIX}/ask")
+    async def ask_(who: Viewer, body: AskBody) -> dict[str, Any]:
+        async with state.pool.connection() as conn:
+            return await ask.answer(conn, state.engine, body.question)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

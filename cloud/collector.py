@@ -1,0 +1,317 @@
+"""The collector service: MQTT ingest → PostgreSQL → analysis, and the API beside it.
+
+Start order: database (embedded server when configured, migrations), MQTT
+subscription, then the API's listening port — so the port opens only when
+the collector is ready. Shutdown order: stop the API, stop taking messages,
+store and acknowledge what was received, finish analysis, close the pool,
+stop the embedded server.
+
+Tasks (each owned by one ``TaskGroup``):
+
+* **ingest**: takes batches from the MQTT buffer, validates, stores them in one
+  transaction, then acknowledges them to the broker; a database error retries
+  the same batch with backoff (nothing is acknowledged that is not stored).
+* **analysis**: consumes what ingest stored (coalescing when it lags) and runs
+  the engine; a periodic refresh re-enriches open issues and the fleet view.
+* **api**: uvicorn serving :func:`chargesight.cloud.api.create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import psycopg
+import uvicorn
+
+from chargesight.cloud.api import ApiState, create_app
+from chargesight.cloud.config import CloudConfig, parse_host_port
+from chargesight.cloud.db import Database, open_database
+from chargesight.cloud.embedded import EmbeddedPostgres, start_embedded
+from chargesight.cloud.engine import Engine
+from chargesight.cloud.ingest import DeadLetter, StoreResult, classify, store_batch
+from chargesight.cloud.metrics import Metrics
+from chargesight.cloud.mqttsource import Inbound, MqttSource
+from chargesight.common.logs import get_logger
+from chargesight.common.messages import Digest, EdgeMessage, Escalation
+
+log = get_logger(__name__)
+
+KIND_OF = {"escalations": "escalation", "digests": "digest", "state": "state", "replies": "reply"}
+
+
+async def open_store(config: CloudConfig) -> tuple[Database, EmbeddedPostgres | None]:
+    """Start the embedded server if configured and open the migrated database."""
+    embedded = None
+    url = config.database.url
+    if url == "embedded":
+        assert config.database.path is not None
+        embedded = await start_embedded(config.database.path)
+        url = embedded.url
+    try:
+        db = await open_database(
+            url,
+            min_size=config.database.pool_min,
+            max_size=config.database.pool_max,
+            timescale=config.database.timescale,
+            compress_after_days=config.database.compress_after_days,
+            retention_days=config.database.retention_days,
+        )
+    except BaseException:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+    return db, embedded
+
+
+@dataclass
+class Pending:
+    escalations: list[Escalation] = field(default_factory=list)
+    digests: list[Digest] = field(default_factory=list)
+
+    def add(self, r: StoreResult) -> None:
+        self.escalations.extend(r.escalations)
+        self.digests.extend(r.digests)
+
+    def __bool__(self) -> bool:
+        return bool(self.escalations or self.digests)
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the collector owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiBindError(Exception):
+    """``[api] listen`` cannot be bound."""
+
+
+def bind_api(listen: str) -> socket.socket:
+    host, port = parse_host_port(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ApiBindError(f"api.listen {listen}: cannot listen: {exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+class Collector:
+    """One collector replica. ``async with`` it, or call :meth:`run` for the whole service."""
+
+    def __init__(self, config: CloudConfig, db: Database, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.metrics = metrics or Metrics()
+        self.engine = Engine(db.pool, config.analysis)
+        self.engine.timescale = db.timescale
+        self.source = MqttSource(config.mqtt, config.ingest.queue_max)
+        self._stopping = asyncio.Event()
+        self._pending = Pending()
+        self._pending_event = asyncio.Event()
+        self.stored_total = 0
+        self.analysed_batches = 0
+        self._analysis_idle = asyncio.Event()
+        self._analysis_idle.set()
+        self.server: uvicorn.Server | None = None
+        self.api_port: int | None = None
+
+    # -------------------------------------------------------------- ingest
+
+    def _classify(self, items: list[Inbound]) -> tuple[list[EdgeMessage], list[DeadLetter]]:
+        msgs: list[EdgeMessage] = []
+        dead: list[DeadLetter] = []
+        for it in items:
+            kind = it.topic.rsplit("/", 1)[-1]
+            self.metrics.received.labels(KIND_OF.get(kind, "unknown")).inc()
+            res = classify(it.topic, it.payload)
+            if isinstance(res, DeadLetter):
+                dead.append(res)
+                log.warning("dead letter", topic=it.topic, reason=res.reason)
+            else:
+                msgs.append(res)
+        return msgs, dead
+
+    async def store(self, msgs: list[EdgeMessage], dead: list[DeadLetter]) -> StoreResult:
+        """Store one batch, retrying on database errors until it succeeds or we stop."""
+        delay = 0.2
+        while True:
+            try:
+                t0 = time.perf_counter()
+                async with self.db.pool.connection() as conn:
+                    result = await store_batch(conn, msgs, dead)
+                self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+                break
+            except (
+                psycopg.OperationalError,
+                psycopg.errors.DeadlockDetected,
+                psycopg.errors.SerializationFailure,
+            ) as exc:
+                self.metrics.db_errors.inc()
+                log.warning("store failed, retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.metrics.duplicates.inc(result.duplicates)
+        self.metrics.dead_letters.inc(result.dead_letters)
+        self.metrics.stored.labels("escalation").inc(len(result.escalations))
+        self.metrics.stored.labels("digest").inc(len(result.digests))
+        self.metrics.stored.labels("state").inc(result.states)
+        self.metrics.stored.labels("reply").inc(result.replies)
+        self.stored_total += result.stored
+        return result
+
+    async def _ingest_loop(self) -> None:
+        cfg = self.config.ingest
+        while not self._stopping.is_set():
+            get = asyncio.ensure_future(self.source.batch(cfg.batch_size, cfg.batch_delay_s))
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if get not in done:
+                get.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await get
+                break
+            await self._handle(get.result())
+        # drain what the broker already handed us
+        while self.source.depth:
+            await self._handle(await self.source.batch(cfg.batch_size, 0))
+
+    async def _handle(self, items: list[Inbound]) -> None:
+        if not items:
+            return
+        msgs, dead = self._classify(items)
+        result = await self.store(msgs, dead)
+        self.source.ack(items)
+        self.metrics.lag_seconds.set(time.monotonic() - items[0].received)
+        self.metrics.queue_depth.set(self.source.depth)
+        if result.escalations or result.digests:
+            self._pending.add(result)
+            self._analysis_idle.clear()
+            self._pending_event.set()
+
+    # -------------------------------------------------------------- analysis
+
+    async def _analysis_loop(self) -> None:
+        while True:
+            if not self._pending:
+                self._analysis_idle.set()
+                if self._stopping.is_set():
+                    return
+                self._pending_event.clear()
+                waiter = asyncio.ensure_future(self._pending_event.wait())
+                stop = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stop.cancel()
+                continue
+            batch, self._pending = self._pending, Pending()
+            t0 = time.perf_counter()
+            try:
+                await self.engine.on_stored(batch.escalations, batch.digests)
+            except psycopg.Error as exc:
+                log.error("analysis failed", error=str(exc))
+            self.metrics.analysis_seconds.observe(time.perf_counter() - t0)
+            self.analysed_batches += 1
+            await self._update_issue_gauges()
+
+    async def _update_issue_gauges(self) -> None:
+        async with self.db.pool.connection() as conn:
+            cur = await conn.execute("SELECT status, count(*) AS n FROM issues GROUP BY status")
+            counts = {str(r["status"]): int(str(r["n"])) for r in await cur.fetchall()}
+        for st in ("open", "acknowledged", "resolved"):
+            self.metrics.issues.labels(st).set(counts.get(st, 0))
+
+    async def _refresh_loop(self) -> None:
+        interval = self.config.analysis.refresh_interval_s
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.engine.refresh_open()
+                await self.engine.fleet_models()
+            except psycopg.Error as exc:
+                log.warning("refresh failed", error=str(exc))
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until everything received so far is stored and analysed (tests, import)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.source.depth or self._pending or not self._analysis_idle.is_set():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("collector did not become idle")
+            await asyncio.sleep(0.01)
+
+    # -------------------------------------------------------------- service
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        """Subscribe, serve the API, run until :meth:`stop`."""
+        await self.source.start()
+        state = ApiState(self.db.pool, self.engine, self.config.api.all_tokens(), self.metrics)
+        host, port = parse_host_port(self.config.api.listen)
+        uv_config = uvicorn.Config(
+            create_app(state),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self.server = uvicorn.Server(uv_config)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._ingest_loop())
+                tg.create_task(self._analysis_loop())
+                tg.create_task(self._refresh_loop())
+                api = tg.create_task(self.server.serve())
+                while not self.server.started:
+                    if api.done():
+                        break
+                    await asyncio.sleep(0.01)
+                if self.server.started:
+                    sockets = [s for srv in self.server.servers for s in srv.sockets]
+                    self.api_port = sockets[0].getsockname()[1] if sockets else port
+                    log.info("collector ready", api=f"{host}:{self.api_port}")
+                    if ready is not None:
+                        ready.set()
+                await self._stopping.wait()
+                self.server.should_exit = True
+        finally:
+            await self.source.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+async def run(config: CloudConfig) -> int:
+    """``chargesight cloud run``: the whole service until SIGTERM/SIGINT."""
+    db, embedded = await open_store(config)
+    try:
+        collector = Collector(config, db)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, collector.stop)
+        await collector.serve()
+        return 0
+    finally:
+        await db.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)

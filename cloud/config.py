@@ -1,0 +1,171 @@
+"""The cloud collector's configuration model (CONTRACT.md, "Configuration").
+
+Loaded with :func:`chargesight.common.configload.load_config`, so the same
+rules hold as for the edge: TOML, ``CHARGESIGHT_<SECTION>__<KEY>`` overrides,
+unknown keys are errors, and every problem names its key (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from chargesight.common.configload import ConfigError, format_validation_error, load_config
+
+Role = Literal["operator", "viewer"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:8080``); raise ValueError with a readable message."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:8080")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ValueError(f"port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ValueError(f"port {port_no} is out of range 0-65535")
+    return host.strip("[]"), port_no
+
+
+class DatabaseSection(_Section):
+    url: str = "embedded"  # a postgresql:// URL, or "embedded" for a private server under `path`
+    path: Path | None = None  # data directory of the embedded server
+    pool_min: int = Field(default=1, ge=1)
+    pool_max: int = Field(default=8, ge=1)
+    timescale: Literal["auto", "off"] = "auto"  # use TimescaleDB features when the extension exists
+    retention_days: int = Field(default=800, ge=30)  # Timescale retention of raw charger intervals
+    compress_after_days: int = Field(default=30, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v == "embedded":
+            return v
+        if urlsplit(v).scheme not in ("postgresql", "postgres"):
+            raise ValueError('must be a postgresql:// URL or "embedded"')
+        return v
+
+    @model_validator(mode="after")
+    def _embedded_needs_path(self) -> DatabaseSection:
+        if self.url == "embedded" and self.path is None:
+            raise ValueError('url = "embedded" needs `path` (the data directory)')
+        if self.pool_max < self.pool_min:
+            raise ValueError("pool_max must be >= pool_min")
+        return self
+
+
+class MqttSection(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    cafile: Path | None = None
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    shared_group: str | None = "chargesight-collector"  # MQTT 5 $share group; None: plain
+    keepalive_s: int = Field(default=30, ge=5)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must be mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return v
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#")):
+            raise ValueError("must be a non-empty name without '/', '+' or '#'")
+        return v
+
+
+class TokenEntry(_Section):
+    token: str = Field(min_length=8)
+    role: Role
+    name: str | None = None
+
+
+class ApiSection(_Section):
+    listen: str = "127.0.0.1:8080"
+    tokens: tuple[TokenEntry, ...] = ()
+    tokens_file: Path | None = None  # TOML ([[tokens]] token=, role=) or JSON list
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_host_port(v)
+        return v
+
+    def all_tokens(self) -> dict[str, TokenEntry]:
+        """Tokens from the config and from ``tokens_file``; raises ConfigError naming the key."""
+        entries = list(self.tokens)
+        if self.tokens_file is not None:
+            entries.extend(load_tokens_file(self.tokens_file))
+        return {e.token: e for e in entries}
+
+
+def load_tokens_file(path: Path) -> list[TokenEntry]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"api.tokens_file: cannot read {path}: {exc.strerror}") from exc
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text).get("tokens", [])
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"api.tokens_file: {path} is not valid: {exc}") from exc
+    if isinstance(raw, dict):
+        raw = raw.get("tokens", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"api.tokens_file: {path} must hold a list of {{token, role}}")
+    try:
+        return [TokenEntry.model_validate(item) for item in raw]
+    except ValidationError as exc:
+        raise ConfigError(f"api.tokens_file: {format_validation_error(exc)}") from exc
+
+
+class AnalysisSection(_Section):
+    recurring_min_incidents: int = Field(default=20, ge=1)
+    recurring_window_s: int = Field(default=604_800, ge=60)
+    revenue_trailing_weeks: int = Field(default=4, ge=1, le=52)
+    related_window_days: int = Field(default=90, ge=1)
+    symptom_lookback_h: int = Field(default=72, ge=1)
+    refresh_interval_s: float = Field(default=30.0, gt=0)
+
+
+class IngestSection(_Section):
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_delay_s: float = Field(default=0.05, ge=0)
+    queue_max: int = Field(default=20_000, ge=10)
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class CloudConfig(_Section):
+    database: DatabaseSection = DatabaseSection(url="embedded", path=Path("cloud-data"))
+    mqtt: MqttSection = MqttSection()
+    api: ApiSection = ApiSection()
+    analysis: AnalysisSection = AnalysisSection()
+    ingest: IngestSection = IngestSection()
+    logging: LoggingSection = LoggingSection()
+
+
+def load_cloud_config(path: str | Path) -> CloudConfig:
+    """Load and validate a cloud config file; raises ConfigError."""
+    config = load_config(CloudConfig, path)
+    config.api.all_tokens()  # a bad tokens_file is a config error at start, not at first request
+    return config

@@ -1,0 +1,220 @@
+"""Recommended action, a one-paragraph diagnosis and a priority for an issue (pure).
+
+The rules, in order (the first that applies wins):
+
+1. an operator fix that worked on the same signature before (``POST .../resolve``
+   feedback) → that action again;
+2. connectivity evidence (a connectivity escalation, a recurring disconnect
+   problem) → ``network_fix``;
+3. the signature concentrated on one firmware version (≥ 3 failures, ≥ 80 % of
+   them on this firmware while it runs on < 60 % of the model's units) →
+   ``firmware_update``;
+4. safety-critical or hardware faults (ground, cable, contactor, latch, lock,
+   RCD, isolation…) → ``field_technician``; a degrading module or power
+   electronics (power sag, PSU, over-current, over-temperature) →
+   ``component_replacement``;
+5. no reset could be tried (sessions running, resets disabled) → ``reboot``;
+6. resets were tried and did not help → ``field_technician``;
+7. otherwise → ``monitor``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from chargesight.cloud.model import Issue
+from chargesight.cloud.recurring import is_connectivity
+from chargesight.common.messages import RecommendedAction
+
+ACTIONS: tuple[RecommendedAction, ...] = (
+    "reboot",
+    "firmware_update",
+    "field_technician",
+    "component_replacement",
+    "configuration_change",
+    "network_fix",
+    "monitor",
+)
+HARDWARE_WORDS = (
+    "ground",
+    "cable",
+    "contactor",
+    "latch",
+    "lock",
+    "rcd",
+    "isolation",
+    "resistance",
+    "voltage",
+    "hardware",
+    "connector",
+    "weld",
+    "pilot",
+)
+COMPONENT_WORDS = (
+    "psu",
+    "power_module",
+    "powermodule",
+    "module",
+    "overcurrent",
+    "over_current",
+    "powerswitch",
+    "power_switch",
+    "temperature",
+    "thermal",
+    "fan",
+    "degrad",
+    "sag",
+)
+RESET_ACTIONS = ("soft_reset", "hard_reset")
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareEvidence:
+    """Failures of this signature and fleet share, by firmware, for the issue's model."""
+
+    failures_by_firmware: dict[str, int] = field(default_factory=dict)
+    units_by_firmware: dict[str, int] = field(default_factory=dict)
+
+    def concentrated_on(self, firmware: str | None) -> tuple[float, float] | None:
+        """(share of failures, share of units) when the signature clusters on ``firmware``."""
+        if firmware is None:
+            return None
+        total = sum(self.failures_by_firmware.values())
+        units = sum(self.units_by_firmware.values())
+        mine = self.failures_by_firmware.get(firmware, 0)
+        if total < 3 or units == 0:
+            return None
+        f_share = mine / total
+        u_share = self.units_by_firmware.get(firmware, 0) / units
+        if f_share >= 0.8 and u_share < 0.6:
+            return f_share, u_share
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PriorFix:
+    action: str
+    worked: bool | None
+
+
+def _words(issue: Issue) -> str:
+    f = issue.fault
+    return " ".join(
+        x.lower() for x in (f.category, f.code, f.component or "", f.vendor_code or "", issue.kind)
+    ).replace(" ", "_")
+
+
+def recommend(
+    issue: Issue,
+    firmware: FirmwareEvidence | None = None,
+    prior_fixes: Sequence[PriorFix] = (),
+) -> tuple[RecommendedAction, str]:
+    """Return (recommended action, the rule's reason in words)."""
+    worked = Counter(p.action for p in prior_fixes if p.worked and p.action in ACTIONS)
+    if worked:
+        action, n = worked.most_common(1)[0]
+        return action, (
+            f"the same fault was fixed by {action.replace('_', ' ')} {n} time(s) before "
+            "(operator feedback)"
+        )
+    if issue.kind == "connectivity" or is_connectivity(issue.kind, issue.fault.category):
+        return "network_fix", "the evidence is connectivity: the charge point keeps losing its link"
+    if issue.recurring is not None and issue.recurring.connectivity_share >= 0.5:
+        return "network_fix", (
+            f"{issue.recurring.connectivity_share:.0%} of the recurring incidents are disconnects"
+        )
+    conc = firmware.concentrated_on(issue.hardware.firmware) if firmware else None
+    if conc is not None:
+        return "firmware_update", (
+            f"{conc[0]:.0%} of this fault's occurrences on {issue.hardware.model or 'this model'} "
+            f"are on firmware {issue.hardware.firmware}, which runs on only {conc[1]:.0%} of "
+            "its units"
+        )
+    words = _words(issue)
+    if issue.fault.safety_critical or any(w in words for w in HARDWARE_WORDS):
+        why = "a safety-critical fault" if issue.fault.safety_critical else "a hardware fault"
+        return "field_technician", f"{why} that no remote step can fix"
+    if any(w in words for w in COMPONENT_WORDS) or issue.kind in ("predictive", "performance"):
+        return "component_replacement", "a power component is degrading or failing"
+    tried = [a.action for a in issue.recovery_attempts]
+    if not any(a in RESET_ACTIONS for a in tried):
+        return "reboot", "no reset could be tried yet at the edge"
+    if issue.recurring is not None:
+        return "monitor", "short incidents that cleared by themselves"
+    return "field_technician", "resets were tried and the fault stayed"
+
+
+def diagnosis_text(issue: Issue, action: RecommendedAction, why: str) -> str:
+    """One paragraph a person can act on."""
+    f = issue.fault
+    where = {
+        "connector": f"connector {issue.connector_id} of {issue.charge_point_id}",
+        "charge_point": f"charge point {issue.charge_point_id}",
+        "site": f"site {issue.site_id} ({len(issue.chargers)} charge points affected)",
+    }[issue.scope]
+    hw = issue.hardware
+    model = " ".join(x for x in (hw.vendor, hw.model) if x) or "unknown hardware"
+    fw = f", firmware {hw.firmware}" if hw.firmware else ""
+    if issue.recurring is not None:
+        r = issue.recurring
+        cats = ", ".join(f"{n} {c}" for c, n in sorted(r.by_category.items(), key=lambda x: -x[1]))
+        head = (
+            f"{where} had {r.incidents} small incidents that each cleared by themselves within "
+            f"{r.window_s // 3600} h ({cats}; trend {r.trend}). None was escalated alone, "
+            "together they cost sessions."
+        )
+    else:
+        vc = f", vendor code {f.vendor_code}" if f.vendor_code else ""
+        comp = f" in the {f.component}" if f.component else ""
+        head = (
+            f"{where} ({model}{fw}) reports {f.code}{vc} ({f.category}{comp}) "
+            f"since {issue.started_at:%Y-%m-%d %H:%M} UTC."
+        )
+    tried = [a for a in issue.recovery_attempts if a.action != "wait"]
+    if tried:
+        steps = "; ".join(f"{a.action} → {a.result}" for a in tried[-6:])
+        attempts = f" The edge tried: {steps}, without lasting success."
+    elif issue.recurring is None:
+        attempts = " The edge did not try any recovery step (safety rules or a session running)."
+    else:
+        attempts = ""
+    rel = ""
+    sig = [r for r in issue.related if r.basis == "signature"]
+    sym = [r for r in issue.related if r.basis == "symptoms"]
+    if sig:
+        rel += f" The same fault appeared on {len(sig)} other unit(s) ({', '.join(r.charge_point_id for r in sig[:5])})."
+    if sym:
+        rel += f" {len(sym)} unit(s) show the same early symptoms ({', '.join(r.charge_point_id for r in sym[:5])}) and may fail next."
+    reopened = (
+        f" It came back {issue.reopened} time(s) after being resolved." if issue.reopened else ""
+    )
+    act = action.replace("_", " ")
+    return f"{head}{attempts}{rel}{reopened} Recommended: {act} — {why}."
+
+
+SCOPE_WEIGHT = {"site": 1.0, "charge_point": 0.6, "connector": 0.3}
+
+
+def priority(
+    issue: Issue,
+    revenue_per_hour: float,
+    sessions_per_hour: float,
+) -> float:
+    """0..1: revenue at risk, drivers affected, safety, units sharing the pattern, scope."""
+    if issue.status == "resolved":
+        return 0.0
+    money = 1.0 - math.exp(-max(0.0, revenue_per_hour) / 10.0)
+    drivers = 1.0 - math.exp(-max(0.0, sessions_per_hour) / 1.0)
+    safety = 1.0 if issue.fault.safety_critical else 0.0
+    shared = min(1.0, len(issue.related) / 3.0)
+    score = (
+        0.30 * money
+        + 0.20 * drivers
+        + 0.25 * safety
+        + 0.10 * shared
+        + 0.15 * SCOPE_WEIGHT.get(issue.scope, 0.5)
+    )
+    return round(min(1.0, score), 4)

@@ -1,0 +1,749 @@
+"""The analysis engine: applies the pure analysis functions to the stored data.
+
+It turns new escalations and digests into issues (lifecycle in
+:mod:`.issues`), raises site issues for recurring small problems
+(:mod:`.recurring`), and enriches issues with related units, revenue lost,
+recommended action, diagnosis and priority. Every "now" is the latest data
+time of the site concerned, never the wall clock — except operator actions,
+which happen when the operator acts.
+
+Each issue write holds a transaction-level advisory lock on the issue key,
+so several collector replicas can run the engine side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from chargesight.cloud import diagnosis, fleet, recurring, related, revenue
+from chargesight.cloud.config import AnalysisSection
+from chargesight.cloud.issues import (
+    IssueKey,
+    apply_cleared,
+    apply_escalation,
+    issue_key,
+    new_issue_id,
+)
+from chargesight.cloud.model import Issue, IssueEvent, Outage, RecurringSummary, RevenueLost
+from chargesight.common.logs import get_logger
+from chargesight.common.messages import Digest, Escalation, Fault
+
+log = get_logger(__name__)
+
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+Pool = AsyncConnectionPool[Conn]
+
+RECURRING_SIGNATURE = "recurring|site"
+EXCLUDED_WORDS = ("grid", "utility", "maintenance", "vandal", "power_outage")
+
+
+def _key_text(key: IssueKey) -> str:
+    return f"{key.site_id}|{key.scope}|{key.charge_point_id}|{key.connector_id}|{key.signature}"
+
+
+def _lock_id(text: str) -> int:
+    return zlib.crc32(text.encode()) - 2**31
+
+
+async def _lock(conn: Conn, key: IssueKey) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(_key_text(key)),))
+
+
+def _doc(row: dict[str, Any]) -> Issue:
+    doc = row["doc"]
+    if isinstance(doc, (bytes, str)):
+        doc = orjson.loads(doc)
+    return Issue.model_validate(doc)
+
+
+async def load_issue(conn: Conn, issue_id: str, *, for_update: bool = False) -> Issue | None:
+    q = "SELECT doc FROM issues WHERE id = %s" + (" FOR UPDATE" if for_update else "")
+    cur = await conn.execute(q.encode(), (issue_id,))
+    row = await cur.fetchone()
+    return _doc(row) if row else None
+
+
+async def load_for_key(conn: Conn, key: IssueKey) -> Issue | None:
+    """The unresolved issue with ``key``, else the most recently resolved one, else None."""
+    cur = await conn.execute(
+        "SELECT doc FROM issues WHERE site_id = %s AND scope = %s"
+        " AND charge_point_id IS NOT DISTINCT FROM %s AND connector_id IS NOT DISTINCT FROM %s"
+        " AND signature = %s ORDER BY (status <> 'resolved') DESC,"
+        " coalesce(ended_at, 'infinity') DESC LIMIT 1",
+        (key.site_id, key.scope, key.charge_point_id, key.connector_id, key.signature),
+    )
+    row = await cur.fetchone()
+    return _doc(row) if row else None
+
+
+async def save_issue(conn: Conn, issue: Issue) -> None:
+    doc = issue.model_dump_json()
+    await conn.execute(
+        "INSERT INTO issues (id, site_id, scope, charge_point_id, connector_id, signature, kind,"
+        " status, resolution, started_at, ended_at, last_seen_at, priority, doc, updated_at)"
+        " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb, now())"
+        " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
+        " resolution = EXCLUDED.resolution, started_at = EXCLUDED.started_at,"
+        " ended_at = EXCLUDED.ended_at, last_seen_at = EXCLUDED.last_seen_at,"
+        " priority = EXCLUDED.priority, kind = EXCLUDED.kind, doc = EXCLUDED.doc,"
+        " updated_at = now()",
+        (
+            issue.id,
+            issue.site_id,
+            issue.scope,
+            issue.charge_point_id,
+            issue.connector_id,
+            issue.signature,
+            issue.kind,
+            issue.status,
+            issue.resolution,
+            issue.started_at,
+            issue.ended_at,
+            issue.last_seen_at,
+            issue.priority,
+            doc,
+        ),
+    )
+    if issue.incident_ids:
+        await conn.execute(
+            "INSERT INTO issue_incidents (site_id, incident_id, issue_id)"
+            " SELECT %s, unnest(%s::text[]), %s ON CONFLICT DO NOTHING",
+            (issue.site_id, issue.incident_ids, issue.id),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    site_id: str
+    incident_id: str
+    at: datetime
+
+
+class Engine:
+    """Runs the analysis over the database behind ``pool``."""
+
+    def __init__(self, pool: Pool, config: AnalysisSection) -> None:
+        self.pool = pool
+        self.config = config
+        self.fleet_cache: dict[str, Any] | None = None
+        self.fleet_dirty = False
+        self.fleet_computed_at = 0.0
+        self.timescale = False
+
+    async def fleet_view(self, max_age_s: float = 5.0) -> dict[str, Any]:
+        """The fleet view, recomputed when new data arrived and the cached one is old enough."""
+        age = time.monotonic() - self.fleet_computed_at
+        if self.fleet_cache is None or (self.fleet_dirty and age >= max_age_s):
+            return await self.fleet_models()
+        return self.fleet_cache
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def on_stored(
+        self,
+        escalations: Sequence[Escalation],
+        digests: Sequence[Digest],
+        *,
+        recurring_check: bool = True,
+    ) -> set[str]:
+        """Apply a stored batch: issue lifecycle, recurring problems, then enrichment."""
+        if digests or escalations:
+            self.fleet_dirty = True
+        cleared = [
+            Cleared(d.site_id, inc, d.interval_end) for d in digests for inc in d.cleared_incidents
+        ]
+        touched = await self.apply_events(escalations, cleared)
+        if recurring_check:
+            for site in sorted({d.site_id for d in digests}):
+                iid = await self.check_recurring(site)
+                if iid:
+                    touched.add(iid)
+        if touched:
+            await self.enrich_many(await self._with_signature_peers(touched))
+        return touched
+
+    async def apply_events(
+        self, escalations: Sequence[Escalation], cleared: Sequence[Cleared]
+    ) -> set[str]:
+        """Issue lifecycle over escalations and cleared incidents, in data-time order."""
+        events: list[tuple[datetime, int, Escalation | Cleared]] = []
+        events.extend((e.sent_at, 0, e) for e in escalations)
+        events.extend((c.at, 1, c) for c in cleared)
+        events.sort(key=lambda x: (x[0], x[1]))
+        touched: set[str] = set()
+        for _, _, ev in events:
+            if isinstance(ev, Escalation):
+                iid = await self.apply_escalation(ev)
+            else:
+                iid = await self.apply_cleared(ev)
+            if iid:
+                touched.add(iid)
+        return touched
+
+    async def apply_escalation(self, esc: Escalation) -> str | None:
+        key = issue_key(esc)
+        async with self.pool.connection() as conn, conn.transaction():
+            await _lock(conn, key)
+            current = await load_for_key(conn, key)
+            new = apply_escalation(current, esc, new_issue_id)
+            if new is None:
+                return None
+            await save_issue(conn, new)
+            return new.id
+
+    async def apply_cleared(self, ev: Cleared) -> str | None:
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT issue_id FROM issue_incidents WHERE site_id = %s AND incident_id = %s",
+                (ev.site_id, ev.incident_id),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            issue = await load_issue(conn, str(row["issue_id"]), for_update=True)
+            if issue is None:
+                return None
+            new = apply_cleared(issue, ev.incident_id, ev.at)
+            if new is None:
+                return None
+            await save_issue(conn, new)
+            return new.id
+
+    # ---------------------------------------------------------------- recurring
+
+    async def check_recurring(self, site_id: str, window_end: datetime | None = None) -> str | None:
+        cfg = self.config
+        key = IssueKey(site_id, "site", None, None, RECURRING_SIGNATURE)
+        async with self.pool.connection() as conn, conn.transaction():
+            if window_end is None:
+                cur = await conn.execute(
+                    "SELECT last_data_at FROM sites WHERE site_id = %s", (site_id,)
+                )
+                row = await cur.fetchone()
+                if row is None or row["last_data_at"] is None:
+                    return None
+                window_end = row["last_data_at"]
+            assert window_end is not None
+            start = window_end - timedelta(seconds=cfg.recurring_window_s)
+            cur = await conn.execute(
+                "SELECT charge_point_id, kind, category, started_at, ended_at FROM self_resolved"
+                " WHERE site_id = %s AND started_at > %s AND started_at <= %s",
+                (site_id, start, window_end),
+            )
+            blips = [recurring.Blip(**r) for r in await cur.fetchall()]
+            cur = await conn.execute(
+                "SELECT charge_point_id, interval_start, interval_end, disconnects, self_resolved"
+                " FROM charger_intervals WHERE site_id = %s AND interval_end > %s"
+                " AND interval_end <= %s AND (disconnects > 0 OR self_resolved > 0)",
+                (site_id, start, window_end),
+            )
+            counters = [recurring.CounterRow(**r) for r in await cur.fetchall()]
+            finding = recurring.count_recurring(
+                site_id, blips, counters, window_end, cfg.recurring_window_s
+            )
+            await _lock(conn, key)
+            current = await load_for_key(conn, key)
+            open_now = current is not None and current.status != "resolved"
+            decision = recurring.recurring_decision(finding, cfg.recurring_min_incidents, open_now)
+            if decision == "none":
+                return None
+            if decision == "clear":
+                assert current is not None
+                new = apply_cleared(current, f"recurring:{window_end.isoformat()}", window_end)
+                if new is None:
+                    return None
+                await save_issue(conn, new)
+                return new.id
+            issue = recurring_issue(current, finding, cfg.recurring_window_s)
+            await save_issue(conn, issue)
+            return issue.id
+
+    # ---------------------------------------------------------------- enrichment
+
+    async def _with_signature_peers(self, ids: Iterable[str]) -> list[str]:
+        """``ids`` plus unresolved issues sharing a fault signature with them (related is mutual)."""
+        ids = sorted(set(ids))
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT p.id FROM issues i JOIN issues p ON p.signature = i.signature"
+                " AND p.id <> i.id AND p.status <> 'resolved' AND p.scope <> 'site'"
+                " AND p.doc->'hardware'->>'model' IS NOT DISTINCT FROM i.doc->'hardware'->>'model'"
+                " WHERE i.id = ANY(%s) AND i.scope <> 'site'",
+                (ids,),
+            )
+            peers = [str(r["id"]) for r in await cur.fetchall()]
+        return sorted(set(ids) | set(peers))
+
+    async def enrich_many(self, ids: Iterable[str]) -> None:
+        for iid in ids:
+            try:
+                await self.enrich(iid)
+            except psycopg.Error as exc:
+                log.warning("enrichment failed", issue_id=iid, error=str(exc))
+
+    async def refresh_open(self) -> int:
+        """Re-enrich every unresolved issue (running revenue totals, new related units)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT id FROM issues WHERE status <> 'resolved' ORDER BY id")
+            ids = [str(r["id"]) for r in await cur.fetchall()]
+        await self.enrich_many(ids)
+        return len(ids)
+
+    async def enrich(self, issue_id: str) -> Issue | None:
+        async with self.pool.connection() as conn, conn.transaction():
+            issue = await load_issue(conn, issue_id, for_update=True)
+            if issue is None:
+                return None
+            out = await self._enriched(conn, issue)
+            await save_issue(conn, out)
+            return out
+
+    async def _enriched(self, conn: Conn, issue: Issue) -> Issue:
+        out = issue.model_copy(deep=True)
+        cur = await conn.execute(
+            "SELECT currency, price_per_kwh, last_data_at FROM sites WHERE site_id = %s",
+            (issue.site_id,),
+        )
+        site = await cur.fetchone() or {
+            "currency": None,
+            "price_per_kwh": None,
+            "last_data_at": None,
+        }
+        as_of: datetime = max(
+            x for x in (site["last_data_at"], issue.last_seen_at) if x is not None
+        )
+        if out.ended_at is not None:
+            as_of = (
+                min(as_of, max(out.ended_at, out.started_at)) if out.status == "resolved" else as_of
+            )
+        # ---- revenue
+        rev = await self._revenue(conn, out, as_of, site)
+        out.revenue_lost = rev
+        # ---- related
+        out.related = await self._related(conn, out, as_of) if out.scope != "site" else []
+        # ---- action and diagnosis
+        fw_evidence = await self._firmware_evidence(conn, out)
+        prior = await self._prior_fixes(conn, out)
+        action, why = diagnosis.recommend(out, fw_evidence, prior)
+        out.recommended_action = action
+        out.diagnosis = diagnosis.diagnosis_text(out, action, why)
+        hours = rev.outage_hours if rev else 0.0
+        per_hour = rev.amount / hours if rev and hours > 0 else 0.0
+        sess = rev.lost_sessions / hours if rev and hours > 0 else 0.0
+        out.priority = diagnosis.priority(out, per_hour, sess)
+        return out
+
+    async def _site_usage(
+        self, conn: Conn, site_id: str, since: datetime, until: datetime
+    ) -> list[revenue.IntervalUsage]:
+        cur = await conn.execute(
+            "SELECT charge_point_id, interval_start, interval_end, sessions_started, energy_wh,"
+            " connectors FROM charger_intervals WHERE site_id = %s AND interval_start >= %s"
+            " AND interval_start < %s",
+            (site_id, since, until),
+        )
+        return [revenue.IntervalUsage(**r) for r in await cur.fetchall()]
+
+    async def _revenue(
+        self, conn: Conn, issue: Issue, as_of: datetime, site: dict[str, Any]
+    ) -> RevenueLost:
+        weeks = self.config.revenue_trailing_weeks
+        if issue.recurring is not None:
+            return await self._recurring_revenue(conn, issue, site)
+        spans = [
+            revenue.Span(o.started_at, o.ended_at or max(as_of, o.started_at))
+            for o in issue.outages
+        ]
+        first = min((s.started_at for s in spans), default=issue.started_at)
+        history = await self._site_usage(conn, issue.site_id, first - timedelta(weeks=weeks), as_of)
+        if issue.scope == "site":
+            cps = issue.chargers or sorted({r.charge_point_id for r in history})
+        else:
+            cps = [issue.charge_point_id] if issue.charge_point_id else []
+        est = revenue.estimate_revenue_lost(
+            spans,
+            cps,
+            history,
+            site["price_per_kwh"],
+            site["currency"],
+            connector_scope=issue.scope == "connector",
+            weeks=weeks,
+        )
+        return est.as_model(as_of)
+
+    async def _recurring_revenue(
+        self, conn: Conn, issue: Issue, site: dict[str, Any]
+    ) -> RevenueLost:
+        assert issue.recurring is not None
+        weeks = self.config.revenue_trailing_weeks
+        r = issue.recurring
+        cur = await conn.execute(
+            "SELECT charge_point_id, started_at, ended_at FROM self_resolved WHERE site_id = %s"
+            " AND started_at > %s AND started_at <= %s AND charge_point_id IS NOT NULL",
+            (issue.site_id, r.window_start, r.window_end),
+        )
+        by_cp: dict[str, list[revenue.Span]] = defaultdict(list)
+        for row in await cur.fetchall():
+            by_cp[str(row["charge_point_id"])].append(
+                revenue.Span(row["started_at"], row["ended_at"])
+            )
+        history = await self._site_usage(
+            conn, issue.site_id, r.window_start - timedelta(weeks=weeks), r.window_end
+        )
+        amount = sessions = hours = 0.0
+        kwh = None
+        for cp, spans in sorted(by_cp.items()):
+            est = revenue.estimate_revenue_lost(
+                spans, [cp], history, site["price_per_kwh"], site["currency"], weeks=weeks
+            )
+            amount += est.amount
+            sessions += est.lost_sessions
+            hours += est.outage_hours
+            kwh = est.median_kwh if est.median_kwh is not None else kwh
+        n = sum(len(v) for v in by_cp.values())
+        price = site["price_per_kwh"] or 0.0
+        method = (
+            f"sum over the {n} self-resolved incidents with a known duration in the window "
+            f"({hours:.1f} charger-hours out): {sessions:.2f} sessions expected in those hours "
+            "(same hour of week, trailing "
+            f"{weeks} weeks) × median {kwh or 0.0:.1f} kWh per session × {price:g} "
+            f"{site['currency'] or ''}/kWh; disconnects counted only by digest counters carry "
+            "no duration and are not costed"
+        )
+        return RevenueLost(
+            amount=round(amount, 2),
+            currency=site["currency"],
+            method=method,
+            lost_sessions=round(sessions, 2),
+            outage_hours=round(hours, 2),
+            as_of=r.window_end,
+        )
+
+    async def _related(self, conn: Conn, issue: Issue, as_of: datetime) -> list[Any]:
+        cfg = self.config
+        f, hw = issue.fault, issue.hardware
+        since = as_of - timedelta(days=cfg.related_window_days)
+        cur = await conn.execute(
+            "SELECT e.charge_point_id, e.site_id, e.hw_firmware AS firmware, e.started_at,"
+            " ii.issue_id FROM escalations e LEFT JOIN issue_incidents ii"
+            " ON ii.site_id = e.site_id AND ii.incident_id = e.incident_id"
+            " WHERE e.category = %s AND e.fault_code = %s AND e.vendor_code IS NOT DISTINCT FROM %s"
+            " AND e.hw_vendor IS NOT DISTINCT FROM %s AND e.hw_model IS NOT DISTINCT FROM %s"
+            " AND e.started_at >= %s AND e.charge_point_id IS NOT NULL AND e.charge_point_id <> %s",
+            (
+                f.category,
+                f.code,
+                f.vendor_code,
+                hw.vendor,
+                hw.model,
+                since,
+                issue.charge_point_id or "",
+            ),
+        )
+        hits = [related.SignatureHit(**r) for r in await cur.fetchall()]
+        out = related.related_by_signature(
+            issue.charge_point_id, hw.firmware, f.code, f.vendor_code, hw.model, hits
+        )
+        if issue.charge_point_id and hw.model:
+            out.extend(
+                await self._related_symptoms(conn, issue, as_of, {r.charge_point_id for r in out})
+            )
+        return out
+
+    async def _window_stats(
+        self,
+        conn: Conn,
+        where: str,
+        params: tuple[Any, ...],
+        r0: datetime,
+        r1: datetime,
+        b0: datetime,
+    ) -> dict[str, tuple[related.WindowStats, related.WindowStats]]:
+        agg = (
+            "sum(extract(epoch FROM interval_end - interval_start) / 3600.0) FILTER (WHERE {w}) AS {p}hours,"
+            " sum(sessions_started) FILTER (WHERE {w}) AS {p}started,"
+            " sum(sessions_failed) FILTER (WHERE {w}) AS {p}failed,"
+            " sum(sessions_ended_early) FILTER (WHERE {w}) AS {p}early,"
+            " sum(faults) FILTER (WHERE {w}) AS {p}faults,"
+            " sum(disconnects) FILTER (WHERE {w}) AS {p}disc,"
+            " avg(max_power_w / nullif(rated_power_w, 0)) FILTER (WHERE {w}) AS {p}power,"
+            " avg(mean_temperature_c) FILTER (WHERE {w}) AS {p}temp"
+        )
+        recent_w = "interval_start >= %(r0)s"
+        base_w = "interval_start < %(r0)s"
+        sql = (
+            "SELECT charge_point_id, max(site_id) AS site_id, "
+            + agg.format(w=recent_w, p="r_")
+            + ", "
+            + agg.format(w=base_w, p="b_")
+            + f" FROM charger_intervals WHERE {where} AND interval_start >= %(b0)s"
+            " AND interval_start < %(r1)s GROUP BY charge_point_id"
+        )
+        args: dict[str, Any] = {"r0": r0, "r1": r1, "b0": b0}
+        for i, p in enumerate(params):
+            args[f"p{i}"] = p
+        cur = await conn.execute(sql.encode(), args)
+        out = {}
+        for row in await cur.fetchall():
+
+            def ws(p: str, row: dict[str, Any] = row) -> related.WindowStats:
+                return related.WindowStats(
+                    charge_point_id=row["charge_point_id"],
+                    site_id=row["site_id"],
+                    hours=float(row[f"{p}hours"] or 0.0),
+                    sessions_started=float(row[f"{p}started"] or 0),
+                    sessions_failed=float(row[f"{p}failed"] or 0),
+                    sessions_ended_early=float(row[f"{p}early"] or 0),
+                    faults=float(row[f"{p}faults"] or 0),
+                    disconnects=float(row[f"{p}disc"] or 0),
+                    power_ratio=None if row[f"{p}power"] is None else float(row[f"{p}power"]),
+                    mean_temperature_c=None if row[f"{p}temp"] is None else float(row[f"{p}temp"]),
+                )
+
+            recent, base = ws("r_"), ws("b_")
+            if recent.hours > 0 and base.hours > 0:
+                out[str(row["charge_point_id"])] = (recent, base)
+        return out
+
+    async def _related_symptoms(
+        self, conn: Conn, issue: Issue, as_of: datetime, exclude: set[str]
+    ) -> list[Any]:
+        cfg = self.config
+        look = timedelta(hours=cfg.symptom_lookback_h)
+        base = timedelta(days=14)
+        start = issue.outages[0].started_at if issue.outages else issue.started_at
+        mine = await self._window_stats(
+            conn,
+            "charge_point_id = %(p0)s",
+            (issue.charge_point_id,),
+            start - look,
+            start,
+            start - look - base,
+        )
+        if issue.charge_point_id not in mine:
+            return []
+        vec = related.symptom_vector(*mine[issue.charge_point_id])
+        others = await self._window_stats(
+            conn,
+            "model = %(p0)s",
+            (issue.hardware.model,),
+            as_of - look,
+            as_of,
+            as_of - look - base,
+        )
+        return related.related_by_symptoms(
+            vec, issue.charge_point_id or "", list(others.values()), exclude=exclude
+        )
+
+    async def _firmware_evidence(
+        self, conn: Conn, issue: Issue
+    ) -> diagnosis.FirmwareEvidence | None:
+        f, hw = issue.fault, issue.hardware
+        if not hw.model or issue.scope == "site":
+            return None
+        cur = await conn.execute(
+            "SELECT coalesce(hw_firmware, '?') AS fw, count(DISTINCT (site_id, incident_id)) AS n"
+            " FROM escalations WHERE category = %s AND fault_code = %s"
+            " AND vendor_code IS NOT DISTINCT FROM %s AND hw_model = %s GROUP BY 1",
+            (f.category, f.code, f.vendor_code, hw.model),
+        )
+        failures = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
+        cur = await conn.execute(
+            "SELECT coalesce(firmware, '?') AS fw, count(*) AS n FROM chargers WHERE model = %s GROUP BY 1",
+            (hw.model,),
+        )
+        units = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
+        return diagnosis.FirmwareEvidence(failures, units)
+
+    async def _prior_fixes(self, conn: Conn, issue: Issue) -> list[diagnosis.PriorFix]:
+        cur = await conn.execute(
+            "SELECT doc FROM issues WHERE signature = %s AND resolution = 'operator' AND id <> %s"
+            " ORDER BY ended_at DESC LIMIT 50",
+            (issue.signature, issue.id),
+        )
+        out = []
+        for row in await cur.fetchall():
+            other = _doc(row)
+            if other.hardware.model != issue.hardware.model:
+                continue
+            for a in other.operator_actions:
+                if a.action != "acknowledge":
+                    out.append(diagnosis.PriorFix(a.action, a.worked))
+        # the issue's own history counts too: a fix that worked before and the fault came back
+        # is not evidence that it works, so only other issues are used.
+        return out
+
+    # ---------------------------------------------------------------- fleet views
+
+    async def fleet_models(self) -> dict[str, Any]:
+        self.fleet_dirty = False
+        self.fleet_computed_at = time.monotonic()
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT max(day) AS d FROM charger_daily")
+            row = await cur.fetchone()
+            last = row["d"] if row else None
+            if last is None:
+                return {
+                    "as_of": None,
+                    "window_days": 365,
+                    "fleet_rate_per_1000_charger_days": None,
+                    "models": [],
+                }
+            as_of = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+            since = as_of - timedelta(days=365)
+            cur = await conn.execute(
+                "SELECT max(vendor) AS vendor, model, firmware, count(DISTINCT charge_point_id) AS units,"
+                " sum(covered_s) / 86400.0 AS charger_days, sum(self_resolved) AS self_resolved,"
+                " sum(health_sum) / nullif(sum(health_n), 0) AS mean_health"
+                " FROM charger_daily WHERE day >= %s::date GROUP BY model, firmware",
+                (since.date(),),
+            )
+            exposure = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT doc->'hardware'->>'model' AS model, doc->'hardware'->>'firmware' AS firmware,"
+                " doc->'outages' AS outages FROM issues WHERE scope <> 'site' AND kind <> 'recurring'"
+                " AND last_seen_at >= %s",
+                (since,),
+            )
+            failures: dict[tuple[str | None, str | None], int] = defaultdict(int)
+            for r in await cur.fetchall():
+                outs = (
+                    r["outages"] if isinstance(r["outages"], list) else orjson.loads(r["outages"])
+                )
+                n = sum(1 for o in outs if datetime.fromisoformat(o["started_at"]) >= since)
+                failures[(r["model"], r["firmware"])] += n
+        rows = [
+            fleet.ModelExposure(
+                vendor=r["vendor"],
+                model=r["model"],
+                firmware=r["firmware"],
+                units=int(r["units"]),
+                charger_days=float(r["charger_days"] or 0.0),
+                failures=failures.get((r["model"], r["firmware"]), 0),
+                self_resolved=int(r["self_resolved"] or 0),
+                mean_health=None if r["mean_health"] is None else round(float(r["mean_health"]), 3),
+            )
+            for r in exposure
+        ]
+        rate = fleet.fleet_failure_rate(rows)
+        models = fleet.model_reliability(rows, rate)
+        models.sort(key=lambda m: (-(m.failure_rate_per_1000_charger_days or 0.0), m.model or ""))
+        result = {
+            "as_of": as_of,
+            "window_days": 365,
+            "fleet_rate_per_1000_charger_days": None if rate is None else round(rate, 4),
+            "method": (
+                "failures = escalated outages of charge point and connector issues; charger-days ="
+                " digest coverage / 86,400 s; 95% intervals are exact Poisson (Garwood); MTBF ="
+                " operating hours / failures"
+            ),
+            "models": [dataclasses.asdict(m) for m in models],
+        }
+        self.fleet_cache = result
+        return result
+
+    async def outage_spans(
+        self, conn: Conn, site_id: str | None = None, charge_point_id: str | None = None
+    ) -> dict[str, list[fleet.OutageSpan]]:
+        """Outage spans per charge point from issues (connector outages weighted 1/connectors)."""
+        cur = await conn.execute(
+            "SELECT i.doc, c.connectors FROM issues i LEFT JOIN chargers c"
+            " ON c.charge_point_id = i.charge_point_id"
+            " WHERE kind <> 'recurring' AND (%s::text IS NULL OR i.site_id = %s)"
+            " AND (%s::text IS NULL OR i.charge_point_id = %s OR i.doc->'chargers' ? %s)",
+            (site_id, site_id, charge_point_id, charge_point_id, charge_point_id or ""),
+        )
+        out: dict[str, list[fleet.OutageSpan]] = defaultdict(list)
+        for row in await cur.fetchall():
+            issue = _doc(row)
+            excluded = any(w in issue.fault.category.lower() for w in EXCLUDED_WORDS)
+            weight = 1.0
+            if issue.scope == "connector":
+                weight = 1.0 / max(1, int(row["connectors"] or 1))
+            cps = issue.chargers if issue.scope == "site" else [issue.charge_point_id or ""]
+            end_default = issue.last_seen_at
+            for o in issue.outages:
+                end = o.ended_at or max(end_default, o.started_at)
+                for cp in cps:
+                    out[cp].append(fleet.OutageSpan(o.started_at, end, weight, excluded))
+        return out
+
+
+def recurring_issue(
+    current: Issue | None, finding: recurring.RecurringFinding, window_s: int
+) -> Issue:
+    """Open, update or reopen the site's recurring-problem issue from ``finding``."""
+    summary = RecurringSummary(
+        incidents=finding.incidents,
+        window_s=window_s,
+        window_start=finding.window_start,
+        window_end=finding.window_end,
+        connectivity_share=finding.connectivity_share,
+        by_category=finding.by_category,
+        trend=finding.trend,
+        first_half=finding.first_half,
+        second_half=finding.second_half,
+    )
+    conn_ = finding.connectivity
+    fault = Fault(
+        code="RecurringDisconnects" if conn_ else "RecurringShortFaults",
+        category="connectivity"
+        if conn_
+        else (
+            max(finding.by_category.items(), key=lambda x: x[1])[0]
+            if finding.by_category
+            else "other"
+        ),
+        component="uplink" if conn_ else None,
+    )
+    first_blip = finding.blips[0].started_at if finding.blips else finding.window_start
+    at = finding.window_end
+    detail = f"{finding.incidents} self-resolved incidents in {window_s // 3600} h"
+    if current is None or current.status == "resolved":
+        reopened = current is not None
+        issue = Issue(
+            id=current.id if current else new_issue_id(),
+            site_id=finding.site_id,
+            charge_point_id=None,
+            connector_id=None,
+            scope="site",
+            kind="recurring",
+            signature=RECURRING_SIGNATURE,
+            fault=fault,
+            chargers=finding.chargers,
+            started_at=first_blip,
+            first_seen_at=current.first_seen_at if current else at,
+            last_seen_at=at,
+            outages=[],
+            recurring=summary,
+            reopened=(current.reopened + 1) if current else 0,
+            operator_actions=current.operator_actions if current else [],
+            history=[
+                *(current.history if current else []),
+                IssueEvent(at=at, event="reopened" if reopened else "opened", detail=detail),
+            ],
+        )
+        return issue
+    issue = current.model_copy(deep=True)
+    issue.fault = fault
+    issue.recurring = summary
+    issue.chargers = sorted(set(issue.chargers) | set(finding.chargers))
+    issue.last_seen_at = max(issue.last_seen_at, at)
+    if not issue.history or issue.history[-1].detail != detail:
+        issue.history.append(IssueEvent(at=at, event="recurring", detail=detail))
+        del issue.history[:-50]
+    return issue
+
+
+__all__ = ["Cleared", "Engine", "Outage", "recurring_issue"]

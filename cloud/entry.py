@@ -1,0 +1,61 @@
+"""``chargesight cloud ...`` subcommands: ``run``, ``import`` (and ``train``, elsewhere).
+
+Exit codes (CONTRACT.md): 0 ok, 1 runtime failure, 2 bad config (a
+:class:`ConfigError` propagates to the CLI, which prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+
+from chargesight.cloud.collector import ApiBindError, open_store, run
+from chargesight.cloud.config import load_cloud_config
+from chargesight.cloud.db import DatabaseError
+from chargesight.cloud.embedded import EmbeddedError
+from chargesight.cloud.engine import Engine
+from chargesight.cloud.importer import import_dir
+from chargesight.cloud.mqttsource import MqttError
+from chargesight.common.logs import configure_logging
+
+RUNTIME_ERRORS = (DatabaseError, EmbeddedError, MqttError, ApiBindError, OSError)
+
+
+async def _import(config_path: str, directory: Path) -> int:
+    config = load_cloud_config(config_path)
+    db, embedded = await open_store(config)
+    try:
+        engine = Engine(db.pool, config.analysis)
+        report = await import_dir(db.pool, engine, directory)
+        print(report.text())
+        return 0
+    finally:
+        await db.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def main(args: argparse.Namespace) -> int:
+    command = getattr(args, "command", None)
+    try:
+        if command == "run":
+            config = load_cloud_config(args.config)
+            configure_logging(config.logging.level, config.logging.format)
+            return asyncio.run(run(config))
+        if command == "import":
+            configure_logging("info")
+            return asyncio.run(_import(args.config, Path(args.dir)))
+        if command == "train":
+            train = importlib.import_module("chargesight.cloud.train")
+            return int(train.main(args))
+    except RUNTIME_ERRORS as exc:
+        print(f"chargesight: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        print(f"chargesight: cloud {command} is not available: {exc}", file=sys.stderr)
+        return 1
+    print(f"chargesight: unknown cloud command {command!r}", file=sys.stderr)
+    return 2

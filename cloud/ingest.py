@@ -1,0 +1,483 @@
+"""Validating and storing edge messages: the idempotent, batched write path.
+
+``classify`` (pure) turns one received payload into a validated message or a
+dead letter with its reason. ``store_batch`` writes a batch in one
+transaction: the ``messages`` table is the idempotency ledger (``message_id``
+primary key, ``ON CONFLICT DO NOTHING RETURNING``), and only messages it did
+not hold before are expanded into the escalation, digest, charger-interval
+(COPY) and roll-up tables — so a re-delivery never duplicates anything.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+from pydantic import ValidationError
+
+from chargesight.common.messages import (
+    SCHEMA_VERSION,
+    Digest,
+    EdgeMessage,
+    Escalation,
+    Reply,
+    SiteState,
+    parse_edge_message,
+    parse_site_topic,
+)
+
+KINDS = ("escalations", "digests", "state", "replies")
+MAX_PAYLOAD = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    reason: str
+    payload: bytes
+
+
+def _reason(exc: ValidationError) -> str:
+    errs = exc.errors()
+    parts = []
+    for e in errs[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(message)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = f" (+{len(errs) - 5} more)" if len(errs) > 5 else ""
+    return "schema validation failed: " + "; ".join(parts) + more
+
+
+def classify(topic: str, payload: bytes) -> EdgeMessage | DeadLetter:
+    """Validate one received message against the common schemas (never raises)."""
+    parsed = parse_site_topic(topic)
+    if parsed is None:
+        return DeadLetter(topic, "topic is not chargesight/v1/sites/{site_id}/{kind}", payload)
+    site_id, kind = parsed
+    if kind not in KINDS:
+        return DeadLetter(topic, f"unknown message kind {kind!r}", payload)
+    if len(payload) > MAX_PAYLOAD:
+        return DeadLetter(
+            topic, f"payload of {len(payload)} bytes is over the limit", payload[:MAX_PAYLOAD]
+        )
+    try:
+        msg = parse_edge_message(kind, payload)
+    except ValidationError as exc:
+        return DeadLetter(topic, _reason(exc), payload)
+    except ValueError as exc:
+        return DeadLetter(topic, str(exc), payload)
+    if msg.schema_version != SCHEMA_VERSION:
+        return DeadLetter(topic, f"unsupported schema_version {msg.schema_version}", payload)
+    if msg.site_id != site_id:
+        return DeadLetter(
+            topic, f"site_id {msg.site_id!r} does not match the topic's site {site_id!r}", payload
+        )
+    return msg
+
+
+@dataclass
+class StoreResult:
+    """What a batch added: only messages that were new."""
+
+    escalations: list[Escalation] = field(default_factory=list)
+    digests: list[Digest] = field(default_factory=list)
+    states: int = 0
+    replies: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    sites: set[str] = field(default_factory=set)
+
+    @property
+    def stored(self) -> int:
+        return len(self.escalations) + len(self.digests) + self.states + self.replies
+
+
+def _kind(msg: EdgeMessage) -> str:
+    if isinstance(msg, Escalation):
+        return "escalation"
+    if isinstance(msg, Digest):
+        return "digest"
+    if isinstance(msg, SiteState):
+        return "state"
+    return "reply"
+
+
+INTERVAL_COLS = (
+    "site_id",
+    "charge_point_id",
+    "interval_start",
+    "interval_end",
+    "message_id",
+    "vendor",
+    "model",
+    "firmware",
+    "connectors",
+    "connected_s",
+    "disconnects",
+    "faults",
+    "self_resolved",
+    "sessions_started",
+    "sessions_failed",
+    "sessions_ended_early",
+    "energy_wh",
+    "max_power_w",
+    "rated_power_w",
+    "max_temperature_c",
+    "mean_temperature_c",
+    "resets",
+    "health_score",
+    "anomaly_score",
+)
+
+
+async def store_batch(
+    conn: psycopg.AsyncConnection[dict[str, object]],
+    messages: Sequence[EdgeMessage],
+    dead: Sequence[DeadLetter] = (),
+) -> StoreResult:
+    """Store a batch in one transaction; return what was new."""
+    result = StoreResult(dead_letters=len(dead))
+    unique: dict[str, EdgeMessage] = {}
+    for m in messages:
+        if m.message_id in unique:
+            result.duplicates += 1
+        else:
+            unique[m.message_id] = m
+    async with conn.transaction():
+        if dead:
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO dead_letters (topic, reason, payload) VALUES (%s, %s, %s)",
+                    [(d.topic, d.reason, d.payload) for d in dead],
+                )
+        if not unique:
+            return result
+        ids = list(unique)
+        cur = await conn.execute(
+            "INSERT INTO messages (message_id, site_id, kind, sent_at)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])"
+            " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+            (
+                ids,
+                [unique[i].site_id for i in ids],
+                [_kind(unique[i]) for i in ids],
+                [unique[i].sent_at for i in ids],
+            ),
+        )
+        fresh = {str(r["message_id"]) for r in await cur.fetchall()}
+        result.duplicates += len(ids) - len(fresh)
+        new = [unique[i] for i in ids if i in fresh]
+        for m in new:
+            result.sites.add(m.site_id)
+            if isinstance(m, Escalation):
+                result.escalations.append(m)
+            elif isinstance(m, Digest):
+                result.digests.append(m)
+            elif isinstance(m, SiteState):
+                result.states += 1
+            else:
+                result.replies += 1
+        await _write_escalations(conn, result.escalations)
+        await _write_digests(conn, result.digests)
+        await _write_states(conn, [m for m in new if isinstance(m, SiteState)])
+        replies = [m for m in new if isinstance(m, Reply)]
+        if replies:
+            async with conn.cursor() as c:
+                await c.executemany(
+                    "INSERT INTO replies (message_id, site_id, request_id, body)"
+                    " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+                    [
+                        (r.message_id, r.site_id, r.request_id, r.to_json().decode())
+                        for r in replies
+                    ],
+                )
+        await _touch_sites(conn, new)
+    result.escalations.sort(key=lambda e: (e.sent_at, e.message_id))
+    result.digests.sort(key=lambda d: (d.interval_end, d.message_id))
+    return result
+
+
+async def _write_escalations(
+    conn: psycopg.AsyncConnection[dict[str, object]], escs: list[Escalation]
+) -> None:
+    if not escs:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO escalations (message_id, site_id, incident_id, kind, scope,"
+            " charge_point_id, connector_id, status, category, fault_code, vendor_code,"
+            " hw_vendor, hw_model, hw_firmware, started_at, ended_at, sent_at, body)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb)",
+            [
+                (
+                    e.message_id,
+                    e.site_id,
+                    e.incident_id,
+                    e.kind,
+                    e.scope,
+                    e.charge_point_id,
+                    e.connector_id,
+                    e.status,
+                    e.fault.category,
+                    e.fault.code,
+                    e.fault.vendor_code,
+                    e.hardware.vendor,
+                    e.hardware.model,
+                    e.hardware.firmware,
+                    e.started_at,
+                    e.ended_at,
+                    e.sent_at,
+                    e.to_json().decode(),
+                )
+                for e in escs
+            ],
+        )
+        hw = {
+            e.charge_point_id: (e.site_id, e.hardware)
+            for e in escs
+            if e.charge_point_id and (e.hardware.model or e.hardware.vendor)
+        }
+        if hw:
+            await cur.executemany(
+                "INSERT INTO chargers (charge_point_id, site_id, vendor, model, firmware)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (charge_point_id) DO UPDATE SET"
+                " site_id = EXCLUDED.site_id,"
+                " vendor = coalesce(EXCLUDED.vendor, chargers.vendor),"
+                " model = coalesce(EXCLUDED.model, chargers.model),"
+                " firmware = coalesce(EXCLUDED.firmware, chargers.firmware)",
+                [(cp, s, h.vendor, h.model, h.firmware) for cp, (s, h) in sorted(hw.items())],
+            )
+
+
+async def _write_digests(
+    conn: psycopg.AsyncConnection[dict[str, object]], digests: list[Digest]
+) -> None:
+    if not digests:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO digests (message_id, site_id, interval_start, interval_end, currency,"
+            " price_per_kwh, cleared_incidents) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            [
+                (
+                    d.message_id,
+                    d.site_id,
+                    d.interval_start,
+                    d.interval_end,
+                    d.currency,
+                    d.price_per_kwh,
+                    d.cleared_incidents,
+                )
+                for d in digests
+            ],
+        )
+        blips = [(d, s) for d in digests for s in d.self_resolved]
+        if blips:
+            await cur.executemany(
+                "INSERT INTO self_resolved (site_id, incident_id, message_id, charge_point_id,"
+                " connector_id, scope, kind, fault_code, category, started_at, ended_at, fixed_by)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                [
+                    (
+                        d.site_id,
+                        s.incident_id,
+                        d.message_id,
+                        s.charge_point_id,
+                        s.connector_id,
+                        s.scope,
+                        s.kind,
+                        s.fault_code,
+                        s.category,
+                        s.started_at,
+                        s.ended_at,
+                        s.fixed_by,
+                    )
+                    for d, s in blips
+                ],
+            )
+        daily: dict[tuple[str, object], list[object]] = {}
+        chargers: dict[str, tuple[object, ...]] = {}
+        cols = ", ".join(INTERVAL_COLS)
+        async with cur.copy(f"COPY charger_intervals ({cols}) FROM STDIN") as copy:
+            for d in digests:
+                span = (d.interval_end - d.interval_start).total_seconds()
+                for c in d.chargers:
+                    await copy.write_row(
+                        (
+                            d.site_id,
+                            c.charge_point_id,
+                            d.interval_start,
+                            d.interval_end,
+                            d.message_id,
+                            c.vendor,
+                            c.model,
+                            c.firmware,
+                            c.connectors,
+                            c.connected_s,
+                            c.disconnects,
+                            c.faults,
+                            c.self_resolved,
+                            c.sessions_started,
+                            c.sessions_failed,
+                            c.sessions_ended_early,
+                            c.energy_wh,
+                            c.max_power_w,
+                            c.rated_power_w,
+                            c.max_temperature_c,
+                            c.mean_temperature_c,
+                            c.resets,
+                            c.health_score,
+                            c.anomaly_score,
+                        )
+                    )
+                    day = d.interval_start.astimezone(UTC).date()
+                    key = (c.charge_point_id, day)
+                    row = daily.get(key)
+                    if row is None:
+                        row = [c.charge_point_id, day, d.site_id, c.vendor, c.model, c.firmware,
+                               0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0]  # fmt: skip
+                        daily[key] = row
+                    row[3], row[4], row[5] = c.vendor, c.model, c.firmware
+                    inc = (
+                        1,
+                        span,
+                        c.connected_s,
+                        c.disconnects,
+                        c.faults,
+                        c.self_resolved,
+                        c.sessions_started,
+                        c.sessions_failed,
+                        c.sessions_ended_early,
+                        c.energy_wh,
+                        c.health_score or 0.0,
+                        1 if c.health_score is not None else 0,
+                    )
+                    for i, v in enumerate(inc):
+                        row[6 + i] = row[6 + i] + v  # type: ignore[operator]
+                    chargers[c.charge_point_id] = (
+                        d.site_id,
+                        c.vendor,
+                        c.model,
+                        c.firmware,
+                        c.connectors,
+                        c.rated_power_w,
+                        d.interval_end,
+                    )
+        rows = [daily[k] for k in sorted(daily, key=lambda k: (k[0], str(k[1])))]
+        cols_t = list(zip(*rows, strict=True))
+        await conn.execute(
+            "INSERT INTO charger_daily AS t (charge_point_id, day, site_id, vendor, model, firmware,"
+            " intervals, covered_s, connected_s, disconnects, faults, self_resolved,"
+            " sessions_started, sessions_failed, sessions_ended_early, energy_wh, health_sum,"
+            " health_n) SELECT * FROM unnest(%s::text[], %s::date[], %s::text[], %s::text[],"
+            " %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::int[], %s::int[],"
+            " %s::int[], %s::int[], %s::int[], %s::int[], %s::float8[], %s::float8[], %s::int[])"
+            " ON CONFLICT (charge_point_id, day) DO UPDATE SET"
+            " vendor = coalesce(EXCLUDED.vendor, t.vendor),"
+            " model = coalesce(EXCLUDED.model, t.model),"
+            " firmware = coalesce(EXCLUDED.firmware, t.firmware),"
+            " intervals = t.intervals + EXCLUDED.intervals,"
+            " covered_s = t.covered_s + EXCLUDED.covered_s,"
+            " connected_s = t.connected_s + EXCLUDED.connected_s,"
+            " disconnects = t.disconnects + EXCLUDED.disconnects,"
+            " faults = t.faults + EXCLUDED.faults,"
+            " self_resolved = t.self_resolved + EXCLUDED.self_resolved,"
+            " sessions_started = t.sessions_started + EXCLUDED.sessions_started,"
+            " sessions_failed = t.sessions_failed + EXCLUDED.sessions_failed,"
+            " sessions_ended_early = t.sessions_ended_early + EXCLUDED.sessions_ended_early,"
+            " energy_wh = t.energy_wh + EXCLUDED.energy_wh,"
+            " health_sum = t.health_sum + EXCLUDED.health_sum,"
+            " health_n = t.health_n + EXCLUDED.health_n",
+            [list(c) for c in cols_t],
+        ) if rows else None
+        if chargers:
+            await cur.executemany(
+                "INSERT INTO chargers (charge_point_id, site_id, vendor, model, firmware,"
+                " connectors, rated_power_w, last_data_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (charge_point_id) DO UPDATE SET site_id = EXCLUDED.site_id,"
+                " vendor = coalesce(EXCLUDED.vendor, chargers.vendor),"
+                " model = coalesce(EXCLUDED.model, chargers.model),"
+                " firmware = CASE WHEN EXCLUDED.last_data_at >= coalesce(chargers.last_data_at,"
+                "   '-infinity') THEN coalesce(EXCLUDED.firmware, chargers.firmware)"
+                "   ELSE coalesce(chargers.firmware, EXCLUDED.firmware) END,"
+                " connectors = coalesce(EXCLUDED.connectors, chargers.connectors),"
+                " rated_power_w = coalesce(EXCLUDED.rated_power_w, chargers.rated_power_w),"
+                " last_data_at = greatest(EXCLUDED.last_data_at, chargers.last_data_at)",
+                [(cp, *v) for cp, v in sorted(chargers.items())],
+            )
+
+
+async def _write_states(
+    conn: psycopg.AsyncConnection[dict[str, object]], states: list[SiteState]
+) -> None:
+    if not states:
+        return
+    latest: dict[str, SiteState] = {}
+    for s in states:
+        if s.site_id not in latest or s.sent_at > latest[s.site_id].sent_at:
+            latest[s.site_id] = s
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO sites (site_id, state, state_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (site_id) DO UPDATE SET state = EXCLUDED.state,"
+            " state_at = EXCLUDED.state_at"
+            " WHERE sites.state_at IS NULL OR sites.state_at <= EXCLUDED.state_at",
+            [(s.site_id, s.state, s.sent_at) for _, s in sorted(latest.items())],
+        )
+
+
+def _data_time(m: EdgeMessage) -> datetime:
+    if isinstance(m, Digest):
+        return m.interval_end
+    return m.sent_at
+
+
+async def _touch_sites(
+    conn: psycopg.AsyncConnection[dict[str, object]], new: list[EdgeMessage]
+) -> None:
+    """Keep each site's latest data time and tariff (from the newest digest carrying one)."""
+    latest: dict[str, datetime] = {}
+    tariff: dict[str, tuple[datetime, str | None, float | None]] = {}
+    for m in new:
+        if isinstance(m, SiteState | Reply):
+            continue
+        t = _data_time(m)
+        latest[m.site_id] = max(latest.get(m.site_id, t), t)
+        if isinstance(m, Digest) and (m.price_per_kwh is not None or m.currency):
+            prev = tariff.get(m.site_id)
+            if prev is None or prev[0] <= t:
+                tariff[m.site_id] = (t, m.currency, m.price_per_kwh)
+    if not latest:
+        return
+    rows = []
+    for site in sorted(latest):
+        _, cur_, price = tariff.get(site, (latest[site], None, None))
+        rows.append((site, latest[site], cur_, price, site in tariff))
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO sites (site_id, last_data_at, currency, price_per_kwh)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (site_id) DO UPDATE SET"
+            " last_data_at = greatest(sites.last_data_at, EXCLUDED.last_data_at),"
+            " currency = CASE WHEN %s AND EXCLUDED.last_data_at >= coalesce(sites.last_data_at,"
+            "   '-infinity') THEN coalesce(EXCLUDED.currency, sites.currency) ELSE"
+            "   coalesce(sites.currency, EXCLUDED.currency) END,"
+            " price_per_kwh = CASE WHEN %s AND EXCLUDED.last_data_at >="
+            "   coalesce(sites.last_data_at, '-infinity') THEN"
+            "   coalesce(EXCLUDED.price_per_kwh, sites.price_per_kwh) ELSE"
+            "   coalesce(sites.price_per_kwh, EXCLUDED.price_per_kwh) END",
+            [(s, t, c, p, has, has) for s, t, c, p, has in rows],
+        )
+
+
+def dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def group_by_site(items: Sequence[EdgeMessage]) -> dict[str, list[EdgeMessage]]:
+    out: dict[str, list[EdgeMessage]] = defaultdict(list)
+    for m in items:
+        out[m.site_id].append(m)
+    return out

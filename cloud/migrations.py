@@ -1,0 +1,228 @@
+"""Versioned schema migrations, applied in order at start (``schema_migrations`` records them).
+
+Every migration is plain PostgreSQL. When the TimescaleDB extension is present
+the ``TIMESCALE`` steps run after the plain ones (hypertable, compression,
+retention, the continuous aggregate ``site_hourly``); otherwise ``site_hourly``
+is a plain view with the same columns, so every query reads the same names on
+both engines. ``charger_daily`` is a roll-up table the ingest path maintains
+on both engines; the fleet views read it.
+Migrations run under an advisory lock so replicas starting together apply
+each one once.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "base schema",
+        """
+CREATE TABLE sites (
+    site_id text PRIMARY KEY,
+    name text,
+    currency text,
+    price_per_kwh double precision,
+    state text,
+    state_at timestamptz,
+    last_data_at timestamptz,
+    info jsonb NOT NULL DEFAULT '{}'
+);
+CREATE TABLE chargers (
+    charge_point_id text PRIMARY KEY,
+    site_id text NOT NULL,
+    vendor text,
+    model text,
+    firmware text,
+    connectors int,
+    rated_power_w double precision,
+    last_data_at timestamptz
+);
+CREATE INDEX chargers_site ON chargers (site_id);
+CREATE TABLE messages (
+    message_id text PRIMARY KEY,
+    site_id text NOT NULL,
+    kind text NOT NULL,
+    sent_at timestamptz NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE escalations (
+    message_id text PRIMARY KEY,
+    site_id text NOT NULL,
+    incident_id text NOT NULL,
+    kind text NOT NULL,
+    scope text NOT NULL,
+    charge_point_id text,
+    connector_id int,
+    status text NOT NULL,
+    category text NOT NULL,
+    fault_code text NOT NULL,
+    vendor_code text,
+    hw_vendor text,
+    hw_model text,
+    hw_firmware text,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    sent_at timestamptz NOT NULL,
+    body jsonb NOT NULL
+);
+CREATE INDEX escalations_site ON escalations (site_id, started_at);
+CREATE INDEX escalations_signature ON escalations (fault_code, hw_model, started_at);
+CREATE TABLE digests (
+    message_id text PRIMARY KEY,
+    site_id text NOT NULL,
+    interval_start timestamptz NOT NULL,
+    interval_end timestamptz NOT NULL,
+    currency text,
+    price_per_kwh double precision,
+    cleared_incidents text[] NOT NULL DEFAULT '{}'
+);
+CREATE INDEX digests_site ON digests (site_id, interval_end);
+CREATE TABLE charger_intervals (
+    site_id text NOT NULL,
+    charge_point_id text NOT NULL,
+    interval_start timestamptz NOT NULL,
+    interval_end timestamptz NOT NULL,
+    message_id text NOT NULL,
+    vendor text,
+    model text,
+    firmware text,
+    connectors int,
+    connected_s double precision NOT NULL,
+    disconnects int NOT NULL,
+    faults int NOT NULL,
+    self_resolved int NOT NULL,
+    sessions_started int NOT NULL,
+    sessions_failed int NOT NULL,
+    sessions_ended_early int NOT NULL,
+    energy_wh double precision NOT NULL,
+    max_power_w double precision,
+    rated_power_w double precision,
+    max_temperature_c double precision,
+    mean_temperature_c double precision,
+    resets int NOT NULL,
+    health_score double precision,
+    anomaly_score double precision
+);
+CREATE INDEX charger_intervals_cp ON charger_intervals (charge_point_id, interval_start);
+CREATE INDEX charger_intervals_site ON charger_intervals (site_id, interval_start);
+CREATE TABLE self_resolved (
+    site_id text NOT NULL,
+    incident_id text NOT NULL,
+    message_id text NOT NULL,
+    charge_point_id text,
+    connector_id int,
+    scope text NOT NULL,
+    kind text NOT NULL,
+    fault_code text NOT NULL,
+    category text NOT NULL,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz NOT NULL,
+    fixed_by text NOT NULL,
+    PRIMARY KEY (site_id, incident_id)
+);
+CREATE INDEX self_resolved_site ON self_resolved (site_id, started_at);
+CREATE TABLE replies (
+    message_id text PRIMARY KEY,
+    site_id text NOT NULL,
+    request_id text NOT NULL,
+    body jsonb NOT NULL
+);
+CREATE TABLE dead_letters (
+    id bigserial PRIMARY KEY,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    topic text NOT NULL,
+    reason text NOT NULL,
+    payload bytea NOT NULL
+);
+CREATE TABLE issues (
+    id text PRIMARY KEY,
+    site_id text NOT NULL,
+    scope text NOT NULL,
+    charge_point_id text,
+    connector_id int,
+    signature text NOT NULL,
+    kind text NOT NULL,
+    status text NOT NULL,
+    resolution text,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    last_seen_at timestamptz NOT NULL,
+    priority double precision NOT NULL DEFAULT 0,
+    doc jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX issues_one_unresolved ON issues
+    (site_id, scope, coalesce(charge_point_id, ''), coalesce(connector_id, -1), signature)
+    WHERE status <> 'resolved';
+CREATE INDEX issues_status_priority ON issues (status, priority DESC);
+CREATE INDEX issues_site ON issues (site_id, status);
+CREATE INDEX issues_signature ON issues (signature);
+CREATE TABLE issue_incidents (
+    site_id text NOT NULL,
+    incident_id text NOT NULL,
+    issue_id text NOT NULL,
+    PRIMARY KEY (site_id, incident_id)
+);
+CREATE TABLE charger_daily (
+    charge_point_id text NOT NULL,
+    day date NOT NULL,
+    site_id text NOT NULL,
+    vendor text,
+    model text,
+    firmware text,
+    intervals int NOT NULL DEFAULT 0,
+    covered_s double precision NOT NULL DEFAULT 0,
+    connected_s double precision NOT NULL DEFAULT 0,
+    disconnects int NOT NULL DEFAULT 0,
+    faults int NOT NULL DEFAULT 0,
+    self_resolved int NOT NULL DEFAULT 0,
+    sessions_started int NOT NULL DEFAULT 0,
+    sessions_failed int NOT NULL DEFAULT 0,
+    sessions_ended_early int NOT NULL DEFAULT 0,
+    energy_wh double precision NOT NULL DEFAULT 0,
+    health_sum double precision NOT NULL DEFAULT 0,
+    health_n int NOT NULL DEFAULT 0,
+    PRIMARY KEY (charge_point_id, day)
+);
+CREATE INDEX charger_daily_model ON charger_daily (model, firmware, day);
+CREATE INDEX charger_daily_site ON charger_daily (site_id, day);
+CREATE TABLE network (
+    id int PRIMARY KEY,
+    doc jsonb NOT NULL,
+    loaded_at timestamptz NOT NULL DEFAULT now()
+);
+""",
+    ),
+]
+
+PLAIN_VIEWS = """
+CREATE OR REPLACE VIEW site_hourly AS
+SELECT site_id, date_trunc('hour', interval_start) AS hour,
+       sum(sessions_started) AS sessions_started, sum(energy_wh) AS energy_wh,
+       sum(faults) AS faults, sum(disconnects) AS disconnects
+FROM charger_intervals
+GROUP BY site_id, date_trunc('hour', interval_start);
+"""
+
+TIMESCALE = [
+    "CREATE EXTENSION IF NOT EXISTS timescaledb",
+    "SELECT create_hypertable('charger_intervals', 'interval_start', if_not_exists => TRUE,"
+    " migrate_data => TRUE)",
+    "ALTER TABLE charger_intervals SET (timescaledb.compress,"
+    " timescaledb.compress_segmentby = 'charge_point_id')",
+    "SELECT add_compression_policy('charger_intervals', INTERVAL '{compress} days',"
+    " if_not_exists => TRUE)",
+    "SELECT add_retention_policy('charger_intervals', INTERVAL '{retention} days',"
+    " if_not_exists => TRUE)",
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS site_hourly
+WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+SELECT site_id, time_bucket(INTERVAL '1 hour', interval_start) AS hour,
+       sum(sessions_started) AS sessions_started, sum(energy_wh) AS energy_wh,
+       sum(faults) AS faults, sum(disconnects) AS disconnects
+FROM charger_intervals
+GROUP BY site_id, time_bucket(INTERVAL '1 hour', interval_start)
+WITH NO DATA""",
+    "SELECT add_continuous_aggregate_policy('site_hourly', start_offset => INTERVAL '30 days',"
+    " end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 hour',"
+    " if_not_exists => TRUE)",
+]

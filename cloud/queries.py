@@ -1,0 +1,206 @@
+"""Read-side queries behind the API: issues, sites, chargers (the same SQL on both engines)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from chargesight.cloud import fleet
+from chargesight.cloud.engine import Conn, Engine, _doc
+from chargesight.cloud.model import Issue
+
+STATUSES = ("open", "acknowledged", "resolved", "active", "all")
+
+
+def issue_json(issue: Issue) -> dict[str, Any]:
+    out: dict[str, Any] = orjson.loads(issue.model_dump_json())
+    return out
+
+
+async def list_issues(
+    conn: Conn, status: str, site_id: str | None, limit: int
+) -> list[dict[str, Any]]:
+    args: list[Any] = []
+    if status == "all":
+        where = "TRUE"
+    elif status == "active":
+        where = "status <> 'resolved'"
+    else:
+        where = "status = %s"
+        args.append(status)
+    if site_id:
+        where += " AND site_id = %s"
+        args.append(site_id)
+    args.append(limit)
+    cur = await conn.execute(
+        f"SELECT doc FROM issues WHERE {where} ORDER BY priority DESC, started_at DESC, id LIMIT %s".encode(),
+        args,
+    )
+    return [issue_json(_doc(r)) for r in await cur.fetchall()]
+
+
+async def site_summary(conn: Conn, engine: Engine, site_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute("SELECT * FROM sites WHERE site_id = %s", (site_id,))
+    site = await cur.fetchone()
+    if site is None:
+        return None
+    as_of: datetime = site["last_data_at"] or datetime.now(UTC)
+    cur = await conn.execute(
+        "SELECT charge_point_id, vendor, model, firmware, connectors, rated_power_w, last_data_at"
+        " FROM chargers WHERE site_id = %s ORDER BY charge_point_id",
+        (site_id,),
+    )
+    chargers = await cur.fetchall()
+    spans = await engine.outage_spans(conn, site_id=site_id)
+    start30 = as_of - timedelta(days=30)
+    avail = {
+        c["charge_point_id"]: round(
+            fleet.availability(spans.get(c["charge_point_id"], []), start30, as_of) * 100, 3
+        )
+        for c in chargers
+    }
+    all_spans = [s for cp in avail for s in spans.get(cp, [])]
+    n = max(1, len(avail))
+    nevi = [
+        {"as_of": p["as_of"], "uptime_pct": round(100 - (100 - float(str(p["uptime_pct"]))) / n, 3)}
+        for p in fleet.nevi_monthly(all_spans, as_of)
+    ]
+    uk = fleet.uk_reliability({cp: spans.get(cp, []) for cp in avail}, as_of)
+    cur = await conn.execute(
+        "SELECT doc FROM issues WHERE site_id = %s AND (status <> 'resolved' OR last_seen_at >= %s)"
+        " ORDER BY priority DESC",
+        (site_id, start30),
+    )
+    issues = [_doc(r) for r in await cur.fetchall()]
+    revenue_open = sum(
+        i.revenue_lost.amount for i in issues if i.revenue_lost and i.status != "resolved"
+    )
+    revenue_30d = sum(i.revenue_lost.amount for i in issues if i.revenue_lost)
+    recurring = [
+        issue_json(i) for i in issues if i.recurring is not None and i.status != "resolved"
+    ]
+    cur = await conn.execute(
+        "SELECT coalesce(sum(sessions_started), 0) AS s, coalesce(sum(energy_wh), 0) AS e FROM site_hourly"
+        " WHERE site_id = %s AND hour >= %s",
+        (site_id, as_of - timedelta(days=7)),
+    )
+    usage = await cur.fetchone() or {"s": 0, "e": 0}
+    return {
+        "site_id": site_id,
+        "name": site["name"],
+        "state": site["state"],
+        "currency": site["currency"],
+        "price_per_kwh": site["price_per_kwh"],
+        "as_of": as_of,
+        "chargers": [
+            {**dict(c.items()), "availability_30d_pct": avail[c["charge_point_id"]]}
+            for c in chargers
+        ],
+        "availability": {
+            "trailing_30d_pct": round(sum(avail.values()) / n, 3) if avail else None,
+            "nevi_monthly": nevi,
+            "nevi_method": "23 CFR 680.116(b): ((525,600 − (T_outage − T_excluded)) / 525,600) × 100 over the"
+            " trailing 365 days at each month end, averaged over the site's charge points",
+            "uk_reliability": uk,
+        },
+        "revenue_lost": {
+            "open_issues": round(revenue_open, 2),
+            "trailing_30d": round(revenue_30d, 2),
+            "currency": site["currency"],
+        },
+        "sessions_7d": int(usage["s"]),
+        "energy_kwh_7d": round(float(usage["e"]) / 1000.0, 1),
+        "open_issues": [issue_json(i) for i in issues if i.status != "resolved"],
+        "recurring_problems": recurring,
+    }
+
+
+async def charger_summary(conn: Conn, engine: Engine, cp: str) -> dict[str, Any] | None:
+    cur = await conn.execute("SELECT * FROM chargers WHERE charge_point_id = %s", (cp,))
+    ch = await cur.fetchone()
+    if ch is None:
+        cur = await conn.execute(
+            "SELECT site_id FROM issues WHERE charge_point_id = %s LIMIT 1", (cp,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        ch = {"charge_point_id": cp, "site_id": row["site_id"], "last_data_at": None}
+    cur = await conn.execute(
+        "SELECT day, connected_s, disconnects, faults, self_resolved, sessions_started, sessions_failed,"
+        " sessions_ended_early, energy_wh, health_sum / nullif(health_n, 0) AS health"
+        " FROM charger_daily WHERE charge_point_id = %s ORDER BY day DESC LIMIT 30",
+        (cp,),
+    )
+    days = await cur.fetchall()
+    cur = await conn.execute(
+        "SELECT health_score, anomaly_score, interval_end FROM charger_intervals"
+        " WHERE charge_point_id = %s AND health_score IS NOT NULL ORDER BY interval_start DESC LIMIT 1",
+        (cp,),
+    )
+    latest = await cur.fetchone()
+    cur = await conn.execute(
+        "SELECT doc FROM issues WHERE charge_point_id = %s OR doc->'chargers' ? %s"
+        " ORDER BY started_at DESC LIMIT 50",
+        (cp, cp),
+    )
+    issues = [_doc(r) for r in await cur.fetchall()]
+    spans = (await engine.outage_spans(conn, charge_point_id=cp)).get(cp, [])
+    as_of = ch.get("last_data_at") or max(
+        (i.last_seen_at for i in issues), default=datetime.now(UTC)
+    )
+    health, basis = _health(latest, days, issues)
+    return {
+        "charge_point_id": cp,
+        "site_id": ch["site_id"],
+        "hardware": {
+            k: ch.get(k) for k in ("vendor", "model", "firmware", "connectors", "rated_power_w")
+        },
+        "health_score": health,
+        "health_basis": basis,
+        "availability_30d_pct": round(
+            fleet.availability(spans, as_of - timedelta(days=30), as_of) * 100, 3
+        ),
+        "nevi_uptime_pct": fleet.nevi_uptime(spans, as_of),
+        "history": [
+            {**{k: v for k, v in d.items() if k != "health"}, "health": d["health"]} for d in days
+        ],
+        "open_issues": [issue_json(i) for i in issues if i.status != "resolved"],
+        "past_issues": [
+            {
+                "id": i.id,
+                "fault": i.fault.code,
+                "started_at": i.started_at,
+                "ended_at": i.ended_at,
+                "resolution": i.resolution,
+            }
+            for i in issues
+            if i.status == "resolved"
+        ],
+    }
+
+
+def _health(
+    latest: dict[str, Any] | None, days: list[dict[str, Any]], issues: list[Issue]
+) -> tuple[float, str]:
+    if latest is not None and latest["health_score"] is not None:
+        return round(float(latest["health_score"]), 3), "the edge's latest health score"
+    score = 1.0
+    open_ = [i for i in issues if i.status != "resolved"]
+    if any(i.scope in ("charge_point", "site") for i in open_):
+        score -= 0.6
+    elif open_:
+        score -= 0.3
+    recent = days[:7]
+    faults = sum(int(d["faults"]) for d in recent)
+    disc = sum(int(d["disconnects"]) for d in recent)
+    started = sum(int(d["sessions_started"]) for d in recent)
+    failed = sum(int(d["sessions_failed"]) for d in recent)
+    score -= min(0.2, faults * 0.02) + min(0.1, disc * 0.01)
+    if started + failed:
+        score -= 0.2 * failed / (started + failed)
+    return round(
+        max(0.0, score), 3
+    ), "computed: open issues, faults, disconnects and failed starts in 7 days"

@@ -1,0 +1,149 @@
+"""Recurring small problems at one site (pure; the window ends at the latest data).
+
+Many self-resolved incidents (disconnects, short faults) at one site within
+``recurring_window_s`` add up to one site-scoped issue once they reach
+``recurring_min_incidents``, even though none was escalated. The count per
+charger interval is the largest of the digest's ``disconnects`` and
+``self_resolved`` counters and the self-resolved incidents listed for it, so a
+disconnect that was also listed as self-resolved counts once. A recurring
+issue clears when the count in the window falls below half the threshold.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+CONNECTIVITY_WORDS = ("connect", "network", "offline", "heartbeat", "signal", "wifi", "cellular")
+
+
+def is_connectivity(kind: str, category: str) -> bool:
+    text = f"{kind} {category}".lower()
+    return any(w in text for w in CONNECTIVITY_WORDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Blip:
+    """One self-resolved incident from a digest."""
+
+    charge_point_id: str | None
+    kind: str
+    category: str
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRow:
+    charge_point_id: str
+    interval_start: datetime
+    interval_end: datetime
+    disconnects: int
+    self_resolved: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringFinding:
+    site_id: str
+    incidents: int
+    window_start: datetime
+    window_end: datetime
+    connectivity_share: float
+    by_category: dict[str, int]
+    chargers: list[str]
+    first_half: int
+    second_half: int
+    blips: list[Blip]
+
+    @property
+    def connectivity(self) -> bool:
+        return self.connectivity_share >= 0.5
+
+    @property
+    def trend(self) -> str:
+        if self.second_half > 1.25 * self.first_half + 1:
+            return "rising"
+        if self.first_half > 1.25 * self.second_half + 1:
+            return "falling"
+        return "steady"
+
+
+def count_recurring(
+    site_id: str,
+    blips: Sequence[Blip],
+    counters: Sequence[CounterRow],
+    window_end: datetime,
+    window_s: int,
+) -> RecurringFinding:
+    """Count the site's small incidents in ``(window_end - window_s, window_end]``."""
+    start = window_end - timedelta(seconds=window_s)
+    mid = start + (window_end - start) / 2
+    in_window = [b for b in blips if start < b.started_at <= window_end]
+    listed: dict[tuple[str | None, datetime], list[Blip]] = defaultdict(list)
+    rows = [c for c in counters if start < c.interval_end <= window_end]
+    by_cp_rows: dict[str, list[CounterRow]] = defaultdict(list)
+    for c in rows:
+        by_cp_rows[c.charge_point_id].append(c)
+    unmatched = []
+    for b in in_window:
+        match = next(
+            (
+                c
+                for c in by_cp_rows.get(b.charge_point_id or "", [])
+                if c.interval_start <= b.started_at < c.interval_end
+            ),
+            None,
+        )
+        if match is None:
+            unmatched.append(b)
+        else:
+            listed[(match.charge_point_id, match.interval_start)].append(b)
+    total = len(unmatched)
+    first = sum(1 for b in unmatched if b.started_at <= mid)
+    conn = sum(1 for b in unmatched if is_connectivity(b.kind, b.category))
+    cats: Counter[str] = Counter(b.category for b in unmatched)
+    chargers = {b.charge_point_id for b in unmatched if b.charge_point_id}
+    for c in rows:
+        mine = listed.get((c.charge_point_id, c.interval_start), [])
+        n = max(c.disconnects, c.self_resolved, len(mine))
+        if n == 0:
+            continue
+        total += n
+        if c.interval_end <= mid:
+            first += n
+        chargers.add(c.charge_point_id)
+        mine_conn = sum(1 for b in mine if is_connectivity(b.kind, b.category))
+        # extra counted incidents beyond the listed ones are disconnects when the counter says so
+        extra = n - len(mine)
+        extra_conn = min(extra, max(0, c.disconnects - mine_conn))
+        conn += mine_conn + extra_conn
+        for b in mine:
+            cats[b.category] += 1
+        if extra_conn:
+            cats["connectivity"] += extra_conn
+        if extra - extra_conn > 0:
+            cats["other"] += extra - extra_conn
+    share = conn / total if total else 0.0
+    return RecurringFinding(
+        site_id=site_id,
+        incidents=total,
+        window_start=start,
+        window_end=window_end,
+        connectivity_share=round(share, 3),
+        by_category=dict(cats),
+        chargers=sorted(chargers),
+        first_half=first,
+        second_half=total - first,
+        blips=sorted(in_window, key=lambda b: b.started_at),
+    )
+
+
+def recurring_decision(finding: RecurringFinding, min_incidents: int, open_now: bool) -> str:
+    """``"open"`` (raise or update the site issue), ``"clear"`` or ``"none"``."""
+    if finding.incidents >= min_incidents:
+        return "open"
+    if open_now and finding.incidents < min_incidents / 2:
+        return "clear"
+    return "none"
