@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Literal
 
 import aiosqlite
+
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation, Reply, SiteState
 from chargesight.edge.config import StorageSection

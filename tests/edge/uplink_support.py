@@ -57,6 +57,9 @@ class Observer:
         self.port = port
         self.topics = list(topics)
         self.messages: list[tuple[str, dict[str, Any], bool]] = []  # topic, payload, retained
+        # the broker's own re-deliveries to us (DUP flag set after its restart): not the sender's
+        self.redelivered: list[tuple[str, dict[str, Any], bool]] = []
+        self.arrivals: list[tuple[str, dict[str, Any]]] = []  # everything, in arrival order
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self._subscribed = threading.Event()
@@ -80,10 +83,11 @@ class Observer:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         item = (msg.topic, orjson.loads(msg.payload) if msg.payload else {}, bool(msg.retain))
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._record, item)
+            self._loop.call_soon_threadsafe(self._record, item, bool(msg.dup))
 
-    def _record(self, item: tuple[str, dict[str, Any], bool]) -> None:
-        self.messages.append(item)
+    def _record(self, item: tuple[str, dict[str, Any], bool], dup: bool) -> None:
+        (self.redelivered if dup else self.messages).append(item)
+        self.arrivals.append((item[0], item[1]))
         self._changed.set()
 
     async def start(self) -> Observer:
@@ -199,6 +203,7 @@ class PersistentBroker:
     def __init__(self) -> None:
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="cs-mosq-persist-"))
+        self.workdir.chmod(0o777)  # mosquitto started as root drops to its own user to write
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

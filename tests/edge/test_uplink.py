@@ -1,0 +1,176 @@
+"""The MQTT uplink against a real Mosquitto: delivery, order, outages, presence."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chargesight.common.messages import escalations_topic, state_topic
+from chargesight.edge.config import MqttSection
+from chargesight.edge.outbox import Outbox
+from chargesight.edge.uplink import Uplink
+from tests.edge.uplink_support import Observer, PersistentBroker, Relay, escalation
+from tests.servers import Mosquitto
+
+pytestmark = pytest.mark.mqtt
+
+
+def mqtt(url: str, **kw: Any) -> MqttSection:
+    return MqttSection(url=url, **kw)
+
+
+@pytest.fixture
+def persistent_broker() -> Iterator[PersistentBroker]:
+    broker = PersistentBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with Outbox(tmp_path / "edge.sqlite") as box:
+        yield box
+
+
+def ids(observer: Observer, suffix: str = "/escalations") -> list[str]:
+    return [p["message_id"] for p in observer.payloads(suffix)]
+
+
+@pytest.mark.parametrize("protocol", ["auto", "5", "3.1.1"])
+async def test_escalation_committed_then_delivered_exactly_once(
+    mosquitto: Mosquitto, outbox: Outbox, protocol: str
+) -> None:
+    site = f"once-{protocol.replace('.', '')}"
+    async with Observer(mosquitto.port, [escalations_topic(site)]) as obs:
+        async with Uplink(mqtt(mosquitto.url, protocol=protocol), site, outbox) as up:
+            first = escalation(site, 1)
+            assert await outbox.put(escalations_topic(site), first)
+            await obs.wait_for(lambda o: first.message_id in ids(o))
+            await outbox.wait_drained()
+            # a sentinel behind it: had the first been sent twice, it would show by now
+            sentinel = escalation(site, 2)
+            await outbox.put(escalations_topic(site), sentinel)
+            await obs.wait_for(lambda o: sentinel.message_id in ids(o))
+            await outbox.wait_drained()
+            status = up.status()
+            assert status.connected
+            assert status.protocol == ("3.1.1" if protocol == "3.1.1" else "5")
+            assert status.delivered == 2
+            assert status.queued == 0
+        assert ids(obs) == [first.message_id, sentinel.message_id]
+        assert obs.payloads("/escalations")[0] == first.model_dump(mode="json")
+
+
+async def test_online_state_is_retained_and_clean_close_publishes_offline(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    site = "presence"
+    topic = state_topic(site)
+    async with Uplink(mqtt(mosquitto.url), site, outbox) as up:
+        await up.wait_connected()
+        async with Observer(mosquitto.port, [topic]) as late:  # joins after: sees the retained one
+            await late.wait_for(lambda o: bool(o.messages))
+            _, payload, retained = late.messages[0]
+            assert retained
+            assert payload["state"] == "online"
+            assert payload["site_id"] == site
+    async with Observer(mosquitto.port, [topic]) as after:
+        await after.wait_for(lambda o: bool(o.messages))
+        assert after.messages[-1][1]["state"] == "offline"
+        assert after.messages[-1][2]  # retained
+
+
+async def test_inflight_messages_never_exceed_max_inflight(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    site = "inflight"
+    msgs = [escalation(site, i) for i in range(300)]
+    async with Observer(mosquitto.port, [escalations_topic(site)]) as obs:
+        async with Uplink(mqtt(mosquitto.url, max_inflight=5), site, outbox) as up:
+            for m in msgs:
+                await outbox.put(escalations_topic(site), m)
+            await obs.wait_for(lambda o: len(ids(o)) >= len(msgs))
+            await outbox.wait_drained()
+            assert 1 <= up.status().peak_in_flight <= 5
+    assert ids(obs) == [m.message_id for m in msgs]
+
+
+async def test_messages_put_while_broker_is_down_are_delivered_once_in_order_when_it_returns(
+    persistent_broker: PersistentBroker, outbox: Outbox
+) -> None:
+    site = "outage"
+    topic = escalations_topic(site)
+    before = [escalation(site, i) for i in range(5)]
+    during = [escalation(site, 100 + i) for i in range(20)]
+    obs = Observer(persistent_broker.port, [topic], client_id="observer-outage", persistent=True)
+    await obs.start()
+    try:
+        async with Uplink(mqtt(persistent_broker.url), site, outbox) as up:
+            for m in before:
+                await outbox.put(topic, m)
+            await obs.wait_for(lambda o: len(ids(o)) == len(before))
+            await outbox.wait_drained()
+            persistent_broker.stop()
+            for m in during:  # the agent keeps committing while the broker is away
+                assert await outbox.put(topic, m)
+            assert outbox.queued == len(during)
+            persistent_broker.start()
+            await obs.wait_for(lambda o: len(ids(o)) >= len(before) + len(during), timeout=30)
+            await outbox.wait_drained()
+            assert up.status().connected
+    finally:
+        await obs.stop()
+    assert ids(obs) == [m.message_id for m in before + during]
+
+
+async def test_broker_killed_mid_stream_loses_nothing_and_keeps_order(
+    persistent_broker: PersistentBroker, outbox: Outbox
+) -> None:
+    site = "midstream"
+    topic = escalations_topic(site)
+    msgs = [escalation(site, i) for i in range(600)]
+    obs = Observer(persistent_broker.port, [topic], client_id="observer-mid", persistent=True)
+    await obs.start()
+    try:
+        async with Uplink(mqtt(persistent_broker.url, max_inflight=50), site, outbox):
+            await asyncio.gather(*(outbox.put(topic, m) for m in msgs[:300]))
+            await obs.wait_for(lambda o: len(ids(o)) >= 50)
+            persistent_broker.stop()  # with messages in flight
+            for m in msgs[300:]:
+                await outbox.put(topic, m)
+            persistent_broker.start()
+            want = {m.message_id for m in msgs}
+            await obs.wait_for(lambda o: want <= {p["message_id"] for _, p in o.arrivals}, 30)
+            await outbox.wait_drained()
+    finally:
+        await obs.stop()
+    got = [p["message_id"] for _, p in obs.arrivals]
+    first_seen = list(dict.fromkeys(got))
+    assert first_seen == [m.message_id for m in msgs]  # in order, nothing lost
+    assert len(got) - len(first_seen) <= 2 * 50  # re-sends bounded by what was in flight
+
+
+async def test_auto_protocol_falls_back_to_mqtt_311_when_broker_refuses_mqtt_5(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    site = "fallback"
+    relay = await Relay(mosquitto.port).start()
+    relay.refuse_mqtt5 = True
+    try:
+        async with Observer(mosquitto.port, [escalations_topic(site)]) as obs:
+            url = f"mqtt://127.0.0.1:{relay.port}"
+            async with Uplink(mqtt(url, protocol="auto"), site, outbox) as up:
+                msg = escalation(site)
+                await outbox.put(escalations_topic(site), msg)
+                await obs.wait_for(lambda o: msg.message_id in ids(o))
+                assert up.status().protocol == "3.1.1"
+                assert relay.mqtt5_refused >= 1
+    finally:
+        await relay.close()
