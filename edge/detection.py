@@ -166,6 +166,7 @@ class ConnectorState:
         return self.status in _HEALTHY and self.error_code == "NoError"
 
 
+_SESSION_OVER = frozenset({"Available", "Unavailable", "Faulted", "Finishing"})
 _HEALTHY = frozenset(
     {"Available", "Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing", "Occupied"}
 )
@@ -339,7 +340,7 @@ class Detector:
         conn.status = event.status
         conn.error_code = event.error_code
         conn.reported_mono = mono
-        if event.status in ("Available", "Unavailable", "Faulted") and conn.in_transaction:
+        if event.status in _SESSION_OVER and conn.in_transaction:
             # The session is over even if StopTransaction has not come (yet).
             conn.in_transaction = False
         if event.faulted:
@@ -426,6 +427,12 @@ class Detector:
                 None,
             )
         if cid is None:
+            # 1.6 before the CSMS assigned an id: the one connector in a session without one.
+            unnamed = [
+                k for k, c in cp.connectors.items() if c.in_transaction and c.transaction_id is None
+            ]
+            cid = unnamed[0] if len(unnamed) == 1 else None
+        if cid is None:
             return
         conn = cp.connector(cid)
         conn.in_transaction = False
@@ -506,7 +513,7 @@ class Detector:
         since = cp.reconnected_mono
         if since is None:
             return
-        known = list(cp.connectors.values())
+        known = [c for cid, c in cp.connectors.items() if cid != 0] or list(cp.connectors.values())
         if not known:
             return
         if all(c.reported_mono is not None and c.reported_mono >= since for c in known):

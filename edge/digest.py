@@ -105,10 +105,14 @@ class DigestCollector:
                 c.connectors.add(event.connector_id)
         elif isinstance(event, TransactionStarted):
             c.sessions_started += 1
-            if event.transaction_id is not None and event.meter_start_wh is not None:
-                c.meter_start[event.transaction_id] = event.meter_start_wh
+            if event.meter_start_wh is not None:
+                c.meter_start[event.transaction_id or f"connector:{event.connector_id}"] = (
+                    event.meter_start_wh
+                )
         elif isinstance(event, TransactionEnded):
             start = c.meter_start.pop(event.transaction_id or "", None)
+            if start is None and event.connector_id is not None:
+                start = c.meter_start.pop(f"connector:{event.connector_id}", None)
             if start is not None and event.meter_stop_wh is not None:
                 c.energy_wh += max(0.0, event.meter_stop_wh - start)
         elif isinstance(event, MeterSample):

@@ -307,6 +307,10 @@ class RecoveryEngine:
         if isinstance(event, Boot):
             profile = self.profile_for(event.charge_point_id)
             self.digest.set_rated_power(event.charge_point_id, profile.rated_power(1))
+        if isinstance(event, ConnectionUp):
+            for run in self._runs.values():
+                if run.incident.charge_point_id == event.charge_point_id:
+                    run.wake.set()
         self._dispatch(outputs)
 
     def set_maintenance(self, charge_point_id: str, on: bool) -> None:
@@ -482,13 +486,18 @@ class RecoveryEngine:
             return False
         return not taxonomy.is_resettable(inc.fault, self.profile_for(inc.charge_point_id))
 
-    async def _wait(self, run: _Run, seconds: float) -> bool:
-        """Wait up to ``seconds`` for recovery; True when recovered. Returns early on a safety stop."""
+    async def _wait(
+        self, run: _Run, seconds: float, until: Callable[[], bool] | None = None
+    ) -> bool:
+        """Wait up to ``seconds`` for recovery; True when recovered.
+
+        Returns early on a safety stop, or when ``until()`` becomes true.
+        """
         end = self.clock.monotonic() + max(0.0, seconds)
         while True:
             if self._recovered(run):
                 return True
-            if self._must_stop(run):
+            if self._must_stop(run) or (until is not None and until()):
                 return False
             left = end - self.clock.monotonic()
             if left <= 0:
@@ -551,7 +560,10 @@ class RecoveryEngine:
                 return
             attempt = await self._step(run, step, profile)
             wait = min(book.wait_s(step, self.config.window_s), self._remaining(run))
-            if attempt.result in ("accepted", "no_change") or step == playbooks.WAIT:
+            if step == playbooks.WAIT and inc.kind == "connectivity" and cp is not None:
+                # Waiting for a lost charge point: go on as soon as it is back (and silent).
+                recovered = await self._wait(run, wait, until=lambda: self._connected(cp))
+            elif attempt.result in ("accepted", "no_change") or step == playbooks.WAIT:
                 recovered = await self._wait(run, wait)
             else:
                 recovered = self._recovered(run)
@@ -594,6 +606,10 @@ class RecoveryEngine:
             attempt = RecoveryAttempt(action=step, at=at, result="skipped", detail="unknown step")
         run.attempts.append(attempt)
         return attempt
+
+    def _connected(self, cp: str) -> bool:
+        state = self.detector.charge_points.get(cp)
+        return state is not None and state.connected
 
     def _version(self, cp: str) -> str:
         v = self._call.version(cp)

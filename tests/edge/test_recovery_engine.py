@@ -543,3 +543,42 @@ async def test_every_action_is_audited_and_visible_in_status(h: Harness) -> None
     actions = [e["action"] for e in status["recent_actions"]]
     assert "confirm" in actions and "availability_toggle" in actions
     assert all(e.incident_id for e in h.audit.entries if e.action not in ("maintenance",))
+
+
+async def test_silent_reconnect_is_confirmed_with_trigger_message_then_self_resolved(
+    h: Harness,
+) -> None:
+    for cp in ("CP1", "CP2", "CP3"):
+        h.connect(cp)
+
+    def report_all(cp: str, payload: dict[str, Any]) -> None:
+        h.status(cp, 1, "Available")
+        h.status(cp, 2, "Available")
+
+    h.charger.handlers["TriggerMessage"] = report_all
+    h.engine.handle(ConnectionDown("CP1", h.clock.now(), "1006"))
+    h.charger.offline.add("CP1")
+    await h.clock.advance(2)
+    h.charger.offline.discard("CP1")
+    h.engine.handle(ConnectionUp("CP1", h.clock.now(), "1.6"))  # back, but reports nothing
+    await h.clock.advance(1)
+    assert h.charger.actions("TriggerMessage") == [
+        ("CP1", "TriggerMessage", {"requestedMessage": "StatusNotification"})
+    ]
+    await h.clock.advance(WINDOW * 2)
+    assert h.escalations == []
+    (resolved,) = h.engine.cut_digest().self_resolved
+    assert (resolved.kind, resolved.fixed_by) == ("connectivity", "confirm")
+
+
+async def test_session_without_stop_transaction_ends_with_finishing_and_no_longer_blocks_resets(
+    h: Harness,
+) -> None:
+    h.connect("CP1")
+    h.engine.handle(TransactionStarted("CP1", h.clock.now(), 2, "tx-9", meter_start_wh=0))
+    h.status("CP1", 2, "Finishing")
+    _recover_on(h, "Reset")
+    h.status("CP1", 1, "Faulted", "InternalError")
+    await h.clock.advance(WINDOW)
+    assert len(h.charger.actions("Reset")) == 1
+    assert h.escalations == []
