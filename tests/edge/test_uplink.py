@@ -92,13 +92,14 @@ async def test_inflight_messages_never_exceed_max_inflight(
 ) -> None:
     site = "inflight"
     msgs = [escalation(site, i) for i in range(300)]
-    async with Observer(mosquitto.port, [escalations_topic(site)]) as obs:
-        async with Uplink(mqtt(mosquitto.url, max_inflight=5), site, outbox) as up:
-            for m in msgs:
-                await outbox.put(escalations_topic(site), m)
-            await obs.wait_for(lambda o: len(ids(o)) >= len(msgs))
-            await outbox.wait_drained()
-            assert 1 <= up.status().peak_in_flight <= 5
+    async with (
+        Observer(mosquitto.port, [escalations_topic(site)]) as obs,
+        Uplink(mqtt(mosquitto.url, max_inflight=5), site, outbox) as up,
+    ):
+        await asyncio.gather(*(outbox.put(escalations_topic(site), m) for m in msgs))
+        await obs.wait_for(lambda o: len(ids(o)) >= len(msgs))
+        await outbox.wait_drained()
+        assert up.status().peak_in_flight == 5
     assert ids(obs) == [m.message_id for m in msgs]
 
 
