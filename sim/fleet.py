@@ -97,6 +97,7 @@ class Simulation:
         self.energy_wh = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+        self._changed = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -160,6 +161,17 @@ class Simulation:
 
     def charge_point(self, charge_point_id: str) -> SimChargePoint:
         return self.charge_points[charge_point_id]
+
+    async def wait_for(self, predicate: Callable[[Simulation], bool], timeout: float = 10.0) -> None:
+        """Wait (real seconds) until ``predicate(self)`` holds; checked after every driver arrival."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                ev = self._changed
+                await ev.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def wait_connected(self, ids: Iterable[str] | None = None, timeout: float = 30.0) -> None:
         """Wait until the charge points (default: all) have booted and are connected."""
@@ -386,6 +398,12 @@ class Simulation:
     async def _arrival(
         self, conns: list[tuple[SimChargePoint, int]], rng: random.Random, site: Site
     ) -> None:
+        try:
+            await self._arrive(conns, rng)
+        finally:
+            self._notify()
+
+    async def _arrive(self, conns: list[tuple[SimChargePoint, int]], rng: random.Random) -> None:
         dr = self.scenario.data.drivers
         n = len(conns)
         first = rng.randrange(n)

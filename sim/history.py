@@ -339,14 +339,16 @@ class _Gen:
     ) -> None:
         """Early symptoms: brief trips a soft reset clears, more often as the failure nears."""
         assert f.fail_s is not None
-        span = f.fail_s - f.start_s
+        span = max(1.0, f.fail_s - f.start_s)
+        peak = 1.25 / 86400  # trips per second just before the failure
         t = f.start_s
-        while True:
-            sev = (t - f.start_s) / span if span > 0 else 1.0
-            rate = (0.05 + 1.2 * sev * sev) / 86400
-            t += self.rng.expovariate(rate)
+        while True:  # thinning: a Poisson process whose rate grows with the damage
+            t += self.rng.expovariate(peak)
             if t >= min(f.fail_s, self.T):
                 return
+            sev = (t - f.start_s) / span
+            if self.rng.random() * 1.25 > 0.05 + 1.2 * sev * sev:
+                continue
             code = self.rng.choice(PSU_TRIP_CODES)
             t1 = t + self.rng.uniform(*SOFT_RESET_FIX_S)
             cat = "contactor" if code == "PowerSwitchFailure" else "overcurrent"
