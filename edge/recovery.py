@@ -298,8 +298,10 @@ class RecoveryEngine:
 
     def handle(self, event: Event) -> None:
         """Take one normalised event. Synchronous, never blocks."""
-        if not self._started or self._closing:
-            raise RuntimeError("recovery engine is not running")
+        if self._closing:
+            return  # shutting down: events of closing connections are of no use any more
+        if not self._started:
+            raise RuntimeError("recovery engine is not started")
         if isinstance(event, Boot | ConnectionUp):
             self._profiles.pop(event.charge_point_id, None)
         self.digest.feed(event)
