@@ -206,13 +206,15 @@ class Uplink:
         self._state = "closing"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout_s
+        if self._request_tasks:  # let running requests commit their replies, within the deadline
+            await asyncio.wait(list(self._request_tasks), timeout=max(0.0, deadline - loop.time()))
+        for t in list(self._request_tasks):
+            t.cancel()
+        await asyncio.gather(*self._request_tasks, return_exceptions=True)
         publisher = [t for t in self._tasks if t.get_name() == "uplink-publish"]
         for t in publisher:
             t.cancel()
         await asyncio.gather(*publisher, return_exceptions=True)
-        for t in list(self._request_tasks):
-            t.cancel()
-        await asyncio.gather(*self._request_tasks, return_exceptions=True)
 
         client = self._client
         if client is not None and self._connected.is_set():
