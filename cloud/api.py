@@ -72,6 +72,31 @@ def _error(status: int, code: str, message: str) -> OrjsonResponse:
     return OrjsonResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def principal(request: Request) -> TokenEntry:
+    state: ApiState = request.app.state.cs
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer TOKEN)")
+    entry = state.tokens.get(token.strip())
+    if entry is None:
+        raise ApiError(401, "unauthorized", "unknown token")
+    return entry
+
+
+def operator(who: Annotated[TokenEntry, Depends(principal)]) -> TokenEntry:
+    if who.role != "operator":
+        raise ApiError(
+            403, "forbidden", "this action needs an operator token; yours is a viewer token"
+        )
+    return who
+
+
+Viewer = Annotated[TokenEntry, Depends(principal)]
+Operator = Annotated[TokenEntry, Depends(operator)]
+StatusFilter = Literal["open", "acknowledged", "resolved", "active", "all"]
+
+
 def create_app(state: ApiState) -> FastAPI:
     app = FastAPI(
         title="chargesight cloud API",
@@ -103,28 +128,6 @@ def create_app(state: ApiState) -> FastAPI:
     async def _internal(request: Request, exc: Exception) -> Response:
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    def principal(request: Request) -> TokenEntry:
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401, "unauthorized", "missing bearer token (Authorization: Bearer TOKEN)"
-            )
-        entry = state.tokens.get(token.strip())
-        if entry is None:
-            raise ApiError(401, "unauthorized", "unknown token")
-        return entry
-
-    def operator(who: Annotated[TokenEntry, Depends(principal)]) -> TokenEntry:
-        if who.role != "operator":
-            raise ApiError(
-                403, "forbidden", "this action needs an operator token; yours is a viewer token"
-            )
-        return who
-
-    Viewer = Annotated[TokenEntry, Depends(principal)]
-    Operator = Annotated[TokenEntry, Depends(operator)]
-
     @app.get(f"{PREFIX}/health")
     async def health() -> dict[str, Any]:
         async with state.pool.connection() as conn:
@@ -134,9 +137,7 @@ def create_app(state: ApiState) -> FastAPI:
     @app.get(f"{PREFIX}/issues")
     async def issues(
         who: Viewer,
-        status: Annotated[
-            Literal["open", "acknowledged", "resolved", "active", "all"], Query()
-        ] = "open",
+        status: StatusFilter = "open",
         site_id: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:

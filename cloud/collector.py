@@ -23,7 +23,7 @@ import contextlib
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -122,10 +122,12 @@ class Collector:
         self._pending = Pending()
         self._pending_event = asyncio.Event()
         self.stored_total = 0
+        self.handled_total = 0
         self.analysed_batches = 0
         self._analysis_idle = asyncio.Event()
         self._analysis_idle.set()
         self.server: uvicorn.Server | None = None
+        self._progress = asyncio.Condition()
         self.api_port: int | None = None
 
     # -------------------------------------------------------------- ingest
@@ -199,10 +201,12 @@ class Collector:
         self.source.ack(items)
         self.metrics.lag_seconds.set(time.monotonic() - items[0].received)
         self.metrics.queue_depth.set(self.source.depth)
+        self.handled_total += len(items)
         if result.escalations or result.digests:
             self._pending.add(result)
             self._analysis_idle.clear()
             self._pending_event.set()
+        await self._notify()
 
     # -------------------------------------------------------------- analysis
 
@@ -210,6 +214,7 @@ class Collector:
         while True:
             if not self._pending:
                 self._analysis_idle.set()
+                await self._notify()
                 if self._stopping.is_set():
                     return
                 self._pending_event.clear()
@@ -249,13 +254,21 @@ class Collector:
             except psycopg.Error as exc:
                 log.warning("refresh failed", error=str(exc))
 
-    async def wait_idle(self, timeout: float = 30.0) -> None:
-        """Wait until everything received so far is stored and analysed (tests, import)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.source.depth or self._pending or not self._analysis_idle.is_set():
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("collector did not become idle")
-            await asyncio.sleep(0.01)
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    def idle(self) -> bool:
+        return not self.source.depth and not self._pending and self._analysis_idle.is_set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until ``predicate()`` holds after a store or analysis step (cancel-safe)."""
+        async with asyncio.timeout(timeout), self._progress:
+            await self._progress.wait_for(predicate)
+
+    async def wait_stored(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until ``n`` messages (new, duplicate or dead) were handled and analysed."""
+        await self.wait_until(lambda: self.handled_total >= n and self.idle(), timeout)
 
     # -------------------------------------------------------------- service
 

@@ -169,8 +169,16 @@ class Engine:
                 iid = await self.check_recurring(site)
                 if iid:
                     touched.add(iid)
-        if touched:
-            await self.enrich_many(await self._with_signature_peers(touched))
+        ids = await self._with_signature_peers(touched) if touched else []
+        sites = sorted({d.site_id for d in digests})
+        if sites:
+            # new data time at these sites: the running revenue of their open issues moves on
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT id FROM issues WHERE site_id = ANY(%s) AND status <> 'resolved'", (sites,)
+                )
+                ids = sorted(set(ids) | {str(r["id"]) for r in await cur.fetchall()})
+        await self.enrich_many(ids)
         return touched
 
     async def apply_events(

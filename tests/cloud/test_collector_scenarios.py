@@ -1,0 +1,361 @@
+"""The collector end to end: real Mosquitto, real PostgreSQL, messages built from the common schemas."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from tests.cloud.conftest import OPERATOR, VIEWER, Running
+from tests.cloud.helpers import T0, blip, counters, digest, escalation, usage_history
+
+pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
+
+WEEK = timedelta(days=7)
+
+
+async def send(r: Running, *msgs: object) -> None:
+    before = r.collector.handled_total
+    n = await asyncio.to_thread(r.publisher.send, *msgs)  # type: ignore[arg-type]
+    await r.collector.wait_stored(before + n)
+
+
+async def test_persistent_fault_becomes_an_issue_with_every_contract_field(
+    running: Running,
+) -> None:
+    r = running
+    # two weeks of usage before the fault: 2 sessions per hour of 20 kWh at 0.5 EUR/kWh
+    await send(r, *usage_history("berlin", ["cp-1", "cp-2"], T0 - 2 * WEEK, 14 * 24))
+    fault_at = T0 + timedelta(hours=10)
+    await send(
+        r,
+        escalation(
+            "berlin",
+            "cp-1",
+            code="PowerSwitchFailure",
+            vendor_code="PSU-7",
+            category="power",
+            component="psu",
+            started_at=fault_at,
+        ),
+    )
+    # three hours of outage pass in the data
+    await send(r, *usage_history("berlin", ["cp-2"], fault_at, 3))
+
+    resp = await r.get("/issues")
+    assert resp.status_code == 200
+    issues = resp.json()["issues"]
+    assert len(issues) == 1
+    issue = issues[0]
+    for key in (
+        "id",
+        "site_id",
+        "charge_point_id",
+        "connector_id",
+        "scope",
+        "status",
+        "fault",
+        "started_at",
+        "ended_at",
+        "recovery_attempts",
+        "diagnosis",
+        "recommended_action",
+        "revenue_lost",
+        "related",
+        "evidence",
+        "priority",
+    ):
+        assert key in issue, key
+    assert issue["site_id"] == "berlin"
+    assert issue["charge_point_id"] == "cp-1"
+    assert issue["scope"] == "charge_point"
+    assert issue["connector_id"] is None
+    assert issue["status"] == "open"
+    assert issue["fault"]["code"] == "PowerSwitchFailure"
+    assert issue["fault"]["vendor_code"] == "PSU-7"
+    assert [a["action"] for a in issue["recovery_attempts"]] == ["soft_reset", "hard_reset"]
+    assert issue["evidence"][0]["direction"] == "cp->csms"
+    assert issue["recommended_action"] == "component_replacement"
+    assert "cp-1" in issue["diagnosis"] and "soft_reset" in issue["diagnosis"]
+    # 3 outage hours × 2 expected sessions × 20 kWh × 0.5 EUR
+    assert issue["revenue_lost"]["currency"] == "EUR"
+    assert issue["revenue_lost"]["amount"] == pytest.approx(60.0)
+    assert "same hour of week" in issue["revenue_lost"]["method"]
+    assert 0 < issue["priority"] <= 1
+    whole = await r.get(f"/issues/{issue['id']}")
+    assert whole.json()["id"] == issue["id"]
+
+
+async def test_same_signature_on_three_chargers_at_two_sites_lists_the_others_as_related(
+    running: Running,
+) -> None:
+    r = running
+    units = [("north", "n-1"), ("north", "n-2"), ("south", "s-1")]
+    await send(
+        r,
+        *[
+            escalation(
+                site,
+                cp,
+                code="OverCurrentFailure",
+                vendor_code="OC-3",
+                category="power",
+                model="HPC150",
+                started_at=T0 + timedelta(hours=i),
+            )
+            for i, (site, cp) in enumerate(units)
+        ],
+    )
+    # an unrelated fault on the same model must not be listed
+    await send(
+        r,
+        escalation(
+            "south",
+            "s-2",
+            code="GroundFailure",
+            vendor_code="GF",
+            category="hardware",
+            model="HPC150",
+            started_at=T0,
+        ),
+    )
+    issues = {i["charge_point_id"]: i for i in (await r.get("/issues")).json()["issues"]}
+    assert set(issues) == {"n-1", "n-2", "s-1", "s-2"}
+    for _site, cp in units:
+        related = {(x["site_id"], x["charge_point_id"]) for x in issues[cp]["related"]}
+        assert related == {u for u in units if u[1] != cp}, cp
+        assert all("OverCurrentFailure" in x["reason"] for x in issues[cp]["related"])
+    assert issues["s-2"]["related"] == []
+    assert issues["s-2"]["recommended_action"] == "field_technician"
+
+
+async def test_flaky_wifi_site_gets_one_site_issue_with_its_cost(running: Running) -> None:
+    r = running
+    cps = ["w-1", "w-2", "w-3"]
+    await send(r, *usage_history("cafe", cps, T0 - 2 * WEEK, 14 * 24))
+    # 24 short disconnects over one day, spread over the three chargers: none escalated
+    digests = []
+    for h in range(24):
+        cp = cps[h % 3]
+        at = T0 + timedelta(hours=h, minutes=10)
+        digests.append(
+            digest(
+                "cafe",
+                T0 + timedelta(hours=h),
+                [
+                    counters(
+                        c,
+                        sessions_started=2,
+                        energy_wh=40_000,
+                        disconnects=int(c == cp),
+                        self_resolved=int(c == cp),
+                    )
+                    for c in cps
+                ],
+                self_resolved=[blip(cp, at, minutes=30)],
+            )
+        )
+    await send(r, *digests)
+    issues = (await r.get("/issues")).json()["issues"]
+    assert len(issues) == 1
+    issue = issues[0]
+    assert issue["scope"] == "site"
+    assert issue["charge_point_id"] is None and issue["connector_id"] is None
+    assert sorted(issue["chargers"]) == cps
+    assert issue["recommended_action"] == "network_fix"
+    assert issue["recurring"]["incidents"] == 24
+    # 24 half-hour outages × 2 sessions/h × 20 kWh × 0.5 EUR = 240 EUR
+    assert issue["revenue_lost"]["amount"] == pytest.approx(240.0)
+    site = (await r.get("/sites/cafe")).json()
+    assert [p["id"] for p in site["recurring_problems"]] == [issue["id"]]
+
+
+async def test_duplicate_deliveries_make_one_issue(running: Running) -> None:
+    r = running
+    esc = escalation("dup", "d-1")
+    await send(r, esc, esc, esc)
+    await send(r, esc)
+    issues = (await r.get("/issues?status=all")).json()["issues"]
+    assert len(issues) == 1
+    assert issues[0]["escalations"] == 1
+    text = (await r.api.get("/metrics")).text
+    assert "chargesight_ingest_duplicates_total 3.0" in text
+
+
+async def test_repeated_escalation_of_the_same_problem_updates_the_one_issue(
+    running: Running,
+) -> None:
+    r = running
+    await send(r, escalation("rep", "r-1", connector=1, scope="connector", incident_id="inc-a"))
+    await send(
+        r,
+        escalation(
+            "rep",
+            "r-1",
+            connector=1,
+            scope="connector",
+            incident_id="inc-b",
+            started_at=T0 + timedelta(hours=1),
+        ),
+    )
+    issues = (await r.get("/issues")).json()["issues"]
+    assert len(issues) == 1
+    assert issues[0]["connector_id"] == 1 and issues[0]["escalations"] == 2
+
+
+async def test_malformed_message_goes_to_dead_letters_and_the_collector_keeps_going(
+    running: Running, database: object
+) -> None:
+    r = running
+    before = r.collector.handled_total
+    await asyncio.to_thread(r.publisher.raw, "chargesight/v1/sites/bad/escalations", b"{not json")
+    await asyncio.to_thread(
+        r.publisher.raw, "chargesight/v1/sites/bad/digests", b'{"site_id": "bad"}'
+    )
+    await r.collector.wait_stored(before + 2)
+    await send(r, escalation("good", "g-1"))
+    assert len((await r.get("/issues")).json()["issues"]) == 1
+    async with r.collector.db.pool.connection() as conn:
+        cur = await conn.execute("SELECT topic, reason FROM dead_letters ORDER BY id")
+        rows = await cur.fetchall()
+    assert [row["topic"] for row in rows] == [
+        "chargesight/v1/sites/bad/escalations",
+        "chargesight/v1/sites/bad/digests",
+    ]
+    assert all("schema validation failed" in row["reason"] for row in rows)
+    assert "chargesight_ingest_dead_letters_total 2.0" in (await r.api.get("/metrics")).text
+
+
+async def test_fault_reported_healthy_again_resolves_the_issue_as_cleared(running: Running) -> None:
+    r = running
+    await send(r, escalation("clr", "c-1", incident_id="inc-1"))
+    await send(r, digest("clr", T0 + timedelta(hours=1), [counters("c-1")], cleared=["inc-1"]))
+    assert (await r.get("/issues")).json()["issues"] == []
+    issue = (await r.get("/issues?status=resolved")).json()["issues"][0]
+    assert issue["resolution"] == "cleared"
+    assert issue["ended_at"] == "2026-03-02T02:00:00Z"
+
+
+async def test_fault_returning_after_operator_resolve_reopens_the_issue_and_says_so(
+    running: Running,
+) -> None:
+    r = running
+    await send(r, escalation("ro", "o-1", incident_id="first"))
+    issue_id = (await r.get("/issues")).json()["issues"][0]["id"]
+    resp = await r.api.post(
+        f"/api/v1/issues/{issue_id}/resolve",
+        headers=r.headers(OPERATOR),
+        json={"action": "reboot", "worked": True, "note": "power cycled"},
+    )
+    assert resp.status_code == 200
+    assert resp.json()["resolution"] == "operator"
+    assert resp.json()["operator_actions"][-1] == {
+        **resp.json()["operator_actions"][-1],
+        "action": "reboot",
+        "worked": True,
+        "by": "olga",
+    }
+    await send(r, escalation("ro", "o-1", incident_id="second", started_at=T0 + timedelta(days=1)))
+    issues = (await r.get("/issues")).json()["issues"]
+    assert [i["id"] for i in issues] == [issue_id]
+    assert issues[0]["reopened"] == 1
+    assert "after an operator resolved it with reboot" in issues[0]["history"][-1]["detail"]
+    assert "came back 1 time" in issues[0]["diagnosis"]
+
+
+async def test_site_outage_is_one_site_issue_listing_its_chargers(running: Running) -> None:
+    r = running
+    await send(
+        r,
+        escalation(
+            "site",
+            None,
+            scope="site",
+            chargers=["a", "b", "c"],
+            code="ConnectionLost",
+            category="connectivity",
+            kind="connectivity",
+        ),
+    )
+    issue = (await r.get("/issues")).json()["issues"][0]
+    assert issue["scope"] == "site" and issue["chargers"] == ["a", "b", "c"]
+    assert issue["recommended_action"] == "network_fix"
+
+
+async def test_api_rejects_missing_or_unknown_tokens_and_viewers_writing(running: Running) -> None:
+    r = running
+    await send(r, escalation("auth", "x-1"))
+    issue_id = (await r.get("/issues")).json()["issues"][0]["id"]
+    no_token = await r.api.get("/api/v1/issues")
+    assert no_token.status_code == 401
+    assert no_token.json()["error"]["code"] == "unauthorized"
+    assert (await r.get("/issues", token="wrong-token-000")).status_code == 401
+    viewer_ack = await r.api.post(f"/api/v1/issues/{issue_id}/ack", headers=r.headers(VIEWER))
+    assert viewer_ack.status_code == 403
+    assert viewer_ack.json()["error"]["code"] == "forbidden"
+    ack = await r.api.post(
+        f"/api/v1/issues/{issue_id}/ack", headers=r.headers(OPERATOR), json={"note": "on it"}
+    )
+    assert ack.status_code == 200 and ack.json()["status"] == "acknowledged"
+    missing = await r.get("/issues/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    bad_limit = await r.get("/issues?limit=501")
+    assert bad_limit.status_code == 422 and "limit" in bad_limit.json()["error"]["message"]
+    assert (await r.api.get("/api/v1/health")).status_code == 200
+    spec = (await r.api.get("/api/v1/openapi.json")).json()
+    assert "/api/v1/issues/{issue_id}/resolve" in spec["paths"]
+
+
+async def test_ask_answers_from_the_data_and_lists_the_issues_it_used(running: Running) -> None:
+    r = running
+    await send(
+        r,
+        escalation("askme", "q-1", code="GroundFailure", category="hardware", safety_critical=True),
+    )
+    resp = await r.api.post(
+        "/api/v1/ask", headers=r.headers(), json={"question": "What is broken right now?"}
+    )
+    body = resp.json()
+    assert resp.status_code == 200
+    assert "GroundFailure" in body["answer"] and len(body["issues"]) == 1
+    site = (
+        await r.api.post(
+            "/api/v1/ask", headers=r.headers(), json={"question": "how is askme doing?"}
+        )
+    ).json()
+    assert site["understood"] == "site id" and "askme" in site["answer"]
+    unknown = (
+        await r.api.post("/api/v1/ask", headers=r.headers(), json={"question": "sing me a song"})
+    ).json()
+    assert "did not understand" in unknown["answer"]
+
+
+async def test_fleet_models_show_failure_rate_with_confidence_interval(running: Running) -> None:
+    r = running
+    await send(
+        r, *usage_history("fl", ["f-1", "f-2"], T0 - WEEK, 7 * 24, model="AC22", firmware="3.1")
+    )
+    await send(
+        r, escalation("fl", "f-1", model="AC22", firmware="3.1", started_at=T0 - timedelta(days=2))
+    )
+    body = (await r.get("/fleet/models")).json()
+    (m,) = body["models"]
+    assert m["model"] == "AC22" and m["units"] == 2 and m["failures"] == 1
+    assert m["charger_days"] == pytest.approx(14.0)
+    assert m["failure_rate_per_1000_charger_days"] == pytest.approx(1000 / 14, rel=1e-3)
+    lo, hi = m["failure_rate_ci95"]
+    assert lo < m["failure_rate_per_1000_charger_days"] < hi
+
+
+async def test_idempotent_store_survives_a_database_outage_retry(
+    running: Running, fresh_db: str
+) -> None:
+    """Re-delivery after a lost ack: the same message_id stored twice is one row."""
+    r = running
+    esc = escalation("idem", "i-1")
+    await send(r, esc)
+    async with await psycopg.AsyncConnection.connect(fresh_db) as conn:
+        cur = await conn.execute("SELECT count(*) FROM escalations")
+        assert (await cur.fetchone()) == (1,)
