@@ -46,6 +46,7 @@ from typing import Literal
 
 from chargesight.common import taxonomy
 from chargesight.common.events import (
+    AuthorizeResult,
     Boot,
     ConnectionDown,
     ConnectionUp,
@@ -160,6 +161,9 @@ class ConnectorState:
     session_max_power_w: float | None = None
     failed_sessions: int = 0
     low_power_sessions: int = 0
+    evse_connector_id: int | None = None  # 2.0.1: the connector inside the EVSE
+    preparing_since: float | None = None  # a start attempt: Preparing, no transaction yet
+    authorized: bool = False  # an Authorize was accepted during that attempt
 
     @property
     def healthy(self) -> bool:
@@ -254,8 +258,15 @@ class Detector:
             self._status(cp, event, mono, out)
         elif isinstance(event, ProblemReport):
             self._problem(cp, event, mono, out)
+        elif isinstance(event, AuthorizeResult):
+            if event.status == "Accepted":
+                for conn in cp.connectors.values():
+                    if conn.preparing_since is not None:
+                        conn.authorized = True
         elif isinstance(event, TransactionStarted):
             conn = cp.connector(event.connector_id)
+            conn.preparing_since = None
+            conn.authorized = False
             conn.in_transaction = True
             conn.transaction_id = event.transaction_id
             conn.session_start_mono = mono
@@ -337,9 +348,20 @@ class Detector:
         self, cp: ChargePointState, event: ConnectorStatus, mono: float, out: list[Output]
     ) -> None:
         conn = cp.connector(event.connector_id)
+        previous = conn.status
         conn.status = event.status
         conn.error_code = event.error_code
         conn.reported_mono = mono
+        if event.evse_connector_id is not None:
+            conn.evse_connector_id = event.evse_connector_id
+        if event.status == "Preparing" and previous != "Preparing" and not conn.in_transaction:
+            conn.preparing_since, conn.authorized = mono, False
+        elif event.status == "Available" and conn.preparing_since is not None:
+            # Back to Available from an authorised start attempt without a transaction:
+            # the session failed to start.
+            if conn.authorized and not conn.in_transaction:
+                self._session_failed(cp, event.connector_id, event.at, mono, out)
+            conn.preparing_since, conn.authorized = None, False
         if event.status in _SESSION_OVER and conn.in_transaction:
             # The session is over even if StopTransaction has not come (yet).
             conn.in_transaction = False
@@ -442,14 +464,7 @@ class Detector:
         duration = mono - conn.session_start_mono if conn.session_start_mono is not None else None
         conn.transaction_id = None
         if energy is not None and energy <= self.params.failed_session_max_wh:
-            conn.failed_sessions += 1
-            out.append(SessionFailed(cp.id, cid))
-            if conn.failed_sessions >= self.params.session_fail_threshold:
-                fault = taxonomy.performance_fault(
-                    taxonomy.SESSION_START_FAILURES,
-                    f"{conn.failed_sessions} sessions in a row delivered no energy",
-                )
-                self._open_perf(cp, cid, fault, event.at, mono, out)
+            self._session_failed(cp, cid, event.at, mono, out)
             return
         conn.failed_sessions = 0
         self._recover(
@@ -476,6 +491,19 @@ class Detector:
             self._recover(
                 ("performance", cp.id, cid, taxonomy.POWER_BELOW_RATED), event.at, mono, out
             )
+
+    def _session_failed(
+        self, cp: ChargePointState, cid: int, at: datetime, mono: float, out: list[Output]
+    ) -> None:
+        conn = cp.connector(cid)
+        conn.failed_sessions += 1
+        out.append(SessionFailed(cp.id, cid))
+        if conn.failed_sessions >= self.params.session_fail_threshold:
+            fault = taxonomy.performance_fault(
+                taxonomy.SESSION_START_FAILURES,
+                f"{conn.failed_sessions} session starts in a row failed (no energy delivered)",
+            )
+            self._open_perf(cp, cid, fault, at, mono, out)
 
     def _open_perf(
         self,

@@ -440,6 +440,8 @@ class RecoveryEngine:
 
     def _closed(self, incident: Incident) -> None:
         run = self._runs.pop(incident.id, None)
+        for member in incident.members:  # a site incident takes its members along
+            self._runs.pop(member, None)
         if run is None or run.outcome == "absorbed":
             return
         if run.outcome == "escalated":
@@ -663,7 +665,10 @@ class RecoveryEngine:
         return self._remaining(run) if run is not None else CALL_TIMEOUT_S
 
     def _evse_connector(self, inc: Incident) -> int:
-        return 1
+        """2.0.1: the connector inside the EVSE (as last reported, else 1)."""
+        state = self.detector.charge_points.get(inc.charge_point_id or "")
+        conn = state.connectors.get(inc.connector_id or 0) if state else None
+        return conn.evse_connector_id if conn and conn.evse_connector_id else 1
 
     async def _confirm(self, inc: Incident, at: datetime) -> RecoveryAttempt:
         cp = inc.charge_point_id

@@ -6,6 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 from chargesight.common.events import (
+    AuthorizeResult,
     Boot,
     ConnectionDown,
     ConnectionUp,
@@ -266,3 +267,30 @@ def test_closed_incidents_are_forgotten() -> None:
     assert any(isinstance(o, Closed) for o in det.tick(at(10), 10))
     assert det.open_incidents() == []
     assert det.incidents == {}
+
+
+def test_authorised_start_attempts_that_never_start_a_transaction_are_failed_sessions() -> None:
+    det = make()
+    up(det, "CP1", 0)
+    out: list[Output] = []
+    for i in range(3):
+        t = i * 100
+        out += det.feed(ConnectorStatus("CP1", at(t + 1), 1, "Preparing"), t + 1)
+        out += det.feed(AuthorizeResult("CP1", at(t + 2), "TAG", "Accepted"), t + 2)
+        out += det.feed(ConnectorStatus("CP1", at(t + 32), 1, "Available"), t + 32)
+    assert kinds(out).count("SessionFailed") == 3
+    (opened,) = [o for o in out if isinstance(o, Opened)]
+    assert (opened.incident.fault.code, opened.incident.scope) == (
+        "SessionStartFailures",
+        "connector",
+    )
+
+
+def test_driver_who_plugs_in_and_leaves_without_authorising_is_not_a_failed_session() -> None:
+    det = make()
+    up(det, "CP1", 0)
+    out: list[Output] = []
+    for i in range(5):
+        out += det.feed(ConnectorStatus("CP1", at(i * 10 + 1), 1, "Preparing"), i * 10 + 1)
+        out += det.feed(ConnectorStatus("CP1", at(i * 10 + 5), 1, "Available"), i * 10 + 5)
+    assert out == []
