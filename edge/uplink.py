@@ -62,7 +62,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import SiteState, requests_topic, state_topic, utcnow
 from chargesight.edge.config import MqttSection
-from chargesight.edge.outbox import Outbox
+from chargesight.edge.outbox import Outbox, OutboxEntry
 
 if TYPE_CHECKING:
     from chargesight.edge.requests import RequestRouter
@@ -154,6 +154,7 @@ class Uplink:
         self._waiters: dict[int, asyncio.Future[ReasonCode | None]] = {}
         self._acked: list[int] = []
         self._cursor = 0
+        self._generation = 0  # bumped when a new paho client must replay the outbox
         self._limit = mqtt.max_inflight
         self._peak = 0
         self._delivered = 0
@@ -495,29 +496,53 @@ class Uplink:
     # ------------------------------------------------------------ tasks
 
     async def _publish_loop(self) -> None:
-        """Publish committed rows in order, at most ``_limit`` unacknowledged."""
+        """Publish committed rows in order, at most ``_limit`` unacknowledged.
+
+        Rows are read ahead in batches of ``fetch_batch`` (one SQLite read for
+        many publishes); only the in-flight window limits what goes out.
+        """
+        ahead: deque[OutboxEntry] = deque()
+        generation = self._generation
         while True:
             await self._connected.wait()
+            if generation != self._generation:  # a new client replays from the outbox
+                ahead.clear()
+                generation = self._generation
             room = self._limit - len(self._inflight)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            rows = await self.outbox.fetch(self._cursor, min(room, self.fetch_batch))
-            if not rows:
-                await self.outbox.wait_for_rows(self._cursor)
+            if not ahead:
+                rows = await self.outbox.fetch(self._cursor, self.fetch_batch)
+                if not rows:
+                    await self.outbox.wait_for_rows(self._cursor)
+                    continue
+                ahead.extend(rows)
                 continue
             client = self._client
             if client is None or not self._connected.is_set():
                 continue
-            for row in rows:
-                info = client.publish(row.topic, row.payload, qos=1)
+            while ahead and room > 0:
+                row = ahead.popleft()
+                try:
+                    info = client.publish(row.topic, row.payload, qos=1)
+                except ValueError as exc:  # e.g. an invalid topic: skip it, never wedge the queue
+                    self._alarms[f"unpublishable:{row.seq}"] = (
+                        f"outbox message seq {row.seq} cannot be published: {exc}"
+                    )
+                    log.error("uplink_unpublishable", seq=row.seq, error=str(exc))
+                    self._cursor = row.seq
+                    continue
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     self._last_error = f"publish failed: {paho.error_string(info.rc)}"
                     log.error("uplink_publish_failed", seq=row.seq, error=self._last_error)
+                    ahead.appendleft(row)
+                    await asyncio.sleep(0.1)  # a paho refusal: do not spin
                     break
                 self._inflight[info.mid] = row.seq
                 self._cursor = row.seq
+                room -= 1
             self._idle.clear()
             self._peak = max(self._peak, len(self._inflight))
 
@@ -543,5 +568,6 @@ class Uplink:
         # The old client's unacknowledged messages went with it: replay from the outbox.
         self._inflight.clear()
         self._cursor = 0
+        self._generation += 1
         self._room.set()
         self._start_client()
