@@ -10,6 +10,7 @@ not hold before are expanded into the escalation, digest, charger-interval
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,11 @@ class DeadLetter:
     topic: str
     reason: str
     payload: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        """Same topic and bytes → same dead letter (a re-delivery only bumps its count)."""
+        return hashlib.sha256(self.topic.encode() + b"\0" + self.payload).hexdigest()
 
 
 def _reason(exc: ValidationError) -> str:
@@ -150,8 +156,10 @@ async def store_batch(
         if dead:
             async with conn.cursor() as cur:
                 await cur.executemany(
-                    "INSERT INTO dead_letters (topic, reason, payload) VALUES (%s, %s, %s)",
-                    [(d.topic, d.reason, d.payload) for d in dead],
+                    "INSERT INTO dead_letters (fingerprint, topic, reason, payload)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (fingerprint) DO UPDATE SET"
+                    " times = dead_letters.times + 1, last_received_at = now()",
+                    [(d.fingerprint, d.topic, d.reason, d.payload) for d in dead],
                 )
         if not unique:
             return result

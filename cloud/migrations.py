@@ -130,6 +130,9 @@ CREATE TABLE replies (
 CREATE TABLE dead_letters (
     id bigserial PRIMARY KEY,
     received_at timestamptz NOT NULL DEFAULT now(),
+    last_received_at timestamptz NOT NULL DEFAULT now(),
+    fingerprint text NOT NULL UNIQUE,
+    times int NOT NULL DEFAULT 1,
     topic text NOT NULL,
     reason text NOT NULL,
     payload bytea NOT NULL

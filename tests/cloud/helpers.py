@@ -132,6 +132,7 @@ def usage_history(
     hours: int,
     sessions: int = 2,
     energy_wh: float = 20_000.0,
+    price: float | None = 0.5,
     **kw: Any,
 ) -> list[Digest]:
     """Hourly digests: every charger starts ``sessions`` sessions of ``energy_wh`` each hour."""
