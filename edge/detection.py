@@ -38,7 +38,7 @@ Incident rules:
 from __future__ import annotations
 
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -215,8 +215,9 @@ class Detector:
         self.charge_points: dict[str, ChargePointState] = {}
         self.incidents: dict[str, Incident] = {}
         self._by_key: dict[tuple[object, ...], Incident] = {}
-        self._recent: deque[tuple[float, str, str]] = deque()  # (mono, cp, incident id)
-        self._site: Incident | None = None
+        # Per site-event family ("network", "supply"): (mono, cp, incident id) of recent incidents.
+        self._recent: dict[str, deque[tuple[float, str, str]]] = {}
+        self._sites: dict[str, Incident] = {}
 
     # ------------------------------------------------------------ queries
 
@@ -317,8 +318,9 @@ class Detector:
                 incident.state = "closed"
                 self._forget(incident)
                 out.append(Closed(incident))
-        while self._recent and mono - self._recent[0][0] > self.params.site_event_window_s:
-            self._recent.popleft()
+        for recent in self._recent.values():
+            while recent and mono - recent[0][0] > self.params.site_event_window_s:
+                recent.popleft()
         return out
 
     # ------------------------------------------------------------ handlers
@@ -615,8 +617,9 @@ class Detector:
     def _forget(self, incident: Incident) -> None:
         if self._by_key.get(incident.key) is incident:
             del self._by_key[incident.key]
-        if self._site is incident:
-            self._site = None
+        for family, site in list(self._sites.items()):
+            if site is incident:
+                del self._sites[family]
         # Members of a closed site incident go with it.
         if incident.scope == "site":
             for member_id in incident.members:
@@ -627,32 +630,32 @@ class Detector:
             self.incidents.pop(incident.id, None)
 
     def _site_check(self, incident: Incident, at: datetime, mono: float, out: list[Output]) -> None:
-        if incident.charge_point_id is None:
+        family = _site_family(incident)
+        if family is None or incident.charge_point_id is None:
             return
         window = self.params.site_event_window_s
-        while self._recent and mono - self._recent[0][0] > window:
-            self._recent.popleft()
-        self._recent.append((mono, incident.charge_point_id, incident.id))
-        site = self._site
+        recent = self._recent.setdefault(family, deque())
+        while recent and mono - recent[0][0] > window:
+            recent.popleft()
+        recent.append((mono, incident.charge_point_id, incident.id))
+        site = self._sites.get(family)
         if site is not None and site.state == "open":
             self._absorb(site, [incident], out)
             return
-        affected = {cp for _, cp, _ in self._recent}
+        affected = {cp for _, cp, _ in recent}
         known = len(self.charge_points)
         if len(affected) < 2 or len(affected) < self.params.site_event_min_fraction * known:
             return
         members = [
             self.incidents[iid]
-            for _, _, iid in self._recent
+            for _, _, iid in recent
             if iid in self.incidents and self.incidents[iid].state in ("open", "recovered")
         ]
-        categories = Counter(m.fault.category for m in members)
-        category = categories.most_common(1)[0][0]
-        kind: IncidentKind = "connectivity" if category == taxonomy.CONNECTIVITY else "fault"
+        kind: IncidentKind = "connectivity" if family == "network" else "fault"
         fault = Fault(
             code=taxonomy.SITE_OUTAGE,
-            category=category,
-            component="site_supply" if kind == "fault" else "site_network",
+            category=taxonomy.CONNECTIVITY if family == "network" else taxonomy.POWER_LOSS,
+            component="site_network" if family == "network" else "site_supply",
             info=f"{len(affected)} of {known} charge points within {window:g} s",
         )
         site = Incident(
@@ -664,10 +667,10 @@ class Detector:
             fault=fault,
             started_at=min(m.started_at for m in members),
             started_mono=min(m.started_mono for m in members),
-            key=("site", self._new_id()),
+            key=("site", family, self._new_id()),
         )
         self.incidents[site.id] = site
-        self._site = site
+        self._sites[family] = site
         out.append(Opened(site))
         self._absorb(site, members, out)
 
@@ -683,6 +686,22 @@ class Detector:
         site.fault = site.fault.model_copy(
             update={"info": f"{len(site.chargers)} of {len(self.charge_points)} charge points"}
         )
+
+
+def _site_family(incident: Incident) -> str | None:
+    """Which site-wide event an incident can be part of: a network or a supply outage.
+
+    Only these add up to a site incident; unrelated faults on several charge
+    points at once stay separate incidents, each with its own playbook.
+    """
+    if incident.kind == "connectivity":
+        return "network"
+    if incident.kind == "fault" and incident.fault.category in _SUPPLY_CATEGORIES:
+        return "supply"
+    return None
+
+
+_SUPPLY_CATEGORIES = frozenset({taxonomy.POWER_LOSS, taxonomy.VOLTAGE})
 
 
 def _from_problem(problem: ProblemReport, profile: Profile) -> Fault:

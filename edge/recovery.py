@@ -707,6 +707,9 @@ class RecoveryEngine:
         run.inoperative.add(connector)
         payload = self._availability_payload(cp, connector, operative=False)
         result, sent, _ = await self._send(inc, "ChangeAvailability", payload, step, at)
+        if result == "rejected":  # refused (CALLERROR or Rejected): nothing to undo
+            run.inoperative.discard(connector)
+            return RecoveryAttempt(action=step, at=at, result=result, detail=sent)
         if result == "accepted":
             await self.clock.sleep(playbooks.INOPERATIVE_DWELL_FRACTION * self.config.window_s)
         restored = await self._set_operative(run, connector)

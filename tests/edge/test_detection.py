@@ -294,3 +294,28 @@ def test_driver_who_plugs_in_and_leaves_without_authorising_is_not_a_failed_sess
         out += det.feed(ConnectorStatus("CP1", at(i * 10 + 1), 1, "Preparing"), i * 10 + 1)
         out += det.feed(ConnectorStatus("CP1", at(i * 10 + 5), 1, "Available"), i * 10 + 5)
     assert out == []
+
+
+def test_unrelated_faults_on_several_charge_points_at_once_stay_separate_incidents() -> None:
+    det = make(site_event_window_s=10, site_event_min_fraction=0.5)
+    for cp in ("CP1", "CP2", "CP3"):
+        up(det, cp, 0)
+    out = det.feed(ConnectorStatus("CP1", at(1), 1, "Faulted", "InternalError"), 1)
+    out += det.feed(ConnectorStatus("CP2", at(2), 2, "Faulted", "ConnectorLockFailure"), 2)
+    out += det.feed(ConnectorStatus("CP3", at(3), 0, "Faulted", "HighTemperature"), 3)
+    assert kinds(out) == ["Opened", "Opened", "Opened"]
+    assert all(o.incident.scope != "site" for o in out if isinstance(o, Opened))
+
+
+def test_power_loss_on_most_charge_points_is_one_site_supply_incident() -> None:
+    det = make(site_event_window_s=10, site_event_min_fraction=0.5)
+    for cp in ("CP1", "CP2", "CP3"):
+        up(det, cp, 0)
+    out = det.feed(
+        ConnectorStatus("CP1", at(1), 0, "Faulted", "OtherError", vendor_error_code="CX015"), 1
+    )
+    out += det.feed(ConnectorStatus("CP2", at(2), 0, "Faulted", "UnderVoltage"), 2)
+    sites = [o.incident for o in out if isinstance(o, Opened) and o.incident.scope == "site"]
+    assert len(sites) == 1
+    assert (sites[0].kind, sites[0].fault.category) == ("fault", "power_loss")
+    assert sorted(sites[0].chargers) == ["CP1", "CP2"]
