@@ -175,7 +175,8 @@ class Engine:
             # new data time at these sites: the running revenue of their open issues moves on
             async with self.pool.connection() as conn:
                 cur = await conn.execute(
-                    "SELECT id FROM issues WHERE site_id = ANY(%s) AND status <> 'resolved'", (sites,)
+                    "SELECT id FROM issues WHERE site_id = ANY(%s) AND status <> 'resolved'",
+                    (sites,),
                 )
                 ids = sorted(set(ids) | {str(r["id"]) for r in await cur.fetchall()})
         await self.enrich_many(ids)

@@ -40,7 +40,9 @@ def write_history(d: Path) -> None:
         at = T0 - timedelta(days=1) + timedelta(minutes=50 * h)
         digests.append(digest("lyon", at, [counters("ly-2", disconnects=1, self_resolved=1)], hours=0.5,
                               price=0.45, self_resolved=[blip("ly-2", at + timedelta(minutes=1))]))  # fmt: skip
-    digests.append(digest("lyon", T0 + timedelta(hours=5), [counters("ly-1")], cleared=["inc-9"], price=0.45))
+    digests.append(
+        digest("lyon", T0 + timedelta(hours=5), [counters("ly-1")], cleared=["inc-9"], price=0.45)
+    )
     lines = [m.to_json() for m in digests] + [b'{"site_id": "lyon", "broken": true}']
     (d / "digests.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     escs = [
