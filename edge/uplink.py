@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -150,6 +151,7 @@ class Uplink:
         self._ack_ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._fallback = asyncio.Event()
+        self._changed = asyncio.Event()  # any status change
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._waiters: dict[int, asyncio.Future[ReasonCode | None]] = {}
         self._acked: list[int] = []
@@ -268,6 +270,14 @@ class Uplink:
         """Return once connected to the broker. Cancel-safe."""
         await self._connected.wait()
 
+    async def wait_for_status(self, predicate: Callable[[UplinkStatus], bool]) -> UplinkStatus:
+        """Return the first :meth:`status` for which ``predicate`` holds, re-checked on
+        every change (connection, error, PUBACK). Cancel-safe; wrap it in a timeout."""
+        while not predicate(status := self.status()):
+            self._changed.clear()
+            await self._changed.wait()
+        return status
+
     def status(self) -> UplinkStatus:
         ob = self.outbox.status()
         return UplinkStatus(
@@ -377,7 +387,10 @@ class Uplink:
         self._call(self._on_connected, receive_max, flags.session_present)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        self._call(self._set_error, f"cannot reach the broker at {self._host}:{self._port}")
+        # paho calls this inside its ``except OSError`` block: the cause is still at hand
+        exc = sys.exc_info()[1]
+        cause = f": {exc}" if exc is not None else ""
+        self._call(self._set_error, f"cannot reach the broker at {self._host}:{self._port}{cause}")
 
     def _on_disconnect(
         self,
@@ -424,6 +437,7 @@ class Uplink:
         self._last_connected_at = utcnow()
         self._connected.set()
         self._room.set()
+        self._changed.set()
         log.info(
             "uplink_connected",
             broker=f"{self._host}:{self._port}",
@@ -436,6 +450,7 @@ class Uplink:
     def _on_disconnected(self, reason: str) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._changed.set()
         if self._state == "running":
             self._last_error = f"disconnected: {reason}"
             if was:
@@ -443,6 +458,7 @@ class Uplink:
 
     def _connect_refused(self, code: int, reason: str) -> None:
         self._last_error = f"broker refused the connection: {reason}"
+        self._changed.set()
         log.warning("uplink_connect_refused", reason=reason, protocol=self._protocol)
         if code == UNSUPPORTED_PROTOCOL_VERSION and not self._protocol_decided:
             self._fallback.set()
@@ -451,6 +467,7 @@ class Uplink:
         if self._last_error != error:
             log.warning("uplink_unreachable", error=error)
         self._last_error = error
+        self._changed.set()
 
     def _drain_acks(self) -> None:
         with self._ack_lock:
@@ -474,6 +491,7 @@ class Uplink:
             self._delivered += 1
         self._room.set()
         self._ack_ready.set()
+        self._changed.set()
         if not self._inflight:
             self._idle.set()
 
