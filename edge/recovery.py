@@ -220,6 +220,7 @@ class RecoveryEngine:
         price_per_kwh: float | None = None,
         publish_digest: Callable[[Digest], Awaitable[None]] | None = None,
         send_cleared_updates: bool = True,
+        anomaly_score: Callable[[str], float | None] | None = None,
         new_id: Callable[[], str] | None = None,
     ) -> None:
         self.site_id = site_id
@@ -234,6 +235,7 @@ class RecoveryEngine:
         self.hooks = hooks or HookRunner(hooks_dir, config.hook_timeout_s, site_id=site_id)
         self._publish_digest = publish_digest
         self._send_cleared = send_cleared_updates
+        self._anomaly_score = anomaly_score
         self.detector = Detector(
             DetectionParams(
                 flap_period_s=config.flap_period_s,
@@ -840,12 +842,16 @@ class RecoveryEngine:
             else:
                 self.digest.reset_sent(cp)
             return attempt
-        self.digest.reset_sent(cp)
         if self._version(cp) in VERSION_201:
             payload = {"type": "OnIdle" if step == playbooks.SOFT_RESET else "Immediate"}
         else:
             payload = {"type": "Soft" if step == playbooks.SOFT_RESET else "Hard"}
         result, sent, _ = await self._send(inc, "Reset", payload, step, at)
+        if result == "error" and not self._connected(cp):  # never reached it: no budget spent
+            with contextlib.suppress(ValueError):
+                self._resets_window(cp).remove(stamp)
+        else:
+            self.digest.reset_sent(cp)
         return RecoveryAttempt(action=step, at=at, result=result, detail=sent)
 
     async def _run_hook(
@@ -956,10 +962,20 @@ class RecoveryEngine:
             hardware=state.hardware if state and inc.scope != "site" else Hardware(),
             evidence=evidence,
             active_sessions=sessions,
+            anomaly_score=self._score(cp) if inc.scope != "site" else None,
             recommended_action=taxonomy.recommended_action(inc.fault, resets_tried=resets_tried),
             disconnects=inc.disconnects if inc.kind == "connectivity" else None,
             detail=detail,
         )
+
+    def _score(self, cp: str | None) -> float | None:
+        if cp is None or self._anomaly_score is None:
+            return None
+        try:
+            return self._anomaly_score(cp)
+        except Exception as exc:  # a scoring problem must not hold an escalation back
+            log.warning("anomaly score unavailable", charge_point_id=cp, error=repr(exc))
+            return None
 
     async def _do_escalate(self, run: _Run, detail: str | None = None) -> None:
         if run.outcome == "escalated":

@@ -582,3 +582,28 @@ async def test_session_without_stop_transaction_ends_with_finishing_and_no_longe
     await h.clock.advance(WINDOW)
     assert len(h.charger.actions("Reset")) == 1
     assert h.escalations == []
+
+
+async def test_escalation_carries_the_anomaly_score_when_one_is_available(
+    recovery_config: dict[str, Any],
+) -> None:
+    clock, charger, escalations = FakeClock(), FakeCharger(), []
+
+    async def escalate(e: Escalation) -> None:
+        escalations.append(e)
+
+    engine = RecoveryEngine(
+        site_id="test-site",
+        config=RecoverySection(**recovery_config),
+        call=charger,
+        evidence=_evidence,
+        escalate=escalate,
+        clock=clock,
+        hooks=HookRunner(None),
+        anomaly_score=lambda cp: 0.93 if cp == "CP1" else None,
+    )
+    async with engine:
+        engine.handle(ConnectionUp("CP1", clock.now(), "1.6"))
+        engine.handle(ConnectorStatus("CP1", clock.now(), 1, "Faulted", "InternalError"))
+        await clock.advance(WINDOW + 5)
+    assert [e.anomaly_score for e in escalations] == [0.93]
