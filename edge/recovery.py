@@ -323,6 +323,16 @@ class RecoveryEngine:
             self.maintenance.add(charge_point_id)
         else:
             self.maintenance.discard(charge_point_id)
+            # Incidents left alone during maintenance get a fresh window now.
+            if self._started and not self._closing:
+                for run in list(self._runs.values()):
+                    inc = run.incident
+                    if (
+                        run.outcome == "maintenance"
+                        and inc.charge_point_id == charge_point_id
+                        and inc.state == "open"
+                    ):
+                        self._start_run(inc, self.clock.monotonic() + self.config.window_s)
         self._audit_soon(
             AuditEntry(
                 at=self.clock.now(),
@@ -1018,7 +1028,10 @@ class RecoveryEngine:
     async def _ticker(self) -> None:
         while True:
             await self.clock.sleep(TICK_S)
-            self._dispatch(self.detector.tick(self.clock.now(), self.clock.monotonic()))
+            try:
+                self._dispatch(self.detector.tick(self.clock.now(), self.clock.monotonic()))
+            except Exception as exc:  # keep ticking: heartbeats and flap periods depend on it
+                log.error("recovery tick failed", error=repr(exc))
 
     async def _digest_loop(self) -> None:
         assert self._publish_digest is not None

@@ -458,9 +458,12 @@ async def test_charge_point_in_maintenance_is_never_acted_on(h: Harness) -> None
     assert h.charger.sent == []
     assert h.escalations == []
     h.engine.set_maintenance("CP1", False)
-    h.status("CP1", 2, "Faulted", "InternalError")
     await h.clock.advance(1)
-    assert h.charger.sent
+    assert h.charger.sent[0] == (
+        "CP1",
+        "TriggerMessage",
+        {"requestedMessage": "StatusNotification", "connectorId": 1},
+    )
 
 
 async def test_lock_fault_is_unlocked_and_recovers(h: Harness) -> None:
