@@ -1,0 +1,674 @@
+"""Feature extraction for Foresight: ONE implementation for training (cloud) and inference (edge).
+
+A charge point's recent behaviour is summarised as hourly :class:`HourBucket`
+counters (the same figures an hourly :class:`~chargesight.common.messages.ChargerCounters`
+carries in a digest) kept in a sliding :data:`WINDOW` (7 days). The feature
+vector is a pure function of those buckets and the window's end
+(:func:`compute_features`), in the fixed order of :data:`FEATURE_NAMES`
+(schema :data:`FEATURE_SCHEMA_VERSION`).
+
+Two ways to fill a :class:`FeatureWindow`, one result:
+
+* the **edge** feeds normalised events (:meth:`FeatureWindow.feed`) plus what
+  its recovery engine decides (:meth:`~FeatureWindow.record_reset`,
+  :meth:`~FeatureWindow.record_self_resolved`,
+  :meth:`~FeatureWindow.record_session_failed`) and calls
+  :meth:`~FeatureWindow.close` at each interval end; the closed bucket is also
+  what the digest should carry (:meth:`HourBucket.to_counters`);
+* the **cloud** feeds stored digests (:meth:`FeatureWindow.add_counters`).
+
+Buckets are quantised when they close to the precision a digest carries, so
+a bucket that travels edge → JSON digest → cloud gives bit-identical features.
+Time comes from the data (event timestamps, digest intervals), never the wall
+clock. Missing readings use sentinels (:data:`NO_POWER`, :data:`NO_TEMPERATURE`)
+rather than NaN, so every model sees finite numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from chargesight.common import taxonomy
+from chargesight.common.events import (
+    Boot,
+    ConnectionDown,
+    ConnectionUp,
+    ConnectorStatus,
+    Event,
+    MeterSample,
+    TransactionEnded,
+    TransactionStarted,
+)
+from chargesight.common.messages import ChargerCounters, Digest
+
+FEATURE_SCHEMA_VERSION: Final = 1
+"""Bump when a feature's meaning, order or the window changes: models declare the version they need."""
+
+WINDOW: Final = timedelta(days=7)
+RECENT: Final = timedelta(hours=48)
+
+NO_POWER: Final = -1.0
+"""Power ratio when no session delivered energy in the span."""
+NO_TEMPERATURE: Final = -100.0
+"""Temperature (°C) when the span has no reading."""
+
+FEATURE_NAMES: Final[tuple[str, ...]] = (
+    "power_ratio_max_48h",  # highest hourly peak power / rated, last 48 h
+    "power_ratio_max_7d",  # same over the whole window
+    "power_ratio_drop",  # peak ratio before the last 48 h minus peak ratio in them
+    "temp_max_48h",  # °C
+    "temp_mean_7d",  # °C, mean of hourly means
+    "temp_trend_c_per_day",  # least-squares slope of hourly mean temperature
+    "sessions_per_day",
+    "start_failure_ratio",  # failed / (started + failed)
+    "early_end_ratio",  # ended early / started
+    "energy_per_session_kwh",
+    "faults_power_per_day",  # overcurrent, voltage, contactor, power loss, metering
+    "faults_thermal_per_day",
+    "faults_connector_per_day",  # lock, latch, cable, isolation, ground, EV communication
+    "faults_other_per_day",
+    "faults_48h",
+    "disconnects_per_day",
+    "offline_share",  # 1 - connected time / covered time
+    "resets_per_day",
+    "self_resolved_per_day",
+)
+
+FEATURE_DESCRIPTIONS: Final[Mapping[str, str]] = {
+    "power_ratio_max_48h": "peak power in the last 48 h as a share of rated",
+    "power_ratio_max_7d": "peak power over 7 days as a share of rated",
+    "power_ratio_drop": "drop of peak power share in the last 48 h against the days before",
+    "temp_max_48h": "highest temperature in the last 48 h (°C)",
+    "temp_mean_7d": "mean temperature over 7 days (°C)",
+    "temp_trend_c_per_day": "temperature trend (°C per day)",
+    "sessions_per_day": "sessions per day",
+    "start_failure_ratio": "share of session starts that failed",
+    "early_end_ratio": "share of sessions that ended early",
+    "energy_per_session_kwh": "energy per session (kWh)",
+    "faults_power_per_day": "power-electronics faults per day",
+    "faults_thermal_per_day": "thermal faults per day",
+    "faults_connector_per_day": "connector and cable faults per day",
+    "faults_other_per_day": "other faults per day",
+    "faults_48h": "faults in the last 48 h",
+    "disconnects_per_day": "disconnects per day",
+    "offline_share": "share of time offline",
+    "resets_per_day": "resets per day",
+    "self_resolved_per_day": "self-resolved incidents per day",
+}
+
+POWER_CATEGORIES: Final = frozenset(
+    {
+        taxonomy.OVERCURRENT,
+        taxonomy.VOLTAGE,
+        taxonomy.CONTACTOR,
+        taxonomy.POWER_LOSS,
+        taxonomy.METERING,
+    }
+)
+THERMAL_CATEGORIES: Final = frozenset({taxonomy.TEMPERATURE})
+CONNECTOR_CATEGORIES: Final = frozenset(
+    {
+        taxonomy.CONNECTOR_LOCK,
+        taxonomy.LATCH,
+        taxonomy.CABLE,
+        taxonomy.ISOLATION,
+        taxonomy.GROUND_FAULT,
+        taxonomy.EV_COMMUNICATION,
+    }
+)
+
+EARLY_END_REASONS: Final = frozenset(
+    {
+        "EmergencyStop",
+        "HardReset",
+        "SoftReset",
+        "Reboot",
+        "PowerLoss",
+        "Other",
+        "DeAuthorized",
+        "UnlockCommand",
+        "ImmediateReset",
+        "EnergyLimitReached",
+        "GroundFault",
+        "OvercurrentFault",
+        "PowerQuality",
+        "Timeout",
+        "Faulted",
+        "ReqEnergyTransferRejected",
+    }
+)
+"""TransactionEnded reasons (1.6 ``reason``, 2.0.1 ``stoppedReason``) that cut a session short."""
+
+
+def model_family(vendor: str | None, model: str | None) -> str:
+    """The model key of a hardware family, e.g. ``("Voltix", "VX-DC150")`` → ``"voltix-vx-dc150"``.
+
+    ``"generic"`` when either is unknown. Used as ``{model_key}`` in the models topic.
+    """
+    if not vendor or not model:
+        return "generic"
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{vendor}-{model}".lower()).strip("-")
+    return slug[:64] or "generic"
+
+
+def _q(x: float, places: int) -> float:
+    return float(round(x, places))
+
+
+# ---------------------------------------------------------------- buckets
+
+
+@dataclass(slots=True)
+class HourBucket:
+    """One interval's counters for one charge point (normally an hour)."""
+
+    start: datetime
+    end: datetime
+    connected_s: float = 0.0
+    disconnects: int = 0
+    faults: int = 0
+    faults_by_category: dict[str, int] = field(default_factory=dict)
+    self_resolved: int = 0
+    sessions_started: int = 0
+    sessions_failed: int = 0
+    sessions_ended_early: int = 0
+    energy_wh: float = 0.0
+    max_power_w: float | None = None
+    rated_power_w: float | None = None
+    max_temperature_c: float | None = None
+    mean_temperature_c: float | None = None
+    resets: int = 0
+    t0: float = field(init=False, repr=False, compare=False)
+    t1: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.t0 = self.start.timestamp()
+        self.t1 = self.end.timestamp()
+
+    @classmethod
+    def from_counters(cls, counters: ChargerCounters, start: datetime, end: datetime) -> HourBucket:
+        """The cloud path: a digest's counters for ``[start, end)``."""
+        return cls(
+            start=start,
+            end=end,
+            connected_s=_q(counters.connected_s, 1),
+            disconnects=counters.disconnects,
+            faults=counters.faults,
+            faults_by_category=dict(counters.faults_by_category),
+            self_resolved=counters.self_resolved,
+            sessions_started=counters.sessions_started,
+            sessions_failed=counters.sessions_failed,
+            sessions_ended_early=counters.sessions_ended_early,
+            energy_wh=_q(counters.energy_wh, 1),
+            max_power_w=None if counters.max_power_w is None else _q(counters.max_power_w, 1),
+            rated_power_w=counters.rated_power_w,
+            max_temperature_c=(
+                None if counters.max_temperature_c is None else _q(counters.max_temperature_c, 2)
+            ),
+            mean_temperature_c=(
+                None if counters.mean_temperature_c is None else _q(counters.mean_temperature_c, 2)
+            ),
+            resets=counters.resets,
+        )
+
+    def to_counters(self) -> dict[str, Any]:
+        """The fields of a :class:`ChargerCounters` this bucket fills (for the edge digest)."""
+        return {
+            "connected_s": self.connected_s,
+            "disconnects": self.disconnects,
+            "faults": self.faults,
+            "faults_by_category": dict(self.faults_by_category),
+            "self_resolved": self.self_resolved,
+            "sessions_started": self.sessions_started,
+            "sessions_failed": self.sessions_failed,
+            "sessions_ended_early": self.sessions_ended_early,
+            "energy_wh": self.energy_wh,
+            "max_power_w": self.max_power_w,
+            "rated_power_w": self.rated_power_w,
+            "max_temperature_c": self.max_temperature_c,
+            "mean_temperature_c": self.mean_temperature_c,
+            "resets": self.resets,
+        }
+
+
+# ---------------------------------------------------------------- the pure function
+
+# Columns of a bucket's row. Every quantity is an integer held in a float64
+# (seconds, 0.1 Wh, 0.1 s, 0.01 °C, counts), so sums are exact and the result
+# does not depend on summation order or batch shape: one window alone and the
+# same window in a batch of 1,000 give bit-identical features.
+_T0, _T1, _RATIO, _TMAX, _TMEAN, _STARTED, _FAILED, _EARLY, _ENERGY = range(9)
+_DISC, _RESETS, _SELFRES, _CONNECTED, _FPOWER, _FTHERMAL, _FCONN, _FTOTAL = range(9, 17)
+_NCOLS: Final = 17
+
+
+def bucket_row(b: HourBucket) -> tuple[float, ...]:
+    """One bucket as the integer-valued row :func:`compute_features_batch` reads."""
+    t0, t1 = float(round(b.t0)), float(round(b.t1))
+    ratio = NO_POWER
+    if b.max_power_w and b.rated_power_w and b.rated_power_w > 0 and b.energy_wh > 0:
+        ratio = b.max_power_w / b.rated_power_w
+    p = t = c = 0
+    for cat, n in b.faults_by_category.items():
+        if cat in POWER_CATEGORIES:
+            p += n
+        elif cat in THERMAL_CATEGORIES:
+            t += n
+        elif cat in CONNECTOR_CATEGORIES:
+            c += n
+    total = max(b.faults, sum(b.faults_by_category.values()))
+    return (
+        t0,
+        t1,
+        ratio,
+        np.nan if b.max_temperature_c is None else float(round(b.max_temperature_c * 100)),
+        np.nan if b.mean_temperature_c is None else float(round(b.mean_temperature_c * 100)),
+        float(b.sessions_started),
+        float(b.sessions_failed),
+        float(b.sessions_ended_early),
+        float(round(b.energy_wh * 10)),
+        float(b.disconnects),
+        float(b.resets),
+        float(b.self_resolved),
+        float(round(min(b.connected_s, max(0.0, t1 - t0)) * 10)),
+        float(p),
+        float(t),
+        float(c),
+        float(total),
+    )
+
+
+def rows_array(buckets: Iterable[HourBucket]) -> npt.NDArray[np.float64]:
+    rows = [bucket_row(b) for b in buckets]
+    return np.array(rows, dtype=np.float64).reshape(len(rows), _NCOLS)
+
+
+def compute_features_batch(
+    windows: Sequence[npt.NDArray[np.float64]], nows: Sequence[datetime]
+) -> npt.NDArray[np.float64]:
+    """Features of many windows at once: ``windows[i]`` are rows (:func:`rows_array`), ``nows[i]`` its end.
+
+    Returns an ``(n, len(FEATURE_NAMES))`` float64 array. The one implementation
+    (:func:`compute_features` calls it with a single window).
+    """
+    n = len(windows)
+    width = max((len(w) for w in windows), default=0)
+    m = np.zeros((_NCOLS, n, max(width, 1)), dtype=np.float64)  # column-major: fast slices
+    present = np.zeros((n, max(width, 1)), dtype=bool)
+    for i, w in enumerate(windows):
+        m[:, i, : len(w)] = w.T
+        present[i, : len(w)] = True
+    now = np.array([float(round(x.timestamp())) for x in nows], dtype=np.float64)[:, None]
+    lo = now - WINDOW.total_seconds()
+    recent_lo = now - RECENT.total_seconds()
+    t0, t1 = m[_T0], m[_T1]
+    valid = present & (t1 > lo) & (t1 <= now)
+    recent = valid & (t1 > recent_lo)
+    before = valid & ~recent
+
+    def total(col: int, mask: npt.NDArray[np.bool_] = valid) -> npt.NDArray[np.float64]:
+        summed: npt.NDArray[np.float64] = np.where(mask, m[col], 0.0).sum(axis=1)
+        return summed
+
+    covered = np.where(valid, np.maximum(0.0, t1 - np.maximum(t0, lo)), 0.0).sum(axis=1)
+    days = covered / 86400.0
+    ratio = m[_RATIO]
+    r_recent = np.where(recent, ratio, NO_POWER).max(axis=1)
+    r_before = np.where(before, ratio, NO_POWER).max(axis=1)
+    r_7d = np.maximum(r_recent, r_before)
+    drop = np.where((r_recent > NO_POWER) & (r_before > NO_POWER), r_before - r_recent, 0.0)
+    tmax = m[_TMAX]
+    has_tmax = recent & ~np.isnan(tmax)
+    temp_max = np.where(
+        has_tmax.any(axis=1),
+        np.where(has_tmax, tmax, -1e18).max(axis=1) / 100.0,
+        NO_TEMPERATURE,
+    )
+    tmean = m[_TMEAN]
+    has_t = valid & ~np.isnan(tmean)
+    k = has_t.sum(axis=1).astype(np.float64)
+    y = np.where(has_t, tmean, 0.0)  # centi-degrees
+    x = np.where(has_t, t0 + t1 - 2 * lo, 0.0)  # half-seconds since the window opened
+    sy, sx = y.sum(axis=1), x.sum(axis=1)
+    sxx, sxy = (x * x).sum(axis=1), (x * y).sum(axis=1)
+    safe_k = np.maximum(k, 1.0)
+    temp_mean = np.where(k > 0, sy / safe_k / 100.0, NO_TEMPERATURE)
+    x_hi = np.where(has_t, x, -np.inf).max(axis=1)
+    x_lo = np.where(has_t, x, np.inf).min(axis=1)
+    spread = np.where(k > 0, x_hi - x_lo, 0.0)
+    denom = k * sxx - sx * sx
+    ok = (k >= 2) & (denom > 0) & (spread >= 86400.0)  # at least half a day apart
+    # slope in (centi-degrees per half-second) → °C per day
+    slope = np.where(ok, (k * sxy - sx * sy) / np.where(ok, denom, 1.0), 0.0) * 2 * 86400 / 100
+    started, failed, early = total(_STARTED), total(_FAILED), total(_EARLY)
+    energy = total(_ENERGY) / 10.0
+    connected = total(_CONNECTED) / 10.0
+    f_power, f_thermal, f_conn = total(_FPOWER), total(_FTHERMAL), total(_FCONN)
+    f_total = total(_FTOTAL)
+    safe_days = np.where(days > 0, days, 1.0)
+
+    def per_day(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.where(days > 0, v / safe_days, 0.0)
+
+    attempts = started + failed
+    out = np.stack(
+        [
+            r_recent,
+            r_7d,
+            drop,
+            temp_max,
+            temp_mean,
+            slope,
+            per_day(started),
+            np.where(attempts > 0, failed / np.maximum(attempts, 1.0), 0.0),
+            np.where(started > 0, early / np.maximum(started, 1.0), 0.0),
+            np.where(started > 0, energy / 1000.0 / np.maximum(started, 1.0), 0.0),
+            per_day(f_power),
+            per_day(f_thermal),
+            per_day(f_conn),
+            per_day(f_total - f_power - f_thermal - f_conn),
+            total(_FTOTAL, recent),
+            per_day(total(_DISC)),
+            np.where(
+                covered > 0,
+                np.maximum(0.0, 1.0 - connected / np.where(covered > 0, covered, 1.0)),
+                0.0,
+            ),
+            per_day(total(_RESETS)),
+            per_day(total(_SELFRES)),
+        ],
+        axis=1,
+    )
+    return np.round(out, 6)
+
+
+def compute_features(buckets: Iterable[HourBucket], now: datetime) -> tuple[float, ...]:
+    """The feature vector over the buckets ending in ``(now - WINDOW, now]``, in FEATURE_NAMES order.
+
+    Pure and deterministic: the same buckets (in any order) give the same numbers.
+    """
+    row = compute_features_batch([rows_array(buckets)], [now])[0]
+    return tuple(float(v) for v in row)
+
+
+def features_dict(values: Sequence[float]) -> dict[str, float]:
+    """``{name: value}`` in FEATURE_NAMES order (for ``Escalation.features`` and digests)."""
+    return dict(zip(FEATURE_NAMES, values, strict=True))
+
+
+# ---------------------------------------------------------------- the accumulator
+
+
+class FeatureWindow:
+    """The sliding window of one charge point; feed it events (edge) or digest counters (cloud).
+
+    Not thread-safe: feed and close on one thread (the event loop), and hand
+    :meth:`snapshot` to an executor for scoring.
+    """
+
+    def __init__(
+        self,
+        charge_point_id: str,
+        *,
+        vendor: str | None = None,
+        model: str | None = None,
+        firmware: str | None = None,
+        rated_power_w: float | None = None,
+    ) -> None:
+        self.charge_point_id = charge_point_id
+        self.vendor, self.model, self.firmware = vendor, model, firmware
+        self.rated_power_w = rated_power_w
+        self._buckets: deque[HourBucket] = deque()
+        self._rows: npt.NDArray[np.float64] = np.zeros((0, _NCOLS), dtype=np.float64)
+        self._open_start: datetime | None = None
+        self._open = _Open()
+        self._connected_since: datetime | None = None
+        self._faulted: set[int] = set()
+        self._tx: dict[str, float | None] = {}  # transaction id → meter start (Wh)
+
+    @property
+    def family(self) -> str:
+        return model_family(self.vendor, self.model)
+
+    @property
+    def buckets(self) -> tuple[HourBucket, ...]:
+        return tuple(self._buckets)
+
+    @property
+    def now(self) -> datetime | None:
+        """The end of the last closed bucket (the window's end)."""
+        return self._buckets[-1].end if self._buckets else None
+
+    # -- cloud path
+
+    def add_counters(self, counters: ChargerCounters, start: datetime, end: datetime) -> None:
+        """Append one digest interval (in time order)."""
+        if counters.vendor:
+            self.vendor, self.model = counters.vendor, counters.model
+        if counters.firmware:
+            self.firmware = counters.firmware
+        if counters.rated_power_w:
+            self.rated_power_w = counters.rated_power_w
+        self._append(HourBucket.from_counters(counters, start, end))
+
+    # -- edge path
+
+    def set_hardware(
+        self,
+        *,
+        vendor: str | None = None,
+        model: str | None = None,
+        firmware: str | None = None,
+        rated_power_w: float | None = None,
+    ) -> None:
+        """What the hardware profile knows (rated power) and the Boot told."""
+        self.vendor = vendor or self.vendor
+        self.model = model or self.model
+        self.firmware = firmware or self.firmware
+        self.rated_power_w = rated_power_w or self.rated_power_w
+
+    def _bucket(self, at: datetime) -> _Open:
+        if self._open_start is None:
+            self._open_start = at
+        return self._open
+
+    def feed(self, event: Event) -> None:
+        """One normalised event of this charge point (events of others are ignored)."""
+        if event.charge_point_id != self.charge_point_id:
+            return
+        o = self._bucket(event.at)
+        if isinstance(event, ConnectionUp):
+            self._connected_since = event.at
+        elif isinstance(event, ConnectionDown):
+            if self._connected_since is not None:
+                o.connected_s += max(
+                    0.0,
+                    (
+                        event.at - max(self._connected_since, self._open_start or event.at)
+                    ).total_seconds(),
+                )
+            self._connected_since = None
+            o.disconnects += 1
+        elif isinstance(event, Boot):
+            self.set_hardware(vendor=event.vendor, model=event.model, firmware=event.firmware)
+            if self._connected_since is None:
+                self._connected_since = event.at
+        elif isinstance(event, ConnectorStatus):
+            if event.faulted:
+                if event.connector_id not in self._faulted:
+                    self._faulted.add(event.connector_id)
+                    fault = taxonomy.classify(
+                        event.error_code, event.vendor_id, event.vendor_error_code, event.info
+                    )
+                    o.faults += 1
+                    o.by_cat[fault.category] = o.by_cat.get(fault.category, 0) + 1
+            elif event.healthy:
+                self._faulted.discard(event.connector_id)
+                if event.connector_id == 0:
+                    self._faulted.clear()
+        elif isinstance(event, TransactionStarted):
+            o.started += 1
+            self._tx[event.transaction_id or f"c{event.connector_id}"] = event.meter_start_wh
+        elif isinstance(event, TransactionEnded):
+            key = event.transaction_id or f"c{event.connector_id}"
+            start = self._tx.pop(key, None)
+            if start is not None and event.meter_stop_wh is not None:
+                o.energy_wh += max(0.0, event.meter_stop_wh - start)
+            if event.reason in EARLY_END_REASONS:
+                o.early += 1
+        elif isinstance(event, MeterSample):
+            power = event.values.get("Power.Active.Import")
+            if power is not None and power > 0:
+                o.max_power_w = max(o.max_power_w or 0.0, power)
+            temp = event.values.get("Temperature")
+            if temp is not None:
+                o.temp_max = temp if o.temp_max is None else max(o.temp_max, temp)
+                o.temp_sum += temp
+                o.temp_n += 1
+
+    def record_reset(self, at: datetime) -> None:
+        """The recovery engine sent a Reset (soft or hard)."""
+        self._bucket(at).resets += 1
+
+    def record_self_resolved(self, at: datetime) -> None:
+        self._bucket(at).self_resolved += 1
+
+    def record_session_failed(self, at: datetime) -> None:
+        """Detection decided a session failed to start."""
+        self._bucket(at).failed += 1
+
+    def record_fault(self, at: datetime, category: str) -> None:
+        """A fault the engine inferred that no ConnectorStatus reported (don't double count)."""
+        o = self._bucket(at)
+        o.faults += 1
+        o.by_cat[category] = o.by_cat.get(category, 0) + 1
+
+    def close(self, end: datetime, start: datetime | None = None) -> HourBucket:
+        """Close the open interval at ``end`` (quantised like a digest) and slide the window."""
+        o = self._open
+        begin = start or self._open_start or (end - timedelta(hours=1))
+        connected = o.connected_s
+        if self._connected_since is not None:
+            connected += max(0.0, (end - max(self._connected_since, begin)).total_seconds())
+            self._connected_since = end
+        b = HourBucket(
+            start=begin,
+            end=end,
+            connected_s=_q(min(connected, (end - begin).total_seconds()), 1),
+            disconnects=o.disconnects,
+            faults=o.faults,
+            faults_by_category=dict(sorted(o.by_cat.items())),
+            self_resolved=o.self_resolved,
+            sessions_started=o.started,
+            sessions_failed=o.failed,
+            sessions_ended_early=o.early,
+            energy_wh=_q(o.energy_wh, 1),
+            max_power_w=None if o.max_power_w is None else _q(o.max_power_w, 1),
+            rated_power_w=self.rated_power_w,
+            max_temperature_c=None if o.temp_max is None else _q(o.temp_max, 2),
+            mean_temperature_c=_q(o.temp_sum / o.temp_n, 2) if o.temp_n else None,
+            resets=o.resets,
+        )
+        self._open = _Open()
+        self._open_start = end
+        self._append(b)
+        return b
+
+    def _append(self, b: HourBucket) -> None:
+        self._buckets.append(b)
+        lo = b.end - WINDOW
+        drop = 0
+        while self._buckets and self._buckets[0].end <= lo:
+            self._buckets.popleft()
+            drop += 1
+        # a new array each time: snapshots handed to other threads stay valid
+        self._rows = np.vstack([self._rows[drop:], np.array([bucket_row(b)], dtype=np.float64)])
+
+    # -- output
+
+    def features(self, now: datetime | None = None) -> tuple[float, ...]:
+        end = now or self.now
+        if end is None:
+            raise ValueError(f"{self.charge_point_id}: no closed interval yet")
+        return tuple(float(v) for v in compute_features_batch([self._rows], [end])[0])
+
+    def snapshot(self) -> WindowSnapshot:
+        """An immutable copy to score in another thread."""
+        now = self.now
+        if now is None:
+            raise ValueError(f"{self.charge_point_id}: no closed interval yet")
+        return WindowSnapshot(self.charge_point_id, self.family, now, self._rows)
+
+
+@dataclass(slots=True)
+class _Open:
+    connected_s: float = 0.0
+    disconnects: int = 0
+    faults: int = 0
+    by_cat: dict[str, int] = field(default_factory=dict)
+    self_resolved: int = 0
+    started: int = 0
+    failed: int = 0
+    early: int = 0
+    energy_wh: float = 0.0
+    max_power_w: float | None = None
+    temp_max: float | None = None
+    temp_sum: float = 0.0
+    temp_n: int = 0
+    resets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSnapshot:
+    """What scoring needs from one window, safe to hand to another thread."""
+
+    charge_point_id: str
+    family: str
+    now: datetime
+    rows: npt.NDArray[np.float64]
+
+    def features(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in compute_features_batch([self.rows], [self.now])[0])
+
+
+def snapshot_features(snapshots: Sequence[WindowSnapshot]) -> npt.NDArray[np.float64]:
+    """Features of many windows in one vectorised pass, row i for ``snapshots[i]``."""
+    return compute_features_batch([s.rows for s in snapshots], [s.now for s in snapshots])
+
+
+class FeatureBank:
+    """The windows of every charge point of a site (edge) or of a fleet history (cloud)."""
+
+    def __init__(self) -> None:
+        self.windows: dict[str, FeatureWindow] = {}
+
+    def window(self, charge_point_id: str) -> FeatureWindow:
+        w = self.windows.get(charge_point_id)
+        if w is None:
+            w = self.windows[charge_point_id] = FeatureWindow(charge_point_id)
+        return w
+
+    def feed(self, event: Event) -> None:
+        self.window(event.charge_point_id).feed(event)
+
+    def close(self, end: datetime) -> dict[str, HourBucket]:
+        """Close every window's interval at ``end``; the buckets are the digest's counters."""
+        return {cp: w.close(end) for cp, w in self.windows.items()}
+
+    def add_digest(self, digest: Digest) -> None:
+        """Feed one :class:`~chargesight.common.messages.Digest` (cloud path)."""
+        for c in digest.chargers:
+            self.window(c.charge_point_id).add_counters(
+                c, digest.interval_start, digest.interval_end
+            )
+
+    def snapshots(self) -> list[WindowSnapshot]:
+        return [w.snapshot() for w in self.windows.values() if w.now is not None]
