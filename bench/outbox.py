@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -35,6 +36,7 @@ from chargesight.edge.uplink import Uplink
 from tests.edge.uplink_support import escalation
 from tests.servers import start_mosquitto
 
+Sync = Literal["FULL", "NORMAL"]
 SITE = "bench-site"
 TOPIC = escalations_topic(SITE)
 
@@ -93,7 +95,7 @@ def bare_paho(port: int, payloads: list[bytes], inflight: int) -> float:
 
 
 async def chargesight(
-    port: int, n: int, inflight: int, synchronous: str, wave: int
+    port: int, n: int, inflight: int, synchronous: Sync, wave: int
 ) -> tuple[float, float, int]:
     """(end-to-end msg/s, commit-only msg/s, commits) for one outbox configuration."""
     msgs = [escalation(SITE, i) for i in range(n)]
@@ -101,7 +103,7 @@ async def chargesight(
         # commit only (no uplink): how fast producers can hand messages over
         async with Outbox(
             Path(tmp) / "c.sqlite", max_messages=n + 1, synchronous=synchronous
-        ) as ob:  # type: ignore[arg-type]
+        ) as ob:
             t0 = time.perf_counter()
             for i in range(0, n, wave):
                 await asyncio.gather(*(ob.put(TOPIC, m) for m in msgs[i : i + wave]))
@@ -109,7 +111,7 @@ async def chargesight(
         counter = await asyncio.to_thread(Counter, port, n)
         async with Outbox(
             Path(tmp) / "e.sqlite", max_messages=n + 1, synchronous=synchronous
-        ) as ob:  # type: ignore[arg-type]
+        ) as ob:
             mqtt = MqttSection(url=f"mqtt://127.0.0.1:{port}", max_inflight=inflight)
             async with Uplink(mqtt, SITE, ob) as up:
                 await up.wait_connected()
@@ -124,9 +126,9 @@ async def chargesight(
     return e2e, commit_rate, commits
 
 
-async def single_put_latency(samples: int, synchronous: str) -> float:
+async def single_put_latency(samples: int, synchronous: Sync) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        async with Outbox(Path(tmp) / "l.sqlite", synchronous=synchronous) as ob:  # type: ignore[arg-type]
+        async with Outbox(Path(tmp) / "l.sqlite", synchronous=synchronous) as ob:
             lat = []
             for i in range(samples):
                 m = escalation(SITE, i)
@@ -149,10 +151,11 @@ def main() -> None:
         payload_size = len(escalation(SITE, 0).to_json())
         payloads = [escalation(SITE, i).to_json() for i in range(args.n)]
         print(f"n={args.n} payload={payload_size} B inflight={args.inflight} wave={args.wave}")
+        syncs: tuple[Sync, ...] = ("FULL", "NORMAL")
         for r in range(args.rounds):
             bare = bare_paho(broker.port, payloads, args.inflight)
             print(f"round {r + 1}: bare paho QoS 1 (MQTT 5)            {bare:9.0f} msg/s")
-            for sync in ("FULL", "NORMAL"):
+            for sync in syncs:
                 e2e, commit, commits = asyncio.run(
                     chargesight(broker.port, args.n, args.inflight, sync, args.wave)
                 )
@@ -161,7 +164,7 @@ def main() -> None:
                     f"  ratio {e2e / bare:.2f}  (commit only {commit:.0f}/s,"
                     f" {commits} transactions)"
                 )
-        for sync in ("FULL", "NORMAL"):
+        for sync in syncs:
             us = asyncio.run(single_put_latency(300, sync))
             print(f"single put() commit latency, synchronous={sync:<6} median {us:.0f} µs")
     finally:

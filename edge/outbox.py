@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ log = get_logger("chargesight.edge.outbox")
 KIND_CLASS = {"digest": 0, "reply": 1, "state": 1, "escalation": 2, "other": 2}
 KINDS = ("digest", "reply", "state", "escalation", "other")
 NEARLY_FULL = 0.9
+COMMIT_ATTEMPTS = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -347,7 +349,7 @@ class Outbox:
             if not batch:
                 continue
             try:
-                results = await self._commit(batch)
+                results = await self._commit_retrying(batch)
             except Exception as exc:  # sqlite3 errors: fail the callers, keep the writer alive
                 log.exception("outbox_commit_failed", error=str(exc), batch=len(batch))
                 err = OutboxError(f"outbox commit failed: {exc}")
@@ -362,6 +364,20 @@ class Outbox:
                     item.future.set_result(bool(result))
                 else:
                     item.future.set_result(None)
+
+    async def _commit_retrying(self, batch: list[_Put | _Ack]) -> list[bool | None]:
+        """:meth:`_commit`, retried when another component holds the write lock
+        longer than ``busy_timeout`` (the file is shared)."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return await self._commit(batch)
+            except sqlite3.OperationalError as exc:
+                if attempt == COMMIT_ATTEMPTS or (
+                    "locked" not in str(exc) and "busy" not in str(exc)
+                ):
+                    raise
+                log.warning("outbox_busy_retry", attempt=attempt, error=str(exc))
+        raise AssertionError("unreachable")
 
     async def _commit(self, batch: list[_Put | _Ack]) -> list[bool | None]:
         db = self._writer

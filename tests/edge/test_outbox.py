@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiosqlite
 from structlog.testing import capture_logs
 
 from chargesight.common.messages import digests_topic, escalations_topic
@@ -116,3 +117,20 @@ async def test_nearly_full_outbox_raises_an_alarm(tmp_path: Path) -> None:
         for i in range(9):
             await outbox.put(ESC, escalation(SITE, i))
         assert any("nearly full" in a for a in outbox.status().alarms)
+
+
+async def test_put_waits_out_another_component_holding_the_write_lock(tmp_path: Path) -> None:
+    db = tmp_path / "edge.sqlite"
+    async with Outbox(db, busy_timeout_ms=100) as outbox:
+        other = await aiosqlite.connect(db, isolation_level=None)
+        try:
+            await other.execute("BEGIN IMMEDIATE")  # e.g. the OCPP log writing a big batch
+            with capture_logs() as logs:
+                put = asyncio.create_task(outbox.put(ESC, escalation(SITE)))
+                await asyncio.sleep(0.15)  # hold the lock past the outbox's busy timeout
+                await other.execute("COMMIT")
+                assert await put is True
+        finally:
+            await other.close()
+        assert outbox.queued == 1
+    assert any(e["event"] == "outbox_busy_retry" for e in logs)
