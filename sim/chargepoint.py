@@ -181,6 +181,7 @@ class SimChargePoint:
         self.sessions: dict[int, _Session] = {}
         self.psu_severity = 0.0
         self.boots = 0
+        self.ready = False  # connected and every connector reported since the last (re)connect
         self.connects = 0
         self.messages_sent = 0
         self.last_reported: dict[int, ConnectorView] = {}
@@ -312,6 +313,7 @@ class SimChargePoint:
         self._ws, self._peer = ws, peer
         self.connects += 1
         recv = self.spawn(peer.start(), connection=True)
+        recv.add_done_callback(lambda _: self._end_connection_tasks())
         try:
             if self._need_boot:
                 if not await self._boot():
@@ -320,6 +322,8 @@ class SimChargePoint:
             self.last_reported.clear()
             self._notify()
             await self.report_all(force=True)
+            self.ready = self._online.is_set()
+            self._notify()
             self.spawn(self._heartbeats(), connection=True)
             with contextlib.suppress(ConnectionClosed):
                 await recv
@@ -328,6 +332,12 @@ class SimChargePoint:
             for t in list(self._conn_tasks):
                 t.cancel()
             await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+
+    def _end_connection_tasks(self) -> None:
+        self._online.clear()
+        self.ready = False
+        for t in list(self._conn_tasks):
+            t.cancel()
 
     async def _boot(self) -> bool:
         while not self._stopping:
@@ -367,11 +377,20 @@ class SimChargePoint:
         peer = self._peer
         if peer is None or (online_only and not self._online.is_set()):
             return None
+        self.messages_sent += 1
+        # The library waits for a reply even after the socket is gone: run the call as a
+        # connection task, which the end of the connection cancels (see _serve).
+        task = self.spawn(
+            peer.call(payload, suppress=False, skip_schema_validation=not self.validate),
+            connection=True,
+        )
         try:
-            self.messages_sent += 1
-            return await peer.call(
-                payload, suppress=False, skip_schema_validation=not self.validate
-            )
+            return await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise
+            return None
         except (*_NET_ERRORS, OCPPError) as exc:
             log.debug("%s: %s failed: %r", self.id, type(payload).__name__, exc)
             return None
@@ -815,9 +834,35 @@ class SimChargePoint:
             for v in sv:
                 v["value"] = str(v["value"])
         else:
+            # 2.0.1 has no Temperature measurand: it goes out as a NotifyEvent (_temperature_event)
+            sv = [v for v in sv if v["measurand"] != "Temperature"]
             for v in sv:
                 v["unit_of_measure"] = {"unit": v.pop("unit")}
         return sv
+
+    async def _temperature_event(self, s: _Session, power: float) -> None:
+        """2.0.1: the power converter's temperature, as a periodic monitor event."""
+        hw = self.spec.hw
+        temp = 22 + 14 * power / hw.connector_power_w + 22 * self.psu_severity
+        self._event_seq += 1
+        await self._call(
+            c201.NotifyEvent(
+                generated_at=self.clock.iso(),
+                seq_no=self._event_seq,
+                event_data=[
+                    {
+                        "event_id": self._event_seq,
+                        "timestamp": self.clock.iso(),
+                        "trigger": "Periodic",
+                        "actual_value": f"{temp + self.rng.uniform(-1, 1):.1f}",
+                        "event_notification_type": "PreconfiguredMonitor",
+                        "component": {"name": "PowerConverter", "evse": {"id": s.connector}},
+                        "variable": {"name": "Temperature"},
+                        "transaction_id": s.tx_id,
+                    }
+                ],
+            )
+        )
 
     async def _meter(self, s: _Session, power: float) -> None:
         mv = [{"timestamp": self.clock.iso(), "sampled_value": self._samples(s, power)}]
@@ -828,6 +873,7 @@ class SimChargePoint:
             )
         else:
             await self._call(self._tx_event(s, "Updated", "MeterValuePeriodic", meter=mv))
+            await self._temperature_event(s, power)
 
     async def send_meter_values(self, connector: int | None = None) -> None:
         for c, s in list(self.sessions.items()):
@@ -894,7 +940,7 @@ _REASON_201 = {
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         exc = task.exception()
-        if not isinstance(exc, _NET_ERRORS):
+        if not isinstance(exc, (*_NET_ERRORS, OCPPError)):
             log.error("simulated charge point task failed", exc_info=exc)
 
 

@@ -174,7 +174,7 @@ class Simulation:
         self._changed = asyncio.Event()
 
     async def wait_connected(self, ids: Iterable[str] | None = None, timeout: float = 30.0) -> None:
-        """Wait until the charge points (default: all) have booted and are connected."""
+        """Wait until the charge points (default: all) have booted, connected and reported every connector."""
         cps = (
             [self.charge_points[i] for i in ids]
             if ids is not None
@@ -182,7 +182,7 @@ class Simulation:
         )
         async with asyncio.timeout(timeout):
             for cp in cps:
-                await cp.wait_for(lambda c: c.connected and c.boots > 0, timeout)
+                await cp.wait_for(lambda c: c.ready and c.boots > 0, timeout)
 
     def inject(
         self,
