@@ -22,6 +22,7 @@ import orjson
 from chargesight.common.logs import configure_logging, get_logger
 from chargesight.edge.config import EdgeConfig
 from chargesight.edge.ocpplog import OcppLog
+from chargesight.edge.offline import DisconnectOffline, OfflineStore, ServeOffline
 from chargesight.edge.proxy import Proxy
 
 log = get_logger("chargesight.edge.agent")
@@ -44,7 +45,15 @@ class Agent:
             max_rows=config.storage.ocpp_log_max_rows,
             max_age_s=config.storage.ocpp_log_max_age_s,
         )
-        self.proxy = Proxy(config, frame_log=self.ocpp_log)
+        self.offline_store = OfflineStore(config.storage.path, config.offline)
+        self.offline: ServeOffline | DisconnectOffline = (
+            ServeOffline(self.offline_store, config.offline, on_alarm=self._offline_alarm)
+            if config.ocpp.offline == "serve"
+            else DisconnectOffline()
+        )
+        self.proxy = Proxy(config, frame_log=self.ocpp_log, offline=self.offline)
+        if isinstance(self.offline, ServeOffline):
+            self.proxy.subscribe(self.offline.observe)
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,6 +67,7 @@ class Agent:
 
     async def start(self) -> None:
         await self.ocpp_log.open()
+        await self.offline_store.open()
         await self.proxy.start()  # last: the port opens only when everything is ready
         self._spawn(self._status_loop(), "status")
         log.info("edge_agent_ready", site_id=self.config.site.id, port=self.proxy.port)
@@ -81,6 +91,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.ocpp_log.close()
+        await self.offline_store.close()
         with contextlib.suppress(OSError):
             self.write_status(running=False)
         log.info("edge_agent_stopped", site_id=self.config.site.id)
@@ -106,8 +117,14 @@ class Agent:
                 "answered_locally": stats.answered_locally,
                 "injected_calls": stats.injected_calls,
             },
+            "offline": self.offline.status(),
             "ocpp_log": {"written": self.ocpp_log.written, "dropped": self.ocpp_log.dropped},
         }
+
+    async def _offline_alarm(
+        self, charge_point_id: str, message: str, details: dict[str, Any]
+    ) -> None:
+        log.error("offline_alarm", charge_point_id=charge_point_id, message=message, **details)
 
     def write_status(self, running: bool = True) -> None:
         data = self.status()

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ocpp.exceptions import InternalError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
@@ -42,9 +44,15 @@ def iso_now() -> str:
 class RecordingConnection:
     """Wraps a websockets connection and records every text frame received and sent."""
 
-    def __init__(self, ws: ServerConnection | ClientConnection) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection | ClientConnection,
+        received: list[str] | None = None,
+        on_frame: asyncio.Event | None = None,
+    ) -> None:
         self.ws = ws
-        self.received: list[str] = []
+        self.on_frame = on_frame
+        self.received: list[str] = [] if received is None else received
         self.sent: list[str] = []
         self.timeline: list[tuple[str, str]] = []  # ("recv" | "sent", frame) in order
         self.new_frame = asyncio.Event()
@@ -55,6 +63,8 @@ class RecordingConnection:
         self.received.append(msg)
         self.timeline.append(("recv", msg))
         self.new_frame.set()
+        if self.on_frame is not None:
+            self.on_frame.set()
         return msg
 
     async def send(self, msg: str) -> None:
@@ -63,7 +73,18 @@ class RecordingConnection:
         await self.ws.send(msg)
 
 
-class CsmsCp16(Cp16):
+class RejectingMixin:
+    """Answers the actions in ``reject_actions`` with a CALLERROR (InternalError)."""
+
+    reject_actions: set[str] = set()  # noqa: RUF012 - replaced per instance
+
+    async def _handle_call(self, msg: Any) -> Any:
+        if msg.action in self.reject_actions:
+            raise InternalError(description=f"{msg.action} rejected by the test CSMS")
+        return await super()._handle_call(msg)  # type: ignore[misc]
+
+
+class CsmsCp16(RejectingMixin, Cp16):
     """The CSMS's view of one 1.6 charge point."""
 
     next_tx = 1000
@@ -102,7 +123,7 @@ class CsmsCp16(Cp16):
         return result16.MeterValues()
 
 
-class CsmsCp201(Cp201):
+class CsmsCp201(RejectingMixin, Cp201):
     @on(Action201.boot_notification)
     def on_boot(self, **kw: Any) -> result201.BootNotification:
         return result201.BootNotification(current_time=iso_now(), interval=300, status="Accepted")
@@ -137,6 +158,9 @@ class TestCsms:
     connected: dict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
     connects: int = 0
+    reject_actions: set[str] = field(default_factory=set)
+    history: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    frame_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -172,10 +196,11 @@ class TestCsms:
         cp_id = ws.request.path.rsplit("/", 1)[-1]
         self.headers[cp_id] = dict(ws.request.headers.raw_items())
         self.connects += 1
-        conn = RecordingConnection(ws)
+        conn = RecordingConnection(ws, self.history[cp_id], self.frame_arrived)
         cp: Cp16 | Cp201 = (
             CsmsCp16(cp_id, conn) if ws.subprotocol == "ocpp1.6" else CsmsCp201(cp_id, conn)
         )
+        cp.reject_actions = self.reject_actions  # type: ignore[union-attr]
         self.cps[cp_id] = cp
         self.conns[cp_id] = conn
         self.connected[cp_id].set()
@@ -184,21 +209,32 @@ class TestCsms:
         self.connected[cp_id] = asyncio.Event()
 
     def received(self, cp_id: str) -> list[str]:
-        conn = self.conns.get(cp_id)
-        return [] if conn is None else conn.received
+        """Every frame received from ``cp_id``, across reconnections, in order."""
+        return self.history.get(cp_id, [])
 
     async def wait_frames(self, cp_id: str, n: int, timeout: float = 10) -> list[str]:
+        """Wait until ``n`` frames from ``cp_id`` have arrived (across reconnections)."""
         async with asyncio.timeout(timeout):
             while len(self.received(cp_id)) < n:
-                conn = self.conns.get(cp_id)
-                if conn is None:
-                    await self.connected[cp_id].wait()
-                    continue
-                conn.new_frame.clear()
-                if len(conn.received) >= n:
+                self.frame_arrived.clear()
+                if len(self.received(cp_id)) >= n:
                     break
-                await conn.new_frame.wait()
+                await self.frame_arrived.wait()
         return self.received(cp_id)
+
+    async def wait_calls(self, cp_id: str, n: int, timeout: float = 10) -> list[list[Any]]:
+        """Wait until ``n`` CALLs from ``cp_id`` have arrived; return them parsed."""
+
+        def calls() -> list[list[Any]]:
+            return [m for m in map(json.loads, self.received(cp_id)) if m[0] == 2]
+
+        async with asyncio.timeout(timeout):
+            while len(calls()) < n:
+                self.frame_arrived.clear()
+                if len(calls()) >= n:
+                    break
+                await self.frame_arrived.wait()
+        return calls()
 
 
 # ---------------------------------------------------------------- charge points
