@@ -380,6 +380,7 @@ def _export(model: Any) -> bytes:
     options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
     onx = convert_sklearn(
         model,
+        name="chargesight_foresight",  # not skl2onnx's random uuid: reproducible bytes
         initial_types=[("features", FloatTensorType([None, len(FEATURE_NAMES)]))],
         options=options,
         target_opset={"": 17, "ai.onnx.ml": 3},
@@ -421,7 +422,7 @@ class _Unsupervised:
 def _fit_unsupervised(X: F64, cfg: TrainConfig) -> _Unsupervised:
     from sklearn.ensemble import IsolationForest
 
-    forest = IsolationForest(n_estimators=100, max_samples=256, random_state=cfg.seed)
+    forest = IsolationForest(n_estimators=100, max_samples=min(256, len(X)), random_state=cfg.seed)
     forest.fit(X)
     raw = -forest.score_samples(X)
     q50, q999 = float(np.quantile(raw, 0.5)), float(np.quantile(raw, 0.999))
@@ -449,6 +450,8 @@ def _oof_scores(
         test = folds == k
         if not test.any() or test.all():
             continue
+        if len(np.unique(y[~test])) < 2:
+            continue  # nothing to learn from in this fold: its windows score 0
         m = make()
         m.fit(X[~test], y[~test])
         out[test] = _score(m, X[test])
@@ -474,10 +477,12 @@ def train(
     failures = failures_from_ground_truth(ground_truth or [])
     y_all = label(ds, failures, cfg.horizon_days)
     fam_arr = np.array(ds.families)
-    wanted = [*sorted(set(ds.families)), GENERIC]
+    wanted = [GENERIC, *sorted(set(ds.families))]
     if families is not None:
         wanted = [f for f in wanted if f in set(families)]
     out = TrainedModel()
+    generic_oof: dict[str, tuple[list[float], list[float]]] = {}
+    generic_rule: IncidentRule | None = None
     for fam in wanted:
         idx = np.flatnonzero(fam_arr == fam) if fam != GENERIC else np.arange(len(ds))
         idx = idx[y_all[idx] >= 0]
@@ -527,7 +532,24 @@ def train(
             for k, i in enumerate(all_idx):
                 if int(i) in pos:
                     oof_all[k] = oof[pos[int(i)]]
-            rule, metrics = choose_threshold(_group_by_cp(ds, all_idx, oof_all), fam_failures, cfg)
+            per_cp = _group_by_cp(ds, all_idx, oof_all)
+            rule, metrics = choose_threshold(per_cp, fam_failures, cfg)
+            if fam == GENERIC:
+                generic_oof, generic_rule = per_cp, rule
+            elif metrics.false_per_1000 > cfg.max_false_per_1000 and generic_rule is not None:
+                # too few failures of its own to learn from: the pooled model may do better
+                pooled = evaluate_incidents(
+                    {cp: v for cp, v in generic_oof.items() if cp in cps},
+                    fam_failures,
+                    generic_rule,
+                    cfg.sample_every_h * 3600,
+                )
+                if pooled.false_per_1000 <= cfg.max_false_per_1000:
+                    out.models[GENERIC].card.setdefault("serves", {})[fam] = pooled.as_dict() | {
+                        "reason": f"its own model had {metrics.false_per_1000:.2f} false incidents "
+                        "per 1,000 charger-days out of fold; the pooled one is used"
+                    }
+                    continue
             clf = _classifier(cfg)
             clf.fit(X, y)
             onnx, kind = _export(clf), "supervised"

@@ -1,0 +1,159 @@
+"""Foresight training and distribution: simulator history → ONNX + card → signed, retained → a gateway."""
+
+from __future__ import annotations
+
+import queue
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import orjson
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from chargesight.cloud.foresight import model_updates, publish_models
+from chargesight.cloud.train import (
+    Dataset,
+    Failure,
+    IncidentRule,
+    TrainConfig,
+    build_dataset,
+    incidents,
+    label,
+    read_digests,
+    read_ground_truth,
+    run_train,
+    train,
+)
+from chargesight.common.features import FEATURE_NAMES
+from chargesight.common.modelsign import generate_key
+from chargesight.edge.anomaly import IncidentTracker
+from chargesight.edge.modelstore import ModelStore, load_default_models
+from tests.servers import Mosquitto
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = TrainConfig(n_estimators=15, folds=2, sample_every_h=12, min_failures=2)
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from chargesight.sim.history import generate_history
+    from chargesight.sim.scenario import load_scenario
+
+    out = tmp_path_factory.mktemp("history")
+    generate_history(load_scenario(ROOT / "sim/scenarios/small.toml"), 30.0, out, seed=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(history: Path) -> Dataset:
+    return build_dataset(read_digests(history / "digests.jsonl"), FAST)
+
+
+def test_training_on_simulator_history_writes_models_and_cards_the_edge_loads(
+    history: Path, dataset: Dataset, tmp_path: Path
+) -> None:
+    trained = train(dataset, read_ground_truth(history / "ground_truth.jsonl"), FAST)
+    assert "generic" in trained.models
+    # the PSU degradations are on Voltix DC150s: that family learns from labels
+    assert trained.models["generic"].kind == "supervised"
+    paths = trained.save(tmp_path)
+    assert {p.name for p in paths} >= {"generic.onnx", "generic.card.json"}
+    card = orjson.loads((tmp_path / "generic.card.json").read_bytes())
+    assert card["feature_names"] == list(FEATURE_NAMES)
+    assert card["training_window"]["labelled_failures"] == 3
+    held = card["supervised"]["held_out"]
+    assert {"share_predicted", "lead_days_median", "false_per_1000_charger_days"} <= set(held)
+    assert all(p.stat().st_size < 200_000 for p in paths)
+    loaded = load_default_models(tmp_path)
+    assert set(loaded) == set(trained.models)
+    for m in loaded.values():
+        assert m.score(np.repeat(m.baseline, 2, axis=0)).shape == (2,)
+
+
+def test_training_twice_on_the_same_digests_gives_the_same_bytes(dataset: Dataset) -> None:
+    a = train(dataset, None, FAST, families=["generic"])
+    b = train(dataset, None, FAST, families=["generic"])
+    assert a.models["generic"].onnx == b.models["generic"].onnx
+    assert a.models["generic"].kind == "unsupervised"  # no ground truth, no labels
+    assert a.models["generic"].card == b.models["generic"].card
+
+
+def test_windows_are_labelled_positive_only_within_the_horizon_before_a_failure() -> None:
+    day = 86400.0
+    times = np.array([0, 5, 12, 20, 25, 40, 60], dtype=np.float64) * day
+    ds = Dataset(np.zeros((7, len(FEATURE_NAMES))), ["cp"] * 7, ["f"] * 7, times)
+    failure = Failure("cp", onset=2 * day, failed=30 * day, ended=35 * day)
+    y = label(ds, [failure], horizon_days=14)
+    # day 0 healthy, 5 and 12 degrading but too early, 20/25 imminent, 40 broken/just repaired, 60 healthy
+    assert y.tolist() == [0, -1, -1, 1, 1, -1, 0]
+
+
+def test_the_threshold_rule_used_in_training_is_the_edges_incident_rule() -> None:
+    rng = random.Random(5)
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+    scores = [
+        min(1.0, max(0.0, 0.5 + 0.5 * np.sin(h / 9) + rng.uniform(-0.3, 0.3))) for h in range(600)
+    ]
+    rule = IncidentRule(0.7, persist_h=6, clear_h=12, clear_ratio=0.5)
+    expected = incidents([h * 3600.0 for h in range(600)], scores, rule)
+    tracker = IncidentTracker()
+    edge = [
+        (t0 + timedelta(hours=h)).timestamp() - t0.timestamp()
+        for h, s in enumerate(scores)
+        if tracker.update(
+            "cp", t0 + timedelta(hours=h), s, 0.7, persist_h=6, clear_h=12, clear_ratio=0.5
+        )
+        == "open"
+    ]
+    assert edge == expected and len(expected) >= 3
+
+
+def test_cli_entry_point_trains_from_a_history_directory(history: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "train.toml"
+    conf.write_text(
+        "[train]\nn_estimators = 10\nfolds = 2\nsample_every_h = 12\nmin_failures = 2\n"
+    )
+    assert run_train(out=tmp_path / "models", history=history, config=conf) == 0
+    assert (tmp_path / "models" / "generic.onnx").exists()
+    conf.write_text("[train]\nbogus = 1\n")
+    assert run_train(out=tmp_path / "m2", history=history, config=conf) == 2
+    assert run_train(out=tmp_path / "m3", history=tmp_path / "nowhere") == 1
+
+
+@pytest.mark.mqtt
+def test_a_published_model_reaches_a_gateway_that_connects_later_signed_and_verified(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    key = generate_key()
+    updates = model_updates(ROOT / "edge" / "models", key)
+    assert updates, "no shipped models to publish"
+    topics = publish_models(updates, mosquitto.url)
+    assert len(topics) == len(updates)
+    # a gateway connecting afterwards gets the retained models
+    got: queue.Queue[paho.MQTTMessage] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="gateway-test")
+    client.on_message = lambda c, u, msg: got.put(msg)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.subscribe("chargesight/v1/models/+", qos=1)
+    client.loop_start()
+    try:
+        msgs = [got.get(timeout=10) for _ in updates]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert all(m.retain for m in msgs)
+    alarms: list[tuple[str, str]] = []
+    store = ModelStore(tmp_path, key.public_key(), on_alarm=lambda k, r: alarms.append((k, r)))
+    for m in msgs:
+        assert store.handle_message(m.topic, m.payload) is not None
+    assert alarms == []
+    assert all(store.get(u.model_key).source == "update" for u in updates)  # type: ignore[union-attr]
+    # the same models signed with another key are refused
+    intruder = ModelStore(
+        tmp_path / "other", generate_key().public_key(), on_alarm=lambda k, r: alarms.append((k, r))
+    )
+    assert intruder.handle_message(msgs[0].topic, msgs[0].payload) is None
+    assert alarms and "does not verify" in alarms[0][1]
