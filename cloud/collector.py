@@ -19,12 +19,14 @@ Tasks (each owned by one ``TaskGroup``):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import uvicorn
@@ -41,6 +43,15 @@ from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
 
 log = get_logger(__name__)
+
+RETRYABLE = (
+    psycopg.OperationalError,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
+MAX_INFLIGHT_BATCHES = (
+    2  # batches being stored at once: overlaps validation with database round trips
+)
 
 KIND_OF = {"escalations": "escalation", "digests": "digest", "state": "state", "replies": "reply"}
 
@@ -147,7 +158,9 @@ class Collector:
         return msgs, dead
 
     async def store(self, msgs: list[EdgeMessage], dead: list[DeadLetter]) -> StoreResult:
-        """Store one batch, retrying on database errors until it succeeds or we stop."""
+        """Store one batch. Connection trouble is retried until it succeeds; a batch the
+        database refuses (bad data) is stored message by message, and what it still refuses
+        becomes a dead letter — bad input never raises here."""
         delay = 0.2
         while True:
             try:
@@ -156,15 +169,15 @@ class Collector:
                     result = await store_batch(conn, msgs, dead)
                 self.metrics.batch_seconds.observe(time.perf_counter() - t0)
                 break
-            except (
-                psycopg.OperationalError,
-                psycopg.errors.DeadlockDetected,
-                psycopg.errors.SerializationFailure,
-            ) as exc:
+            except RETRYABLE as exc:
                 self.metrics.db_errors.inc()
                 log.warning("store failed, retrying", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            except psycopg.Error as exc:
+                log.warning("batch refused by the database, storing one by one", error=str(exc))
+                result = await self._store_singly(msgs, dead)
+                break
         self.metrics.duplicates.inc(result.duplicates)
         self.metrics.dead_letters.inc(result.dead_letters)
         self.metrics.stored.labels("escalation").inc(len(result.escalations))
@@ -174,30 +187,68 @@ class Collector:
         self.stored_total += result.stored
         return result
 
-    async def _ingest_loop(self) -> None:
-        cfg = self.config.ingest
-        while not self._stopping.is_set():
-            get = asyncio.ensure_future(self.source.batch(cfg.batch_size, cfg.batch_delay_s))
-            stop = asyncio.ensure_future(self._stopping.wait())
+    async def _store_singly(self, msgs: list[EdgeMessage], dead: list[DeadLetter]) -> StoreResult:
+        total = StoreResult()
+        refused: list[DeadLetter] = list(dead)
+        for m in msgs:
             try:
-                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-            if get not in done:
-                get.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await get
-                break
-            await self._handle(get.result())
-        # drain what the broker already handed us
-        while self.source.depth:
-            await self._handle(await self.source.batch(cfg.batch_size, 0))
+                async with self.db.pool.connection() as conn:
+                    r = await store_batch(conn, [m])
+            except RETRYABLE:
+                raise
+            except psycopg.Error as exc:
+                topic = f"chargesight/v1/sites/{m.site_id}/{type(m).__name__.lower()}"
+                refused.append(DeadLetter(topic, f"database refused it: {exc}", m.to_json()))
+                continue
+            total.escalations += r.escalations
+            total.digests += r.digests
+            total.states += r.states
+            total.replies += r.replies
+            total.duplicates += r.duplicates
+            total.sites |= r.sites
+        async with self.db.pool.connection() as conn:
+            r = await store_batch(conn, [], refused)
+        total.dead_letters = r.dead_letters
+        return total
 
-    async def _handle(self, items: list[Inbound]) -> None:
-        if not items:
-            return
-        msgs, dead = self._classify(items)
-        result = await self.store(msgs, dead)
+    async def _ingest_loop(self) -> None:
+        """Take batches, store up to ``MAX_INFLIGHT_BATCHES`` at once, acknowledge in order."""
+        cfg = self.config.ingest
+        inflight: collections.deque[tuple[list[Inbound], asyncio.Task[StoreResult]]]
+        inflight = collections.deque()
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                get = asyncio.ensure_future(self.source.batch(cfg.batch_size, cfg.batch_delay_s))
+                waits: set[asyncio.Future[Any]] = {get, stop}
+                if inflight:
+                    waits.add(inflight[0][1])
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    items = get.result()
+                    msgs, dead = self._classify(items)
+                    inflight.append((items, asyncio.create_task(self.store(msgs, dead))))
+                else:
+                    get.cancel()  # cancel-safe: nothing was taken from the buffer
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await get
+                while inflight and (inflight[0][1].done() or len(inflight) > MAX_INFLIGHT_BATCHES):
+                    items, task = inflight.popleft()
+                    await self._after_store(items, await task)
+            # store and acknowledge what the broker already handed us
+            while self.source.depth:
+                items = await self.source.batch(cfg.batch_size, 0)
+                msgs, dead = self._classify(items)
+                inflight.append((items, asyncio.create_task(self.store(msgs, dead))))
+            while inflight:
+                items, task = inflight.popleft()
+                await self._after_store(items, await task)
+        finally:
+            stop.cancel()
+            for _, task in inflight:
+                task.cancel()
+
+    async def _after_store(self, items: list[Inbound], result: StoreResult) -> None:
         self.source.ack(items)
         self.metrics.lag_seconds.set(time.monotonic() - items[0].received)
         self.metrics.queue_depth.set(self.source.depth)

@@ -164,8 +164,22 @@ class Engine:
             Cleared(d.site_id, inc, d.interval_end) for d in digests for inc in d.cleared_incidents
         ]
         touched = await self.apply_events(escalations, cleared)
-        if recurring_check:
-            for site in sorted({d.site_id for d in digests}):
+        if recurring_check and digests:
+            # only sites with small incidents in this batch, or a recurring issue still open
+            # (which may clear as the window moves), need the recurring rule evaluated
+            check = {
+                d.site_id
+                for d in digests
+                if d.self_resolved or any(c.disconnects or c.self_resolved for c in d.chargers)
+            }
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT DISTINCT site_id FROM issues WHERE kind = 'recurring'"
+                    " AND status <> 'resolved' AND site_id = ANY(%s)",
+                    (sorted({d.site_id for d in digests}),),
+                )
+                check |= {str(r["site_id"]) for r in await cur.fetchall()}
+            for site in sorted(check):
                 iid = await self.check_recurring(site)
                 if iid:
                     touched.add(iid)

@@ -50,7 +50,11 @@ def main(args: argparse.Namespace) -> int:
             return asyncio.run(_import(args.config, Path(args.dir)))
         if command == "train":
             train = importlib.import_module("chargesight.cloud.train")
-            return int(train.main(args))
+            return int(
+                train.run_train(
+                    out=args.out, history=getattr(args, "history", None), config=args.config
+                )
+            )
     except RUNTIME_ERRORS as exc:
         print(f"chargesight: {exc}", file=sys.stderr)
         return 1

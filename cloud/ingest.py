@@ -14,7 +14,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 import psycopg
@@ -189,7 +189,7 @@ async def store_batch(
             else:
                 result.replies += 1
         await _write_escalations(conn, result.escalations)
-        await _write_digests(conn, result.digests)
+        charger_updates = await _write_digests(conn, result.digests)
         await _write_states(conn, [m for m in new if isinstance(m, SiteState)])
         replies = [m for m in new if isinstance(m, Reply)]
         if replies:
@@ -203,6 +203,8 @@ async def store_batch(
                     ],
                 )
         await _touch_sites(conn, new)
+    if charger_updates:
+        _known_chargers.setdefault(_db_key(conn), {}).update(charger_updates)
     result.escalations.sort(key=lambda e: (e.sent_at, e.message_id))
     result.digests.sort(key=lambda d: (d.interval_end, d.message_id))
     return result
@@ -260,28 +262,99 @@ async def _write_escalations(
             )
 
 
+INTERVAL_TYPES = (
+    "text", "text", "timestamptz", "timestamptz", "text", "text", "text", "text", "int4", "float8",
+    "int4", "int4", "int4", "int4", "int4", "int4", "float8", "float8", "float8", "float8", "float8",
+    "int4", "float8", "float8",
+)  # fmt: skip
+
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS stage_intervals"
+    " (LIKE charger_intervals INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+
+_ROLLUP = """
+INSERT INTO charger_daily AS t (charge_point_id, day, site_id, vendor, model, firmware, intervals,
+    covered_s, connected_s, disconnects, faults, self_resolved, sessions_started, sessions_failed,
+    sessions_ended_early, energy_wh, health_sum, health_n)
+SELECT charge_point_id, (interval_start AT TIME ZONE 'UTC')::date, max(site_id), max(vendor),
+    max(model), max(firmware), count(*),
+    sum(extract(epoch FROM interval_end - interval_start)), sum(connected_s), sum(disconnects),
+    sum(faults), sum(self_resolved), sum(sessions_started), sum(sessions_failed),
+    sum(sessions_ended_early), sum(energy_wh), coalesce(sum(health_score), 0), count(health_score)
+FROM stage_intervals
+GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (charge_point_id, day) DO UPDATE SET
+    vendor = coalesce(EXCLUDED.vendor, t.vendor), model = coalesce(EXCLUDED.model, t.model),
+    firmware = coalesce(EXCLUDED.firmware, t.firmware), intervals = t.intervals + EXCLUDED.intervals,
+    covered_s = t.covered_s + EXCLUDED.covered_s, connected_s = t.connected_s + EXCLUDED.connected_s,
+    disconnects = t.disconnects + EXCLUDED.disconnects, faults = t.faults + EXCLUDED.faults,
+    self_resolved = t.self_resolved + EXCLUDED.self_resolved,
+    sessions_started = t.sessions_started + EXCLUDED.sessions_started,
+    sessions_failed = t.sessions_failed + EXCLUDED.sessions_failed,
+    sessions_ended_early = t.sessions_ended_early + EXCLUDED.sessions_ended_early,
+    energy_wh = t.energy_wh + EXCLUDED.energy_wh, health_sum = t.health_sum + EXCLUDED.health_sum,
+    health_n = t.health_n + EXCLUDED.health_n
+"""
+
+_CHARGERS = """
+INSERT INTO chargers (charge_point_id, site_id, vendor, model, firmware, connectors, rated_power_w,
+    last_data_at)
+SELECT DISTINCT ON (charge_point_id) charge_point_id, site_id, vendor, model, firmware, connectors,
+    rated_power_w, interval_end
+FROM stage_intervals WHERE charge_point_id = ANY(%s)
+ORDER BY charge_point_id, interval_end DESC
+ON CONFLICT (charge_point_id) DO UPDATE SET site_id = EXCLUDED.site_id,
+    vendor = coalesce(EXCLUDED.vendor, chargers.vendor),
+    model = coalesce(EXCLUDED.model, chargers.model),
+    firmware = CASE WHEN EXCLUDED.last_data_at >= coalesce(chargers.last_data_at, '-infinity')
+        THEN coalesce(EXCLUDED.firmware, chargers.firmware)
+        ELSE coalesce(chargers.firmware, EXCLUDED.firmware) END,
+    connectors = coalesce(EXCLUDED.connectors, chargers.connectors),
+    rated_power_w = coalesce(EXCLUDED.rated_power_w, chargers.rated_power_w),
+    last_data_at = greatest(EXCLUDED.last_data_at, chargers.last_data_at)
+"""
+
+# Charger metadata this process last wrote, per database (charge point → site, vendor, model,
+# firmware, connectors, rated power): unchanged chargers are not upserted on every digest.
+# Updated only after the transaction that wrote them commits.
+_known_chargers: dict[tuple[str, ...], dict[str, tuple[object, ...]]] = {}
+
+
+def _db_key(conn: psycopg.AsyncConnection[dict[str, object]]) -> tuple[str, ...]:
+    info = conn.info
+    return (str(info.host), str(info.port), str(info.dbname))
+
+
 async def _write_digests(
     conn: psycopg.AsyncConnection[dict[str, object]], digests: list[Digest]
-) -> None:
+) -> dict[str, tuple[object, ...]]:
+    """Digest rows, self-resolved incidents, charger intervals (binary COPY into a staging
+    table, then one INSERT … SELECT), the daily roll-up and changed charger metadata."""
     if not digests:
-        return
+        return {}
+    known = _known_chargers.get(_db_key(conn), {})
+    updates: dict[str, tuple[object, ...]] = {}
     async with conn.cursor() as cur:
-        await cur.executemany(
+        await cur.execute(
             "INSERT INTO digests (message_id, site_id, interval_start, interval_end, currency,"
-            " price_per_kwh, cleared_incidents) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-            [
-                (
-                    d.message_id,
-                    d.site_id,
-                    d.interval_start,
-                    d.interval_end,
-                    d.currency,
-                    d.price_per_kwh,
-                    d.cleared_incidents,
-                )
-                for d in digests
-            ],
+            " price_per_kwh) SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[],"
+            " %s::timestamptz[], %s::text[], %s::float8[])",
+            (
+                [d.message_id for d in digests],
+                [d.site_id for d in digests],
+                [d.interval_start for d in digests],
+                [d.interval_end for d in digests],
+                [d.currency for d in digests],
+                [d.price_per_kwh for d in digests],
+            ),
         )
+        with_cleared = [d for d in digests if d.cleared_incidents]
+        if with_cleared:
+            await cur.executemany(
+                "UPDATE digests SET cleared_incidents = %s WHERE message_id = %s",
+                [(d.cleared_incidents, d.message_id) for d in with_cleared],
+            )
         blips = [(d, s) for d in digests for s in d.self_resolved]
         if blips:
             await cur.executemany(
@@ -306,12 +379,11 @@ async def _write_digests(
                     for d, s in blips
                 ],
             )
-        daily: dict[tuple[str, object], list[object]] = {}
-        chargers: dict[str, tuple[object, ...]] = {}
+        await cur.execute(_STAGE)
         cols = ", ".join(INTERVAL_COLS)
-        async with cur.copy(f"COPY charger_intervals ({cols}) FROM STDIN") as copy:
+        async with cur.copy(f"COPY stage_intervals ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(INTERVAL_TYPES))
             for d in digests:
-                span = (d.interval_end - d.interval_start).total_seconds()
                 for c in d.chargers:
                     await copy.write_row(
                         (
@@ -341,81 +413,16 @@ async def _write_digests(
                             c.anomaly_score,
                         )
                     )
-                    day = d.interval_start.astimezone(UTC).date()
-                    key = (c.charge_point_id, day)
-                    row = daily.get(key)
-                    if row is None:
-                        row = [c.charge_point_id, day, d.site_id, c.vendor, c.model, c.firmware,
-                               0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0]  # fmt: skip
-                        daily[key] = row
-                    row[3], row[4], row[5] = c.vendor, c.model, c.firmware
-                    inc = (
-                        1,
-                        span,
-                        c.connected_s,
-                        c.disconnects,
-                        c.faults,
-                        c.self_resolved,
-                        c.sessions_started,
-                        c.sessions_failed,
-                        c.sessions_ended_early,
-                        c.energy_wh,
-                        c.health_score or 0.0,
-                        1 if c.health_score is not None else 0,
-                    )
-                    for i, v in enumerate(inc):
-                        row[6 + i] = row[6 + i] + v  # type: ignore[operator]
-                    chargers[c.charge_point_id] = (
-                        d.site_id,
-                        c.vendor,
-                        c.model,
-                        c.firmware,
-                        c.connectors,
-                        c.rated_power_w,
-                        d.interval_end,
-                    )
-        rows = [daily[k] for k in sorted(daily, key=lambda k: (k[0], str(k[1])))]
-        cols_t = list(zip(*rows, strict=True))
-        await conn.execute(
-            "INSERT INTO charger_daily AS t (charge_point_id, day, site_id, vendor, model, firmware,"
-            " intervals, covered_s, connected_s, disconnects, faults, self_resolved,"
-            " sessions_started, sessions_failed, sessions_ended_early, energy_wh, health_sum,"
-            " health_n) SELECT * FROM unnest(%s::text[], %s::date[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::int[], %s::int[],"
-            " %s::int[], %s::int[], %s::int[], %s::int[], %s::float8[], %s::float8[], %s::int[])"
-            " ON CONFLICT (charge_point_id, day) DO UPDATE SET"
-            " vendor = coalesce(EXCLUDED.vendor, t.vendor),"
-            " model = coalesce(EXCLUDED.model, t.model),"
-            " firmware = coalesce(EXCLUDED.firmware, t.firmware),"
-            " intervals = t.intervals + EXCLUDED.intervals,"
-            " covered_s = t.covered_s + EXCLUDED.covered_s,"
-            " connected_s = t.connected_s + EXCLUDED.connected_s,"
-            " disconnects = t.disconnects + EXCLUDED.disconnects,"
-            " faults = t.faults + EXCLUDED.faults,"
-            " self_resolved = t.self_resolved + EXCLUDED.self_resolved,"
-            " sessions_started = t.sessions_started + EXCLUDED.sessions_started,"
-            " sessions_failed = t.sessions_failed + EXCLUDED.sessions_failed,"
-            " sessions_ended_early = t.sessions_ended_early + EXCLUDED.sessions_ended_early,"
-            " energy_wh = t.energy_wh + EXCLUDED.energy_wh,"
-            " health_sum = t.health_sum + EXCLUDED.health_sum,"
-            " health_n = t.health_n + EXCLUDED.health_n",
-            [list(c) for c in cols_t],
-        ) if rows else None
-        if chargers:
-            await cur.executemany(
-                "INSERT INTO chargers (charge_point_id, site_id, vendor, model, firmware,"
-                " connectors, rated_power_w, last_data_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (charge_point_id) DO UPDATE SET site_id = EXCLUDED.site_id,"
-                " vendor = coalesce(EXCLUDED.vendor, chargers.vendor),"
-                " model = coalesce(EXCLUDED.model, chargers.model),"
-                " firmware = CASE WHEN EXCLUDED.last_data_at >= coalesce(chargers.last_data_at,"
-                "   '-infinity') THEN coalesce(EXCLUDED.firmware, chargers.firmware)"
-                "   ELSE coalesce(chargers.firmware, EXCLUDED.firmware) END,"
-                " connectors = coalesce(EXCLUDED.connectors, chargers.connectors),"
-                " rated_power_w = coalesce(EXCLUDED.rated_power_w, chargers.rated_power_w),"
-                " last_data_at = greatest(EXCLUDED.last_data_at, chargers.last_data_at)",
-                [(cp, *v) for cp, v in sorted(chargers.items())],
-            )
+                    meta = (d.site_id, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
+                    if known.get(c.charge_point_id) != meta:
+                        updates[c.charge_point_id] = meta
+        await cur.execute(
+            f"INSERT INTO charger_intervals ({cols}) SELECT {cols} FROM stage_intervals"
+        )
+        await cur.execute(_ROLLUP)
+        if updates:
+            await cur.execute(_CHARGERS, (sorted(updates),))
+    return updates
 
 
 async def _write_states(

@@ -148,7 +148,9 @@ async def charger_summary(conn: Conn, engine: Engine, cp: str) -> dict[str, Any]
     )
     issues = [_doc(r) for r in await cur.fetchall()]
     spans = (await engine.outage_spans(conn, charge_point_id=cp)).get(cp, [])
-    as_of = ch.get("last_data_at") or max(
+    cur = await conn.execute("SELECT last_data_at FROM sites WHERE site_id = %s", (ch["site_id"],))
+    site_row = await cur.fetchone()
+    as_of = (site_row["last_data_at"] if site_row else None) or max(
         (i.last_seen_at for i in issues), default=datetime.now(UTC)
     )
     health, basis = _health(latest, days, issues)

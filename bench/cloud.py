@@ -1,0 +1,338 @@
+"""Cloud collector benchmark: ingest through a real broker into PostgreSQL, and API latency.
+
+Run: ``.venv/bin/python bench/cloud.py [--messages N] [--chargers-per-digest C] [--fleet CPS]``
+
+Measured in the same run, on the same Mosquitto and PostgreSQL:
+
+1. a bare paho subscriber (MQTT 5, shared subscription, QoS 1) receiving N
+   messages from a publisher process — the ceiling;
+2. the collector receiving the same N messages and storing them (validated,
+   idempotent, acknowledged after commit) — as a ratio to (1);
+3. a raw binary COPY of the same charger rows into a bare table — the write
+   ceiling, as rows/s and as a ratio;
+4. API latency (p50/p99 over 200 requests each) for ``GET /issues`` and
+   ``GET /fleet/models`` on a database holding a year of daily roll-ups for
+   ``--fleet`` charge points and 5,000 issues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+
+from chargesight.cloud.collector import Collector
+from chargesight.cloud.config import CloudConfig
+from chargesight.cloud.db import open_database
+from chargesight.cloud.engine import save_issue
+from chargesight.cloud.issues import apply_escalation
+from chargesight.common.logs import configure_logging
+from chargesight.common.messages import (
+    ChargerCounters,
+    Digest,
+    Escalation,
+    Fault,
+    Hardware,
+    digests_topic,
+    escalations_topic,
+)
+from tests.servers import start_mosquitto, start_postgres
+
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+BATCH_SIZE = 1000
+BATCH_DELAY = 0.02
+
+
+def build_payloads(n: int, per_digest: int, sites: int = 200) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n):
+        site = f"site-{i % sites}"
+        if i % 100 == 99:
+            msg: Digest | Escalation = Escalation(
+                site_id=site, incident_id=uuid.uuid4().hex[:12], charge_point_id=f"{site}-cp-0",
+                connector_id=None, scope="charge_point",
+                fault=Fault(code="InternalError", vendor_code="E1", category="software"),
+                started_at=T0 + timedelta(hours=i // sites), hardware=Hardware(vendor="Acme", model="DC50"),
+            )  # fmt: skip
+            out.append((escalations_topic(site), msg.to_json()))
+        else:
+            start = T0 + timedelta(hours=i // sites)
+            msg = Digest(
+                site_id=site, interval_start=start, interval_end=start + timedelta(hours=1), currency="EUR",
+                price_per_kwh=0.5,
+                chargers=[ChargerCounters(charge_point_id=f"{site}-cp-{c}", model="DC50", firmware="1.0",
+                                          connectors=2, connected_s=3600, sessions_started=2, energy_wh=40000,
+                                          max_power_w=48000, rated_power_w=50000, mean_temperature_c=35)
+                          for c in range(per_digest)],
+            )  # fmt: skip
+            out.append((digests_topic(site), msg.to_json()))
+    return out
+
+
+def publisher(url: str, payloads: list[tuple[str, bytes]], start: mp.Event) -> None:  # type: ignore[valid-type]
+    host, port = url.removeprefix("mqtt://").split(":")
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"bench-pub-{uuid.uuid4().hex[:6]}",
+        protocol=mqtt.MQTTv5,
+    )
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect(host, int(port))
+    c.loop_start()
+    start.wait()  # type: ignore[attr-defined]
+    infos = [c.publish(t, p, qos=1) for t, p in payloads]
+    for i in infos:
+        i.wait_for_publish(60)
+    c.disconnect()
+    c.loop_stop()
+
+
+def run_publisher(url: str, payloads: list[tuple[str, bytes]]) -> tuple[mp.Process, object]:
+    ctx = mp.get_context("fork")
+    ev = ctx.Event()
+    p = ctx.Process(target=publisher, args=(url, payloads, ev))
+    p.start()
+    return p, ev
+
+
+def bare_subscriber(url: str, payloads: list[tuple[str, bytes]]) -> float:
+    host, port = url.removeprefix("mqtt://").split(":")
+    n = len(payloads)
+    got = 0
+    first = last = 0.0
+    done = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        nonlocal got, first, last
+        if got == 0:
+            first = time.perf_counter()
+        got += 1
+        last = time.perf_counter()
+        if got >= n:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.on_connect = lambda cl, *a: cl.subscribe([("$share/bare/chargesight/v1/sites/+/digests", 1),
+                                               ("$share/bare/chargesight/v1/sites/+/escalations", 1)])  # fmt: skip
+    c.connect(host, int(port))
+    c.loop_start()
+    subscribed.wait(10)
+    proc, ev = run_publisher(url, payloads)
+    time.sleep(0.3)  # let the publisher connect
+    t0 = time.perf_counter()
+    ev.set()  # type: ignore[attr-defined]
+    done.wait(300)
+    proc.join()
+    c.disconnect()
+    c.loop_stop()
+    elapsed = last - t0
+    return n / elapsed
+
+
+async def collector_ingest(
+    db_url: str, mqtt_url: str, payloads: list[tuple[str, bytes]]
+) -> tuple[float, float]:
+    cfg = CloudConfig.model_validate({
+        "database": {"url": db_url, "pool_max": 6}, "mqtt": {"url": mqtt_url, "shared_group": "bench"},
+        "api": {"listen": "127.0.0.1:0"}, "analysis": {"refresh_interval_s": 3600},
+        "ingest": {"batch_size": BATCH_SIZE, "batch_delay_s": BATCH_DELAY},
+    })  # fmt: skip
+    db = await open_database(db_url, max_size=6)
+    collector = Collector(cfg, db)
+    ready = asyncio.Event()
+    task = asyncio.create_task(collector.serve(ready))
+    await ready.wait()
+    proc, ev = run_publisher(mqtt_url, payloads)
+    await asyncio.sleep(0.3)
+    t0 = time.perf_counter()
+    ev.set()  # type: ignore[attr-defined]
+    n = len(payloads)
+    await collector.wait_until(lambda: collector.handled_total >= n, timeout=600)
+    stored = time.perf_counter() - t0
+    await collector.wait_until(collector.idle, timeout=600)
+    analysed = time.perf_counter() - t0
+    await asyncio.to_thread(proc.join)
+    collector.stop()
+    await task
+    await db.close()
+    return n / stored, n / analysed
+
+
+def raw_copy(db_url: str, payloads: list[tuple[str, bytes]]) -> tuple[float, int]:
+    rows = []
+    for topic, p in payloads:
+        if topic.endswith("digests"):
+            d = Digest.model_validate_json(p)
+            rows.extend((d.site_id, c.charge_point_id, d.interval_start, d.interval_end, c.sessions_started,
+                         c.energy_wh) for c in d.chargers)  # fmt: skip
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "CREATE TABLE raw_rows (site text, cp text, s timestamptz, e timestamptz, n int, wh float8)"
+        )
+        t0 = time.perf_counter()
+        with conn.cursor() as cur, cur.copy("COPY raw_rows FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "text", "timestamptz", "timestamptz", "int4", "float8"])
+            for r in rows:
+                copy.write_row(r)
+        conn.commit()
+        elapsed = time.perf_counter() - t0
+    return len(rows) / elapsed, len(rows)
+
+
+def seed_fleet(db_url: str, chargers: int, issues: int) -> None:
+    models = [
+        ("Acme", "DC50", "1.0"),
+        ("Acme", "DC50", "1.1"),
+        ("Volt", "AC22", "3.2"),
+        ("Volt", "HPC150", "0.9"),
+    ]
+    end = date(2026, 1, 1)
+    with psycopg.connect(db_url) as conn:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY charger_daily (charge_point_id, day, site_id, vendor, model, firmware, intervals, covered_s,"
+                " connected_s, sessions_started, energy_wh) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(["text", "date", "text", "text", "text", "text", "int4", "float8", "float8", "int4",
+                            "float8"])  # fmt: skip
+            for c in range(chargers):
+                v, m, f = models[c % len(models)]
+                for d in range(365):
+                    copy.write_row((f"cp-{c}", end - timedelta(days=d), f"site-{c // 10}", v, m, f, 24, 86400.0,
+                                    86400.0, 12, 240000.0))  # fmt: skip
+        conn.commit()
+
+    async def add_issues() -> None:
+        db = await open_database(db_url)
+        async with db.pool.connection() as aconn:
+            for i in range(issues):
+                v, m, f = models[i % len(models)]
+                esc = Escalation(
+                    site_id=f"site-{i % (chargers // 10)}", incident_id=f"inc-{i}", charge_point_id=f"cp-{i}",
+                    connector_id=None, scope="charge_point",
+                    fault=Fault(code="InternalError", vendor_code=f"E{i % 7}", category="software"),
+                    started_at=T0 - timedelta(hours=i), hardware=Hardware(vendor=v, model=m, firmware=f),
+                )  # fmt: skip
+                issue = apply_escalation(None, esc)
+                assert issue is not None
+                issue.priority = (i % 997) / 997
+                if i % 3 == 0:
+                    issue.status = "resolved"
+                await save_issue(aconn, issue)
+            await aconn.commit()
+        await db.close()
+
+    asyncio.run(add_issues())
+
+
+async def api_latency(db_url: str, mqtt_url: str) -> dict[str, tuple[float, float]]:
+    cfg = CloudConfig.model_validate({
+        "database": {"url": db_url}, "mqtt": {"url": mqtt_url},
+        "api": {"listen": "127.0.0.1:0", "tokens": [{"token": "bench-token", "role": "viewer"}]},
+        "analysis": {"refresh_interval_s": 3600},
+    })  # fmt: skip
+    db = await open_database(db_url)
+    collector = Collector(cfg, db)
+    ready = asyncio.Event()
+    task = asyncio.create_task(collector.serve(ready))
+    await ready.wait()
+    t0 = time.perf_counter()
+    await collector.engine.fleet_models()
+    cold = time.perf_counter() - t0
+    out: dict[str, tuple[float, float]] = {
+        "fleet view computation (cold, once per refresh)": (cold * 1000, cold * 1000)
+    }
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{collector.api_port}",
+                                 headers={"Authorization": "Bearer bench-token"}) as client:  # fmt: skip
+        for path in (
+            "/api/v1/issues",
+            "/api/v1/issues?status=all&limit=500",
+            "/api/v1/fleet/models",
+        ):
+            times = []
+            for _ in range(200):
+                t = time.perf_counter()
+                r = await client.get(path)
+                times.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200, r.text
+            times.sort()
+            out[path] = (statistics.median(times), times[int(len(times) * 0.99) - 1])
+    collector.stop()
+    await task
+    await db.close()
+    return out
+
+
+async def migrate_only(url: str) -> None:
+    db = await open_database(url)
+    await db.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=20_000)
+    ap.add_argument("--chargers-per-digest", type=int, default=10)
+    ap.add_argument("--fleet", type=int, default=10_000)
+    args = ap.parse_args()
+    configure_logging("warning")
+    broker, pg = start_mosquitto(), start_postgres()
+    try:
+        payloads = build_payloads(args.messages, args.chargers_per_digest)
+        size = sum(len(p) for _, p in payloads) / len(payloads)
+        print(f"messages: {len(payloads)} (99% digests of {args.chargers_per_digest} chargers, 1% escalations), "
+              f"mean {size:.0f} bytes")  # fmt: skip
+        bare = bare_subscriber(broker.url, payloads)
+        print(f"bare paho subscriber:         {bare:10.0f} msg/s")
+        with psycopg.connect(pg.url, autocommit=True) as c:
+            c.execute("CREATE DATABASE bench_ingest")
+            c.execute("CREATE DATABASE bench_api")
+        base = pg.url.rsplit("/", 1)[0]
+        stored, analysed = asyncio.run(
+            collector_ingest(f"{base}/bench_ingest", broker.url, payloads)
+        )
+        print(
+            f"collector, stored + acked:    {stored:10.0f} msg/s  = {stored / bare:.0%} of the bare subscriber"
+        )
+        print(
+            f"collector, stored + analysed: {analysed:10.0f} msg/s  = {analysed / bare:.0%} of the bare subscriber"
+        )
+        rows_s, rows = raw_copy(f"{base}/bench_ingest", payloads)
+        print(f"raw binary COPY of the same {rows} charger rows: {rows_s:10.0f} rows/s; collector wrote "
+              f"{stored * args.chargers_per_digest * 0.99:.0f} rows/s = "
+              f"{stored * args.chargers_per_digest * 0.99 / rows_s:.0%} of it")  # fmt: skip
+        t0 = time.perf_counter()
+        asyncio.run(migrate_only(f"{base}/bench_api"))
+        seed_fleet(f"{base}/bench_api", args.fleet, 5000)
+        print(
+            f"seeded {args.fleet} chargers × 365 daily roll-ups + 5000 issues in {time.perf_counter() - t0:.1f}s"
+        )
+        for path, (p50, p99) in asyncio.run(api_latency(f"{base}/bench_api", broker.url)).items():
+            print(f"{path:55s} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
+    finally:
+        broker.stop()
+        pg.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
