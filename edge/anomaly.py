@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +47,7 @@ from chargesight.common.features import (
     features_dict,
     snapshot_features,
 )
+from chargesight.common.health import FaultRecord, health_from_features
 from chargesight.common.messages import Escalation, Fault, Hardware
 from chargesight.edge.modelstore import LoadedModel, ModelStore
 
@@ -268,6 +270,27 @@ class AnomalyMonitor:
     def anomaly_score(self, charge_point_id: str) -> float | None:
         s = self.last_scores.get(charge_point_id)
         return s.score if s else None
+
+    def digest_fields(
+        self, charge_point_id: str, faults: Sequence[FaultRecord] = ()
+    ) -> dict[str, Any]:
+        """``anomaly_score``, ``features`` and ``health_score`` for the charge point's ChargerCounters."""
+        s = self.last_scores.get(charge_point_id)
+        if s is None:
+            return {}
+        feats = features_dict(s.features)
+        model = self.store.get(self.bank.window(charge_point_id).family)
+        typical = None
+        if model is not None:
+            typical = float(model.baseline[0][FEATURE_NAMES.index("power_ratio_max_7d")])
+        health = health_from_features(
+            feats,
+            s.at,
+            anomaly_score=s.score,
+            faults=faults,
+            typical_power_ratio=typical if typical and typical > 0 else None,
+        )
+        return {"anomaly_score": s.score, "features": feats, "health_score": health.score}
 
     # -- the interval close
 

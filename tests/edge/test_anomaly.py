@@ -21,7 +21,7 @@ from chargesight.common.events import (
     TransactionStarted,
 )
 from chargesight.common.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureBank
-from chargesight.common.messages import Escalation
+from chargesight.common.messages import ChargerCounters, Escalation
 from chargesight.common.modelsign import generate_key, sign_model
 from chargesight.edge.anomaly import AnomalyMonitor, IncidentTracker, score_snapshots
 from chargesight.edge.modelstore import LoadedModel, ModelStore
@@ -137,6 +137,27 @@ async def test_a_sagging_charger_opens_one_predictive_incident_with_the_features
     assert esc.started_at >= T0 + timedelta(hours=72 + 3)
     assert monitor.anomaly_score("cp-ok") is not None and monitor.anomaly_score("cp-ok") < 0.5  # type: ignore[operator]
     Escalation.model_validate_json(esc.to_json())  # a valid wire message
+
+
+async def test_the_digest_carries_the_closed_counters_score_features_and_health(
+    key: Ed25519PrivateKey,
+) -> None:
+    monitor = AnomalyMonitor("site-1", _toy_store(key), lambda e: None)
+    fleet = Fleet(monitor)
+    await fleet.run(60, psu_ratio=0.5)
+    buckets = await monitor.close_window(T0 + timedelta(hours=61))
+    sick = ChargerCounters(
+        charge_point_id="cp-psu",
+        **buckets["cp-psu"].to_counters(),
+        **monitor.digest_fields("cp-psu"),
+    )
+    fine = ChargerCounters(
+        charge_point_id="cp-ok", **buckets["cp-ok"].to_counters(), **monitor.digest_fields("cp-ok")
+    )
+    assert sick.anomaly_score is not None and sick.anomaly_score >= 0.5
+    assert list(sick.features) == list(FEATURE_NAMES)
+    assert sick.health_score is not None and fine.health_score is not None
+    assert sick.health_score < 70 <= 85 <= fine.health_score
 
 
 async def test_the_incident_clears_after_recovery_and_a_new_one_can_open(
