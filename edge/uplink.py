@@ -47,7 +47,7 @@ import ssl
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from types import TracebackType
@@ -69,6 +69,8 @@ if TYPE_CHECKING:
     from chargesight.edge.requests import RequestRouter
 
 log = get_logger("chargesight.edge.uplink")
+
+MessageHandler = Callable[[str, bytes], Coroutine[Any, Any, None]]
 
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
 _FALLBACK_AFTER_HANGUPS = 2
@@ -142,7 +144,10 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._request_tasks: set[asyncio.Task[None]] = set()
+        self._request_tasks: set[asyncio.Task[None]] = set()  # incoming-message handlers
+        self._subscriptions: dict[str, MessageHandler] = {}
+        if router is not None:
+            self._subscriptions[self._requests_topic] = self._handle_request
         self._state: Literal["unopened", "running", "closing", "closed"] = "unopened"
 
         # asyncio-side state (touched only on the event loop)
@@ -152,9 +157,11 @@ class Uplink:
         self._idle = asyncio.Event()
         self._fallback = asyncio.Event()
         self._changed = asyncio.Event()  # any status change
+        self._replay = asyncio.Event()  # a new connection: the publisher starts over
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._waiters: dict[int, asyncio.Future[ReasonCode | None]] = {}
         self._acked: list[int] = []
+        self._deleting: set[int] = set()  # acknowledged, delete not committed yet
         self._cursor = 0
         self._generation = 0  # bumped when a new paho client must replay the outbox
         self._limit = mqtt.max_inflight
@@ -167,6 +174,11 @@ class Uplink:
         # paho-thread → loop hand-off for PUBACKs
         self._acks: deque[tuple[int, ReasonCode | None]] = deque()
         self._ack_lock = threading.Lock()
+        # publishing vs. a new connection: held by the loop around publishes and by
+        # paho's thread in on_connect; _conn_gen counts connections (paho's thread)
+        self._pub_lock = threading.Lock()
+        self._conn_gen = 0
+        self._pub_gen = -1  # the connection the loop publishes on
         self._ack_scheduled = False
         self._hangups = 0  # MQTT 5 CONNECTs the broker hung up on (paho thread)
         self._got_connack = False
@@ -269,6 +281,18 @@ class Uplink:
     async def wait_connected(self) -> None:
         """Return once connected to the broker. Cancel-safe."""
         await self._connected.wait()
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Route messages on ``topic_filter`` (QoS 1, wildcards allowed) to
+        ``async handler(topic, payload)``, e.g. ``model_topic("+")`` for model
+        updates. Re-subscribed on every connection; may be called before or
+        after :meth:`start`. Handlers run as tasks the uplink owns."""
+        if topic_filter in self._subscriptions:
+            raise UplinkError(f"{topic_filter!r} already has a handler")
+        self._subscriptions[topic_filter] = handler
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.subscribe(topic_filter, qos=1)
 
     async def wait_for_status(self, predicate: Callable[[UplinkStatus], bool]) -> UplinkStatus:
         """Return the first :meth:`status` for which ``predicate`` holds, re-checked on
@@ -380,11 +404,20 @@ class Uplink:
             self._call(self._connect_refused, int(reason_code.value), str(reason_code))
             return
         self._hangups = 0
-        online = SiteState(site_id=self.site_id, state="online")
-        client.publish(self._state_topic, online.to_json(), qos=1, retain=True)
-        client.subscribe(self._requests_topic, qos=1)
+        with self._pub_lock:
+            # A new connection: paho would re-send what the last one left unacknowledged,
+            # but only after this callback, racing the publisher's new messages. Drop its
+            # copies; the loop replays them from the outbox, in order, before anything new.
+            self._conn_gen += 1
+            gen = self._conn_gen
+            client.drop_out_messages()
+            online = SiteState(site_id=self.site_id, state="online")
+            client.publish(self._state_topic, online.to_json(), qos=1, retain=True)
+            subs = [(topic, 1) for topic in list(self._subscriptions)]
+            if subs:
+                client.subscribe(subs)
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
-        self._call(self._on_connected, receive_max, flags.session_present)
+        self._call(self._on_connected, gen, receive_max, flags.session_present)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this inside its ``except OSError`` block: the cause is still at hand
@@ -422,13 +455,20 @@ class Uplink:
         self._call(self._drain_acks)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._call(self._on_request, bytes(msg.payload))
+        self._call(self._on_incoming, msg.topic, bytes(msg.payload))
 
     # -- the same events, on the loop
 
-    def _on_connected(self, receive_max: int | None, session_present: bool) -> None:
+    def _on_connected(self, gen: int, receive_max: int | None, session_present: bool) -> None:
         if self._state != "running":
             return
+        self._drain_acks()  # PUBACKs that came before the connection was lost still count
+        # replay every unacknowledged row from the outbox, in order, on this connection
+        self._pub_gen = gen
+        self._inflight.clear()
+        self._cursor = 0
+        self._generation += 1
+        self._replay.set()
         self._protocol_decided = True
         limit = self.cfg.max_inflight
         if receive_max:
@@ -451,10 +491,9 @@ class Uplink:
         was = self._connected.is_set()
         self._connected.clear()
         self._changed.set()
-        if self._state == "running":
+        if self._state == "running" and was:  # a refused CONNECT keeps its own error
             self._last_error = f"disconnected: {reason}"
-            if was:
-                log.warning("uplink_disconnected", reason=reason, in_flight=len(self._inflight))
+            log.warning("uplink_disconnected", reason=reason, in_flight=len(self._inflight))
 
     def _connect_refused(self, code: int, reason: str) -> None:
         self._last_error = f"broker refused the connection: {reason}"
@@ -488,6 +527,7 @@ class Uplink:
                 log.error("uplink_publish_refused", seq=seq, reason=str(rc))
                 continue
             self._acked.append(seq)
+            self._deleting.add(seq)
             self._delivered += 1
         self._room.set()
         self._ack_ready.set()
@@ -495,21 +535,27 @@ class Uplink:
         if not self._inflight:
             self._idle.set()
 
-    def _on_request(self, payload: bytes) -> None:
-        router = self.router
-        if router is None or self._state != "running":
+    def _on_incoming(self, topic: str, payload: bytes) -> None:
+        if self._state != "running":
             return
-        if len(self._request_tasks) >= self.max_pending_requests:
-            log.warning("request_dropped_too_many_pending", pending=len(self._request_tasks))
-            return
-        task = asyncio.create_task(router.handle(payload), name="uplink-request")
-        self._request_tasks.add(task)
-        task.add_done_callback(self._request_done)
+        for topic_filter, handler in list(self._subscriptions.items()):
+            if not paho.topic_matches_sub(topic_filter, topic):
+                continue
+            if len(self._request_tasks) >= self.max_pending_requests:
+                log.warning("incoming_dropped_too_many_pending", topic=topic)
+                return
+            task = asyncio.create_task(handler(topic, payload), name=f"uplink-in:{topic}")
+            self._request_tasks.add(task)
+            task.add_done_callback(self._request_done)
+
+    async def _handle_request(self, topic: str, payload: bytes) -> None:
+        assert self.router is not None
+        await self.router.handle(payload)
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self._request_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("request_task_failed", error=repr(task.exception()))
+            log.error("incoming_handler_failed", error=repr(task.exception()))
 
     # ------------------------------------------------------------ tasks
 
@@ -523,9 +569,10 @@ class Uplink:
         generation = self._generation
         while True:
             await self._connected.wait()
-            if generation != self._generation:  # a new client replays from the outbox
+            if generation != self._generation:  # a new connection replays from the outbox
                 ahead.clear()
                 generation = self._generation
+                self._replay.clear()
             room = self._limit - len(self._inflight)
             if room <= 0:
                 self._room.clear()
@@ -534,35 +581,66 @@ class Uplink:
             if not ahead:
                 rows = await self.outbox.fetch(self._cursor, self.fetch_batch)
                 if not rows:
-                    await self.outbox.wait_for_rows(self._cursor)
+                    await self._wait_for_rows_or_replay()
                     continue
                 ahead.extend(rows)
                 continue
             client = self._client
             if client is None or not self._connected.is_set():
                 continue
-            while ahead and room > 0:
-                row = ahead.popleft()
-                try:
-                    info = client.publish(row.topic, row.payload, qos=1)
-                except ValueError as exc:  # e.g. an invalid topic: skip it, never wedge the queue
-                    self._alarms[f"unpublishable:{row.seq}"] = (
-                        f"outbox message seq {row.seq} cannot be published: {exc}"
-                    )
-                    log.error("uplink_unpublishable", seq=row.seq, error=str(exc))
-                    self._cursor = row.seq
+            with self._pub_lock:
+                if self._conn_gen != self._pub_gen:
+                    # paho reconnected and the loop has not been told yet: wait for it
+                    self._connected.clear()
                     continue
-                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                    self._last_error = f"publish failed: {paho.error_string(info.rc)}"
-                    log.error("uplink_publish_failed", seq=row.seq, error=self._last_error)
-                    ahead.appendleft(row)
-                    await asyncio.sleep(0.1)  # a paho refusal: do not spin
-                    break
-                self._inflight[info.mid] = row.seq
-                self._cursor = row.seq
-                room -= 1
+                room = self._publish_some(client, ahead, room)
+            if room < 0:
+                await asyncio.sleep(0.1)  # paho refused a publish: do not spin
             self._idle.clear()
             self._peak = max(self._peak, len(self._inflight))
+
+    async def _wait_for_rows_or_replay(self) -> None:
+        """Wait for a new outbox row, or for a new connection that must replay."""
+        if self._replay.is_set():
+            return
+        waits = {
+            asyncio.create_task(self.outbox.wait_for_rows(self._cursor)),
+            asyncio.create_task(self._replay.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in waits:
+                t.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        for t in done:
+            t.result()  # OutboxClosed surfaces here
+
+    def _publish_some(self, client: paho.Client, ahead: deque[OutboxEntry], room: int) -> int:
+        """Publish from ``ahead`` while there is room; the room left, -1 if paho refused."""
+        while ahead and room > 0:
+            row = ahead.popleft()
+            if row.seq in self._deleting:  # acknowledged already, delete not committed yet
+                self._cursor = row.seq
+                continue
+            try:
+                info = client.publish(row.topic, row.payload, qos=1)
+            except ValueError as exc:  # e.g. an invalid topic: skip it, never wedge the queue
+                self._alarms[f"unpublishable:{row.seq}"] = (
+                    f"outbox message seq {row.seq} cannot be published: {exc}"
+                )
+                log.error("uplink_unpublishable", seq=row.seq, error=str(exc))
+                self._cursor = row.seq
+                continue
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                self._last_error = f"publish failed: {paho.error_string(info.rc)}"
+                log.error("uplink_publish_failed", seq=row.seq, error=self._last_error)
+                ahead.appendleft(row)
+                return -1
+            self._inflight[info.mid] = row.seq
+            self._cursor = row.seq
+            room -= 1
+        return room
 
     async def _ack_loop(self) -> None:
         """Delete acknowledged rows, many per commit."""
@@ -571,7 +649,10 @@ class Uplink:
             self._ack_ready.clear()
             if self._acked:
                 seqs, self._acked = self._acked, []
-                await self.outbox.ack(seqs)
+                try:
+                    await self.outbox.ack(seqs)
+                finally:
+                    self._deleting.difference_update(seqs)
 
     async def _fallback_loop(self) -> None:
         """``protocol = "auto"``: rebuild the client for MQTT 3.1.1 when MQTT 5 is refused."""

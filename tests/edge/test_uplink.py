@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
-from chargesight.common.messages import escalations_topic, state_topic
+from chargesight.common.messages import escalations_topic, model_topic, state_topic
 from chargesight.edge.config import MqttSection
 from chargesight.edge.outbox import Outbox
 from chargesight.edge.uplink import Uplink
@@ -175,3 +177,29 @@ async def test_auto_protocol_falls_back_to_mqtt_311_when_broker_refuses_mqtt_5(
                 assert relay.mqtt5_refused >= 1
     finally:
         await relay.close()
+
+
+async def test_subscribed_handler_receives_retained_model_update(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    site = "models"
+    got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def on_model(topic: str, payload: bytes) -> None:
+        await got.put((topic, payload))
+
+    publisher = paho.Client(CallbackAPIVersion.VERSION2)
+    await asyncio.to_thread(publisher.connect, "127.0.0.1", mosquitto.port)
+    publisher.loop_start()
+    try:
+        info = publisher.publish(model_topic("dc-fast"), b'{"version": "7"}', qos=1, retain=True)
+        await asyncio.to_thread(info.wait_for_publish, 5)
+    finally:
+        publisher.disconnect()
+        await asyncio.to_thread(publisher.loop_stop)
+    up = Uplink(mqtt(mosquitto.url), site, outbox)
+    up.subscribe(model_topic("+"), on_model)
+    async with up:
+        async with asyncio.timeout(10):
+            topic, payload = await got.get()
+    assert (topic, payload) == (model_topic("dc-fast"), b'{"version": "7"}')
