@@ -16,13 +16,16 @@ paho's queue under its lock and never blocks on the network.
 Delivery. Outbox rows are published at QoS 1 in ``seq`` order, at most
 ``mqtt.max_inflight`` unacknowledged at a time (paho wraps packet ids past
 65,535 in flight and loses messages; an MQTT 5 broker's Receive Maximum
-lowers the bound further), and deleted from the outbox on PUBACK. paho
-keeps unacknowledged publishes across reconnects and re-sends them first,
-in order, with the DUP flag; after a restart (or ``kill -9``) the outbox
-replays every row that was never acknowledged, with its ``message_id``, so
-the collector drops what it already has. A PUBACK with an MQTT 5 failure
-reason (e.g. not authorised) leaves the row in the outbox, raises an alarm
-and is retried after the next restart, never silently dropped.
+lowers the bound further), and deleted from the outbox on PUBACK. On every
+new connection the uplink drops paho's own copies of what the last one left
+unacknowledged (paho would re-send them only after ``on_connect``, racing
+new publishes, which broke the order) and replays the outbox from its first
+row: the outbox is the one source of truth, in this process and after a
+restart or ``kill -9`` alike. A lock and a connection counter keep the loop
+from publishing on a connection it has not yet been told about. Replayed
+messages keep their ``message_id``, so the collector drops what it already
+has. A PUBACK with an MQTT 5 failure reason (e.g. not authorised) leaves the
+row in the outbox, raises an alarm and is retried on the next connection.
 
 Presence. Each connection announces a retained ``online``
 :class:`~chargesight.common.messages.SiteState` (QoS 1) and carries a
@@ -36,7 +39,9 @@ protocol version" or hangs up on an MQTT 5 CONNECT twice in a row.
 
 Sessions are persistent (3.1.1 ``clean_session=False``; MQTT 5
 ``clean_start=False`` with a session expiry) so that the cloud's requests
-sent during a short outage are delivered when the link returns.
+sent during a short outage are delivered when the link returns. Incoming
+messages (requests, and whatever :meth:`Uplink.subscribe` adds, e.g. model
+updates) are handled in tasks the uplink owns.
 """
 
 from __future__ import annotations
@@ -522,10 +527,11 @@ class Uplink:
             if rc is not None and rc.is_failure:
                 key = f"refused:{seq}"
                 self._alarms[key] = (
-                    f"broker refused outbox message seq {seq}: {rc}; kept, re-sent after restart"
+                    f"broker refused outbox message seq {seq}: {rc}; kept, re-sent on the next connection"
                 )
                 log.error("uplink_publish_refused", seq=seq, reason=str(rc))
                 continue
+            self._alarms.pop(f"refused:{seq}", None)
             self._acked.append(seq)
             self._deleting.add(seq)
             self._delivered += 1
@@ -653,6 +659,7 @@ class Uplink:
                     await self.outbox.ack(seqs)
                 finally:
                     self._deleting.difference_update(seqs)
+                    self._changed.set()  # queued went down
 
     async def _fallback_loop(self) -> None:
         """``protocol = "auto"``: rebuild the client for MQTT 3.1.1 when MQTT 5 is refused."""

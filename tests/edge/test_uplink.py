@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +14,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chargesight.common.messages import escalations_topic, model_topic, state_topic
+from chargesight.common.messages import digests_topic, escalations_topic, model_topic, state_topic
 from chargesight.edge.config import MqttSection
 from chargesight.edge.outbox import Outbox
 from chargesight.edge.uplink import Uplink
-from tests.edge.uplink_support import Observer, PersistentBroker, Relay, escalation
-from tests.servers import Mosquitto
+from tests.edge.uplink_support import Observer, PersistentBroker, Relay, digest, escalation
+from tests.servers import Mosquitto, find_mosquitto, free_port, wait_port
 
 pytestmark = pytest.mark.mqtt
 
@@ -203,3 +206,44 @@ async def test_subscribed_handler_receives_retained_model_update(
         async with asyncio.timeout(10):
             topic, payload = await got.get()
     assert (topic, payload) == (model_topic("dc-fast"), b'{"version": "7"}')
+
+
+@pytest.fixture
+def acl_broker() -> Iterator[int]:
+    """A broker that lets the edge publish escalations but not digests."""
+    d = Path(tempfile.mkdtemp(prefix="cs-mosq-acl-"))
+    d.chmod(0o755)  # mosquitto started as root reads these as its own user
+    (d / "acl").write_text(
+        "topic write chargesight/v1/sites/+/escalations\ntopic write chargesight/v1/sites/+/state\n"
+    )
+    (d / "acl").chmod(0o644)
+    port = free_port()
+    (d / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {d}/acl\n"
+        "persistence false\nlog_type error\n"
+    )
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(d / "mosquitto.conf")])
+    try:
+        wait_port(port, proc=proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_publish_the_broker_refuses_is_kept_with_an_alarm_and_does_not_block_others(
+    acl_broker: int, outbox: Outbox
+) -> None:
+    site = "acl"
+    refused = digest(site)
+    allowed = escalation(site)
+    async with Uplink(mqtt(f"mqtt://127.0.0.1:{acl_broker}", protocol="5"), site, outbox) as up:
+        await outbox.put(digests_topic(site), refused)
+        await outbox.put(escalations_topic(site), allowed)
+        async with asyncio.timeout(10):
+            status = await up.wait_for_status(
+                lambda s: s.queued == 1 and any("refused" in a for a in s.alarms)
+            )
+        assert status.delivered == 1
+    assert [r.message_id for r in await outbox.fetch()] == [refused.message_id]
