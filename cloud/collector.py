@@ -96,9 +96,18 @@ class Pending:
 class ApiServer(uvicorn.Server):
     """uvicorn without its own signal handling: the collector owns SIGTERM/SIGINT."""
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.listening.set()
 
 
 class ApiBindError(Exception):
@@ -137,7 +146,7 @@ class Collector:
         self.analysed_batches = 0
         self._analysis_idle = asyncio.Event()
         self._analysis_idle.set()
-        self.server: uvicorn.Server | None = None
+        self.server: ApiServer | None = None
         self._progress = asyncio.Condition()
         self.api_port: int | None = None
 
@@ -327,36 +336,34 @@ class Collector:
         """Subscribe, serve the API, run until :meth:`stop`."""
         await self.source.start()
         state = ApiState(self.db.pool, self.engine, self.config.api.all_tokens(), self.metrics)
-        host, port = parse_host_port(self.config.api.listen)
+        sock = bind_api(self.config.api.listen)  # bound, not listening: the port opens when ready
+        self.api_port = int(sock.getsockname()[1])
         uv_config = uvicorn.Config(
-            create_app(state),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
+            create_app(state), log_level="warning", access_log=False, lifespan="off"
         )
-        self.server = uvicorn.Server(uv_config)
+        self.server = ApiServer(uv_config)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._ingest_loop())
                 tg.create_task(self._analysis_loop())
                 tg.create_task(self._refresh_loop())
-                api = tg.create_task(self.server.serve())
-                while not self.server.started:
-                    if api.done():
-                        break
-                    await asyncio.sleep(0.01)
+                api = tg.create_task(self.server.serve(sockets=[sock]))
+                started = asyncio.ensure_future(self.server.listening.wait())
+                await asyncio.wait({started, api}, return_when=asyncio.FIRST_COMPLETED)
+                started.cancel()
                 if self.server.started:
-                    sockets = [s for srv in self.server.servers for s in srv.sockets]
-                    self.api_port = sockets[0].getsockname()[1] if sockets else port
-                    log.info("collector ready", api=f"{host}:{self.api_port}")
+                    log.info("collector ready", api=self.config.api.listen, port=self.api_port)
                     if ready is not None:
                         ready.set()
+                else:
+                    log.error("the API did not start")
+                    self._stopping.set()
                 await self._stopping.wait()
                 self.server.should_exit = True
         finally:
+            sock.close()
             await self.source.close()
+            await self.engine.close()
 
     def stop(self) -> None:
         self._stopping.set()

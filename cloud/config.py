@@ -141,7 +141,7 @@ class AnalysisSection(_Section):
     revenue_trailing_weeks: int = Field(default=4, ge=1, le=52)
     related_window_days: int = Field(default=90, ge=1)
     symptom_lookback_h: int = Field(default=72, ge=1)
-    refresh_interval_s: float = Field(default=30.0, gt=0)
+    refresh_interval_s: float = Field(default=300.0, gt=0)  # re-enrich open issues
 
 
 class IngestSection(_Section):

@@ -13,6 +13,8 @@ so several collector replicas can run the engine side by side.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 import zlib
@@ -140,13 +142,33 @@ class Engine:
         self.fleet_dirty = False
         self.fleet_computed_at = 0.0
         self.timescale = False
+        self._fleet_task: asyncio.Task[None] | None = None
 
     async def fleet_view(self, max_age_s: float = 5.0) -> dict[str, Any]:
-        """The fleet view, recomputed when new data arrived and the cached one is old enough."""
-        age = time.monotonic() - self.fleet_computed_at
-        if self.fleet_cache is None or (self.fleet_dirty and age >= max_age_s):
+        """The fleet view: computed on first use, then served from cache and recomputed in the
+        background when new data arrived and the cached one is ``max_age_s`` old."""
+        if self.fleet_cache is None:
             return await self.fleet_models()
+        age = time.monotonic() - self.fleet_computed_at
+        if (
+            self.fleet_dirty
+            and age >= max_age_s
+            and (self._fleet_task is None or self._fleet_task.done())
+        ):
+            self._fleet_task = asyncio.create_task(self._refresh_fleet())
         return self.fleet_cache
+
+    async def _refresh_fleet(self) -> None:
+        try:
+            await self.fleet_models()
+        except psycopg.Error as exc:
+            log.warning("fleet view refresh failed", error=str(exc))
+
+    async def close(self) -> None:
+        """Wait for a background fleet refresh (the owner of that task)."""
+        if self._fleet_task is not None:
+            with contextlib.suppress(Exception):
+                await self._fleet_task
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -613,7 +635,7 @@ class Engine:
         self.fleet_dirty = False
         self.fleet_computed_at = time.monotonic()
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT max(day) AS d FROM charger_daily")
+            cur = await conn.execute("SELECT max(day) AS d FROM model_daily")
             row = await cur.fetchone()
             last = row["d"] if row else None
             if last is None:
@@ -626,13 +648,26 @@ class Engine:
             as_of = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
             since = as_of - timedelta(days=365)
             cur = await conn.execute(
-                "SELECT max(vendor) AS vendor, model, firmware, count(DISTINCT charge_point_id) AS units,"
-                " sum(covered_s) / 86400.0 AS charger_days, sum(self_resolved) AS self_resolved,"
-                " sum(health_sum) / nullif(sum(health_n), 0) AS mean_health"
-                " FROM charger_daily WHERE day >= %s::date GROUP BY model, firmware",
+                "SELECT m.vendor, m.model, m.firmware, coalesce(u.units, 0) AS units,"
+                " m.charger_days, m.self_resolved, m.mean_health FROM ("
+                "  SELECT vendor, model, firmware, sum(covered_s) / 86400.0 AS charger_days,"
+                "   sum(self_resolved) AS self_resolved,"
+                "   sum(health_sum) / nullif(sum(health_n), 0) AS mean_health"
+                "  FROM model_daily WHERE day >= %s::date GROUP BY 1, 2, 3) m"
+                " LEFT JOIN (SELECT coalesce(model, '') AS model, coalesce(firmware, '') AS firmware,"
+                "  count(*) AS units FROM chargers GROUP BY 1, 2) u"
+                " ON u.model = m.model AND u.firmware = m.firmware",
                 (since.date(),),
             )
-            exposure = await cur.fetchall()
+            exposure = [
+                {
+                    **r,
+                    "vendor": r["vendor"] or None,
+                    "model": r["model"] or None,
+                    "firmware": r["firmware"] or None,
+                }
+                for r in await cur.fetchall()
+            ]
             cur = await conn.execute(
                 "SELECT doc->'hardware'->>'model' AS model, doc->'hardware'->>'firmware' AS firmware,"
                 " doc->'outages' AS outages FROM issues WHERE scope <> 'site' AND kind <> 'recurring'"

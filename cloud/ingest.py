@@ -297,6 +297,19 @@ ON CONFLICT (charge_point_id, day) DO UPDATE SET
     health_n = t.health_n + EXCLUDED.health_n
 """
 
+_MODEL_ROLLUP = """
+INSERT INTO model_daily AS t (day, vendor, model, firmware, covered_s, self_resolved, health_sum,
+    health_n)
+SELECT (interval_start AT TIME ZONE 'UTC')::date, coalesce(vendor, ''), coalesce(model, ''),
+    coalesce(firmware, ''), sum(extract(epoch FROM interval_end - interval_start)),
+    sum(self_resolved), coalesce(sum(health_score), 0), count(health_score)
+FROM stage_intervals GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+ON CONFLICT (day, vendor, model, firmware) DO UPDATE SET
+    covered_s = t.covered_s + EXCLUDED.covered_s,
+    self_resolved = t.self_resolved + EXCLUDED.self_resolved,
+    health_sum = t.health_sum + EXCLUDED.health_sum, health_n = t.health_n + EXCLUDED.health_n
+"""
+
 _CHARGERS = """
 INSERT INTO chargers (charge_point_id, site_id, vendor, model, firmware, connectors, rated_power_w,
     last_data_at)
@@ -420,6 +433,7 @@ async def _write_digests(
             f"INSERT INTO charger_intervals ({cols}) SELECT {cols} FROM stage_intervals"
         )
         await cur.execute(_ROLLUP)
+        await cur.execute(_MODEL_ROLLUP)
         if updates:
             await cur.execute(_CHARGERS, (sorted(updates),))
     return updates

@@ -196,6 +196,32 @@ CREATE TABLE network (
 );
 """,
     ),
+    (
+        2,
+        "index charger intervals by hardware model (related units by early symptoms)",
+        "CREATE INDEX IF NOT EXISTS charger_intervals_model ON charger_intervals (model, interval_start);",
+    ),
+    (
+        3,
+        "daily roll-up per hardware model and firmware (fleet views)",
+        """
+CREATE TABLE model_daily (
+    day date NOT NULL,
+    vendor text NOT NULL DEFAULT '',
+    model text NOT NULL DEFAULT '',
+    firmware text NOT NULL DEFAULT '',
+    covered_s double precision NOT NULL DEFAULT 0,
+    self_resolved bigint NOT NULL DEFAULT 0,
+    health_sum double precision NOT NULL DEFAULT 0,
+    health_n bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, vendor, model, firmware)
+);
+INSERT INTO model_daily
+SELECT day, coalesce(vendor, ''), coalesce(model, ''), coalesce(firmware, ''), sum(covered_s),
+       sum(self_resolved), sum(health_sum), sum(health_n)
+FROM charger_daily GROUP BY 1, 2, 3, 4;
+""",
+    ),
 ]
 
 PLAIN_VIEWS = """

@@ -189,11 +189,32 @@ class MqttSource:
             client.loop_read()
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None:
-            self._call(self._loop.remove_reader, sock)
-            self._call(self._loop.remove_writer, sock)
+        # called just before paho closes the socket: unregister now, while its fd is valid
+        self._forget(sock)
         if sock is self._sock:
             self._sock = None
+
+    def _forget(self, sock: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            running = False
+        if running:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sock)
+                loop.remove_writer(sock)
+        else:
+            fd = sock.fileno()
+
+            def remove() -> None:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(fd)
+                    loop.remove_writer(fd)
+
+            loop.call_soon_threadsafe(remove)
 
     def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
@@ -301,6 +322,5 @@ class MqttSource:
         client = self._client
         if client is not None:
             client.disconnect()
-            if self._sock is not None and self._loop is not None:
-                self._loop.remove_reader(self._sock)
-                self._loop.remove_writer(self._sock)
+            if self._sock is not None:
+                self._forget(self._sock)

@@ -8,8 +8,10 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from tests.cloud.conftest import OPERATOR, VIEWER, Running
-from tests.cloud.helpers import T0, blip, counters, digest, escalation, usage_history
+from chargesight.cloud.db import Database
+from tests.cloud.conftest import OPERATOR, VIEWER, Running, make_config, start_collector
+from tests.cloud.helpers import T0, Publisher, blip, counters, digest, escalation, usage_history
+from tests.servers import Mosquitto
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
 
@@ -359,3 +361,25 @@ async def test_idempotent_store_survives_a_database_outage_retry(
     async with await psycopg.AsyncConnection.connect(fresh_db) as conn:
         cur = await conn.execute("SELECT count(*) FROM escalations")
         assert (await cur.fetchone()) == (1,)
+
+
+async def test_collector_on_mqtt_3_1_1_subscribes_plainly_and_ingests(
+    database: Database, mosquitto: Mosquitto
+) -> None:
+    config = make_config(database.url, mosquitto.url)
+    config = config.model_copy(
+        update={"mqtt": config.mqtt.model_copy(update={"protocol": "3.1.1"})}
+    )
+    collector, task = await start_collector(config, database)
+    pub = await asyncio.to_thread(Publisher, mosquitto.url)
+    try:
+        assert not collector.source.protocol5
+        n = await asyncio.to_thread(pub.send, escalation("old", "v3-1"))
+        await collector.wait_stored(n)
+        async with database.pool.connection() as conn:
+            cur = await conn.execute("SELECT charge_point_id FROM issues")
+            assert [r["charge_point_id"] for r in await cur.fetchall()] == ["v3-1"]
+    finally:
+        await asyncio.to_thread(pub.close)
+        collector.stop()
+        await asyncio.wait_for(task, 20)
