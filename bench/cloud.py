@@ -220,6 +220,16 @@ def seed_fleet(db_url: str, chargers: int, issues: int) -> None:
                 for d in range(365):
                     copy.write_row((f"cp-{c}", end - timedelta(days=d), f"site-{c // 10}", v, m, f, 24, 86400.0,
                                     86400.0, 12, 240000.0))  # fmt: skip
+        conn.execute(
+            "INSERT INTO model_daily SELECT day, coalesce(vendor, ''), coalesce(model, ''),"
+            " coalesce(firmware, ''), sum(covered_s), sum(self_resolved), sum(health_sum), sum(health_n)"
+            " FROM charger_daily GROUP BY 1, 2, 3, 4"
+        )
+        conn.execute(
+            "INSERT INTO chargers (charge_point_id, site_id, vendor, model, firmware)"
+            " SELECT DISTINCT ON (charge_point_id) charge_point_id, site_id, vendor, model, firmware"
+            " FROM charger_daily ORDER BY charge_point_id"
+        )
         conn.commit()
 
     async def add_issues() -> None:
