@@ -196,6 +196,7 @@ class SimChargePoint:
         self._tasks: set[asyncio.Task[Any]] = set()  # live as long as the charge point
         self._conn_tasks: set[asyncio.Task[Any]] = set()  # live as long as one connection
         self._changed = asyncio.Event()
+        self._report_lock = asyncio.Lock()
         self._boot_reason = "PowerUp"
         self._event_seq = 0
 
@@ -424,6 +425,11 @@ class SimChargePoint:
         )
 
     async def report(self, connector: int, *, force: bool = False) -> None:
+        """Send a StatusNotification if the status changed since the last one sent (or ``force``)."""
+        async with self._report_lock:  # compare-and-send must not interleave
+            await self._report(connector, force)
+
+    async def _report(self, connector: int, force: bool) -> None:
         v = self.status(connector)
         if not force and self.last_reported.get(connector) == v:
             return
@@ -591,9 +597,30 @@ class SimChargePoint:
             lambda f: action in f.cleared_by or (kind == "hard" and "soft_reset" in f.cleared_by)
         )
         self.phase.clear()
-        ws = self._ws
-        if ws is not None:
+        await self._close_gracefully()
+
+    async def _close_gracefully(self) -> None:
+        """Close the socket once no CALL of ours is waiting for its reply.
+
+        Closing mid-exchange would leave the CSMS blocked sending a reply into a
+        closing socket while our last CALLRESULT sits unread behind it.
+        """
+        ws, peer = self._ws, self._peer
+        if ws is None:
+            return
+        if peer is None:
             await ws.close()
+            return
+        try:
+            async with asyncio.timeout(5):
+                await peer._call_lock.acquire()
+        except TimeoutError:
+            await ws.close()
+            return
+        try:
+            await ws.close()
+        finally:
+            peer._call_lock.release()
 
     async def _update_firmware(self, location: str, request_id: int | None) -> None:
         m = re.findall(r"(\d+\.\d+(?:\.\d+)*)", location)
