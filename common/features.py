@@ -638,6 +638,13 @@ class WindowSnapshot:
     def features(self) -> tuple[float, ...]:
         return tuple(float(v) for v in compute_features_batch([self.rows], [self.now])[0])
 
+    @property
+    def history_h(self) -> float:
+        """Hours from the oldest bucket still in the window to its end (at most the window)."""
+        if len(self.rows) == 0:
+            return 0.0
+        return (self.now.timestamp() - float(self.rows[0, _T0])) / 3600.0
+
 
 def snapshot_features(snapshots: Sequence[WindowSnapshot]) -> npt.NDArray[np.float64]:
     """Features of many windows in one vectorised pass, row i for ``snapshots[i]``."""

@@ -93,7 +93,14 @@ def score_snapshots(
     snapshots: Sequence[WindowSnapshot],
     resolve: Callable[[str], LoadedModel | None],
 ) -> list[Score]:
-    """Features and scores for many windows, batched per model; contributions for those above threshold."""
+    """Features and scores for many windows, batched per model; contributions for those above threshold.
+
+    A window with less history than the model's ``min_history_h`` (a charger
+    just added, or an agent just restarted without warming its windows from
+    stored digests) is not scored: its rates are extrapolated from hours.
+    """
+    resolved = [(s, resolve(s.family)) for s in snapshots]
+    snapshots = [s for s, m in resolved if m is not None and s.history_h >= m.min_history_h]
     if not snapshots:
         return []
     X = snapshot_features(snapshots).astype(np.float32)

@@ -81,6 +81,7 @@ class LoadedModel:
     baseline: npt.NDArray[np.float32]
     source: str  # "default" | "update"
     onnx_size: int = 0
+    min_history_h: float = 72.0  # windows with less history are not scored (as in training)
 
     def score(self, X: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """Risk scores in [0, 1] for the rows of ``X`` (float32, ``[N, len(FEATURE_NAMES)]``)."""
@@ -152,6 +153,7 @@ def load_model(
         baseline=np.array([base], dtype=np.float32),
         source=source,
         onnx_size=len(onnx),
+        min_history_h=float((card.get("config") or {}).get("min_history_h", 72.0)),
     )
     try:
         probe = model.score(model.baseline)

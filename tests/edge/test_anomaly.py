@@ -56,6 +56,7 @@ def _toy_store(key: Ed25519PrivateKey) -> ModelStore:
         "clear_ratio": 0.5,
         "baseline": [0.93] + [0.5] * (N - 1),
         "output": {"name": "probabilities", "column": 1},
+        "config": {"min_history_h": 1},
     }
     store = ModelStore(None, key.public_key(), load_defaults=False)
     store.offer(
@@ -200,6 +201,18 @@ async def test_scoring_runs_in_the_executor_not_on_the_event_loop_thread(
     assert threading.main_thread().name not in scoring
 
 
+def test_windows_with_less_history_than_the_model_learnt_from_are_not_scored() -> None:
+    store = ModelStore(None, None)  # the shipped models: trained on windows of >= 72 h
+    assert store.get("generic").min_history_h == 72  # type: ignore[union-attr]
+    bank = FeatureBank()
+    for cp, hours in (("new", 71), ("known", 72)):
+        w = bank.window(cp)
+        w.set_hardware(vendor="Voltix", model="VX-DC150", rated_power_w=RATED)
+        for h in range(hours):
+            w.close(T0 + timedelta(hours=h + 1), start=T0 + timedelta(hours=h))
+    assert [s.charge_point_id for s in score_snapshots(bank.snapshots(), store.get)] == ["known"]
+
+
 def test_a_score_above_threshold_for_less_than_the_persistence_opens_nothing() -> None:
     tracker = IncidentTracker()
     rule = {"persist_h": 6.0, "clear_h": 24.0, "clear_ratio": 0.5}
@@ -224,7 +237,7 @@ def test_charge_points_without_a_model_for_their_family_use_generic_or_are_skipp
         w.set_hardware(vendor=vendor, model=model, rated_power_w=RATED)
         for e in _session_hour(cp, 0, 0.5):
             bank.feed(e)
-        w.close(T0 + timedelta(hours=1))
+        w.close(T0 + timedelta(hours=1), start=T0)
     scores = score_snapshots(bank.snapshots(), store.get)  # no generic model in this store
     assert [s.charge_point_id for s in scores] == ["a"]
     assert scores[0].contributions is not None  # above threshold: explained
