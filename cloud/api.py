@@ -7,6 +7,7 @@ writing gets 403. Every error is ``{"error": {"code", "message"}}``.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -78,7 +79,10 @@ def principal(request: Request) -> TokenEntry:
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer TOKEN)")
-    entry = state.tokens.get(token.strip())
+    given = token.strip().encode()
+    entry = next(
+        (e for t, e in state.tokens.items() if hmac.compare_digest(t.encode(), given)), None
+    )
     if entry is None:
         raise ApiError(401, "unauthorized", "unknown token")
     return entry

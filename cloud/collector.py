@@ -117,7 +117,9 @@ class ApiBindError(Exception):
 def bind_api(listen: str) -> socket.socket:
     host, port = parse_host_port(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it small responses wait ~40 ms for a delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -288,8 +290,8 @@ class Collector:
             t0 = time.perf_counter()
             try:
                 await self.engine.on_stored(batch.escalations, batch.digests)
-            except psycopg.Error as exc:
-                log.error("analysis failed", error=str(exc))
+            except Exception as exc:  # analysis must never stop ingest; the data is stored
+                log.error("analysis failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
             self.metrics.analysis_seconds.observe(time.perf_counter() - t0)
             self.analysed_batches += 1
             await self._update_issue_gauges()

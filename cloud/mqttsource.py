@@ -198,31 +198,39 @@ class MqttSource:
         loop = self._loop
         if loop is None:
             return
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        self._on_loop(loop.remove_reader, fd)
+        self._on_loop(loop.remove_writer, fd)
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        """Run ``fn`` on the event loop now (when on it) or soon; a socket paho has already
+        closed (fd -1) is simply gone from the selector, not an error."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def run() -> None:
+            with contextlib.suppress(ValueError, OSError, KeyError):
+                fn(*args)
+
         try:
-            running = asyncio.get_running_loop() is loop
+            on_loop = asyncio.get_running_loop() is loop
         except RuntimeError:
-            running = False
-        if running:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(sock)
-                loop.remove_writer(sock)
+            on_loop = False
+        if on_loop:
+            run()
         else:
-            fd = sock.fileno()
-
-            def remove() -> None:
-                with contextlib.suppress(ValueError, OSError):
-                    loop.remove_reader(fd)
-                    loop.remove_writer(fd)
-
-            loop.call_soon_threadsafe(remove)
+            loop.call_soon_threadsafe(run)
 
     def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
-        self._call(self._loop.add_writer, sock, client.loop_write)
+        self._on_loop(self._loop.add_writer, sock, client.loop_write)
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
-        self._call(self._loop.remove_writer, sock)
+        self._on_loop(self._loop.remove_writer, sock)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
