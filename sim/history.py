@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from array import array
 import orjson
 
 from chargesight.common.messages import SCHEMA_VERSION, Escalation
@@ -126,19 +127,19 @@ class _Gen:
         self.rng = random.Random(seed)
         self.faults = plan_faults(scenario, self.net, self.T, random.Random(seed + 1))
         C, H = len(self.net.chargers), self.H
-        self.started = np.zeros((C, H), np.int32)
-        self.failed = np.zeros((C, H), np.int32)
-        self.early = np.zeros((C, H), np.int32)
-        self.energy = np.zeros((C, H))
-        self.maxp = np.zeros((C, H))
-        self.tmax = np.full((C, H), -999.0)
-        self.tsum = np.zeros((C, H))
-        self.tn = np.zeros((C, H), np.int32)
-        self.disc = np.zeros((C, H), np.int32)
-        self.nfaults = np.zeros((C, H), np.int32)
-        self.selfres = np.zeros((C, H), np.int32)
-        self.resets = np.zeros((C, H), np.int32)
-        self.offline_s = np.zeros((C, H))
+        self.started = array('q', [0]) * (C * H)
+        self.failed = array('q', [0]) * (C * H)
+        self.early = array('q', [0]) * (C * H)
+        self.energy = array('d', [0.0]) * (C * H)
+        self.maxp = array('d', [0.0]) * (C * H)
+        self.tmax = array('d', [-999.0]) * (C * H)
+        self.tsum = array('d', [0.0]) * (C * H)
+        self.tn = array('q', [0]) * (C * H)
+        self.disc = array('q', [0]) * (C * H)
+        self.nfaults = array('q', [0]) * (C * H)
+        self.selfres = array('q', [0]) * (C * H)
+        self.resets = array('q', [0]) * (C * H)
+        self.offline_s = array('d', [0.0]) * (C * H)
         self.fbc: dict[tuple[int, int], dict[str, int]] = {}
         self.fixed_by: dict[tuple[int, int], dict[str, int]] = {}
         self.site_selfres: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -164,7 +165,7 @@ class _Gen:
 
     def count_fault(self, c: int, t: float, category: str) -> None:
         h = self.h(t)
-        self.nfaults[c, h] += 1
+        self.nfaults[c * self.H + h] += 1
         d = self.fbc.setdefault((c, h), {})
         d[category] = d.get(category, 0) + 1
 
@@ -184,11 +185,11 @@ class _Gen:
             return
         h = self.h(t1)
         cp = self.net.chargers[c]
-        self.selfres[c, h] += 1
+        self.selfres[c * self.H + h] += 1
         d = self.fixed_by.setdefault((c, h), {})
         d[fixed_by] = d.get(fixed_by, 0) + 1
         if fixed_by in ("soft_reset", "hard_reset"):
-            self.resets[c, h] += 1 if fixed_by == "soft_reset" else 2
+            self.resets[c * self.H + h] += 1 if fixed_by == "soft_reset" else 2
         self.site_selfres.setdefault((cp.site_id, h), []).append(
             {
                 "incident_id": incident,
@@ -299,12 +300,12 @@ class _Gen:
             cp = self.net.chargers[c]
             for t0, dur, fault in lst:
                 h = self.h(t0)
-                self.disc[c, h] += 1
+                self.disc[c * self.H + h] += 1
                 t, end = t0, min(t0 + dur, self.T)
                 while t < end:  # offline seconds per hour
                     hh = self.h(t)
                     nxt = min(end, (hh + 1) * 3600.0)
-                    self.offline_s[c, hh] += nxt - t
+                    self.offline_s[c * self.H + hh] += nxt - t
                     t = nxt
                 if t0 + dur < self.T:
                     iid = (
@@ -533,7 +534,7 @@ class _Gen:
                     tries += 1
                     sf = self.start_failing(c, t)
                     if sf is not None:
-                        self.failed[c, h] += 1
+                        self.failed[c * self.H + h] += 1
                         sf.failed_starts += 1
                         if sf.failed_starts == 3 and sf.escalated_s is None:
                             self.escalate(
@@ -547,7 +548,7 @@ class _Gen:
                         continue
                     drop = self.dropped(c, t)
                     if drop is not False and rng.random() < OFFLINE_START_FAIL_P:
-                        self.failed[c, h] += 1
+                        self.failed[c * self.H + h] += 1
                         if drop is not None:
                             blame = blame or drop
                             drop.failed_starts += 1
@@ -555,7 +556,7 @@ class _Gen:
                             break
                         continue
                     if rng.random() < dr.failed_start_ratio:
-                        self.failed[c, h] += 1
+                        self.failed[c * self.H + h] += 1
                         if rng.random() > 0.7:
                             break
                     busy[i] = self.session(cp, c, k, i, t, blocks0[i], blocksk[i], price, dr, bg)
@@ -631,9 +632,9 @@ class _Gen:
         self.sessions += 1
         self.energy_total += delivered
         h0 = int(t // 3600)
-        self.started[c, h0] += 1
+        self.started[c * self.H + h0] += 1
         if early:
-            self.early[c, min(self.H - 1, int(end // 3600))] += 1
+            self.early[c * self.H + min(self.H - 1, int(end // 3600))] += 1
         day = (self.start + timedelta(seconds=t)).timetuple().tm_yday
         temp = (
             ambient_c((self.start.hour + h0) % 24, day)
@@ -645,13 +646,13 @@ class _Gen:
         while tt < end and tt < self.T:
             hh = int(tt // 3600)
             nxt = min(end, (hh + 1) * 3600.0)
-            self.energy[c, hh] += power * (nxt - tt) / 3600
-            if power > self.maxp[c, hh]:
-                self.maxp[c, hh] = power
-            if temp > self.tmax[c, hh]:
-                self.tmax[c, hh] = temp
-            self.tsum[c, hh] += temp
-            self.tn[c, hh] += 1
+            self.energy[c * self.H + hh] += power * (nxt - tt) / 3600
+            if power > self.maxp[c * self.H + hh]:
+                self.maxp[c * self.H + hh] = power
+            if temp > self.tmax[c * self.H + hh]:
+                self.tmax[c * self.H + hh] = temp
+            self.tsum[c * self.H + hh] += temp
+            self.tn[c * self.H + hh] += 1
             tt = nxt
         return end + rng.uniform(60, 600)
 
@@ -715,30 +716,18 @@ class _Gen:
 
     def write_digests(self, path: Path) -> int:
         H = self.H
-        rows = {
-            name: getattr(self, name).tolist()
-            for name in (
-                "started",
-                "failed",
-                "early",
-                "energy",
-                "maxp",
-                "tmax",
-                "tsum",
-                "tn",
-                "disc",
-                "nfaults",
-                "selfres",
-                "resets",
-                "offline_s",
-            )
-        }
+        names = (
+            "started", "failed", "early", "energy", "maxp", "tmax", "tsum", "tn", "disc",
+            "nfaults", "selfres", "resets", "offline_s",
+        )  # fmt: skip
+        arrays = {name: getattr(self, name) for name in names}
         hour_iso = [iso(self.ts(h * 3600.0)) for h in range(H + 1)]
         sent_iso = [iso(self.ts(h * 3600.0 + 2)) for h in range(H + 1)]
         n = 0
         fw_now = {cp.index: cp.firmware for cp in self.net.chargers}
         with path.open("wb") as fh:
             for h in range(H):
+                col = {name: a[h::H].tolist() for name, a in arrays.items()}
                 t_end = (h + 1) * 3600.0
                 for c, changes in self.fw_changes.items():
                     for when, fw in changes:
@@ -755,40 +744,40 @@ class _Gen:
                             "model": cp.hw.model,
                             "firmware": fw_now[c],
                             "connectors": cp.connector_count,
-                            "connected_s": round(3600.0 - rows["offline_s"][c][h], 1),
+                            "connected_s": round(3600.0 - col["offline_s"][c], 1),
                             "rated_power_w": cp.hw.rated_power_w,
                         }
-                        v = rows["disc"][c][h]
+                        v = col["disc"][c]
                         if v:
                             d["disconnects"] = v
-                        v = rows["nfaults"][c][h]
+                        v = col["nfaults"][c]
                         if v:
                             d["faults"] = v
                             d["faults_by_category"] = self.fbc.get((c, h), {})
-                        v = rows["selfres"][c][h]
+                        v = col["selfres"][c]
                         if v:
                             d["self_resolved"] = v
                             d["fixed_by"] = self.fixed_by.get((c, h), {})
-                        v = rows["resets"][c][h]
+                        v = col["resets"][c]
                         if v:
                             d["resets"] = v
-                        v = rows["started"][c][h]
+                        v = col["started"][c]
                         if v:
                             d["sessions_started"] = v
-                        v = rows["failed"][c][h]
+                        v = col["failed"][c]
                         if v:
                             d["sessions_failed"] = v
-                        v = rows["early"][c][h]
+                        v = col["early"][c]
                         if v:
                             d["sessions_ended_early"] = v
-                        v = rows["energy"][c][h]
+                        v = col["energy"][c]
                         if v:
                             d["energy_wh"] = round(v, 1)
-                            d["max_power_w"] = round(rows["maxp"][c][h], 1)
-                        tn = rows["tn"][c][h]
+                            d["max_power_w"] = round(col["maxp"][c], 1)
+                        tn = col["tn"][c]
                         if tn:
-                            d["max_temperature_c"] = round(rows["tmax"][c][h], 1)
-                            d["mean_temperature_c"] = round(rows["tsum"][c][h] / tn, 1)
+                            d["max_temperature_c"] = round(col["tmax"][c], 1)
+                            d["mean_temperature_c"] = round(col["tsum"][c] / tn, 1)
                         chargers.append(d)
                     digest: dict[str, Any] = {
                         "schema_version": SCHEMA_VERSION,
