@@ -135,3 +135,76 @@ def run_publish(*, models: str | Path, mqtt_url: str, key: str | Path) -> int:
         print(f"error: {exc}")
         return 1
     return 0
+
+
+# ---------------------------------------------------------------- same early symptoms elsewhere
+
+SYMPTOM_SCALES: dict[str, float] = {
+    "power_ratio_max_48h": 0.1,  # ten points of rated power
+    "power_ratio_max_7d": 0.1,
+    "power_ratio_drop": 0.1,
+    "temp_max_48h": 5.0,  # °C
+    "temp_mean_7d": 5.0,
+    "temp_trend_c_per_day": 0.5,
+    "sessions_per_day": 5.0,
+    "start_failure_ratio": 0.1,
+    "early_end_ratio": 0.1,
+    "energy_per_session_kwh": 10.0,
+    "faults_power_per_day": 1.0,
+    "faults_thermal_per_day": 1.0,
+    "faults_connector_per_day": 1.0,
+    "faults_other_per_day": 1.0,
+    "faults_48h": 2.0,
+    "disconnects_per_day": 2.0,
+    "offline_share": 0.1,
+    "resets_per_day": 2.0,
+    "self_resolved_per_day": 2.0,
+}
+"""What one unit of deviation from typical means per feature, for comparing symptoms."""
+
+
+def similar_symptoms(
+    target: dict[str, float],
+    others: dict[str, dict[str, float]],
+    baseline: Sequence[float],
+    *,
+    min_similarity: float = 0.8,
+    limit: int = 5,
+) -> list[tuple[str, float, str]]:
+    """Charge points whose features deviate from typical the same way as ``target``'s.
+
+    ``target`` and ``others`` are feature dicts (an escalation's ``features``,
+    the digests' ``features``); ``baseline`` the model card's typical values.
+    Each feature's deviation is scaled by the typical magnitude, and units are
+    compared by cosine similarity of their deviation vectors over the features
+    where the target deviates. Returns ``(charge_point_id, similarity, reason)``,
+    most similar first.
+    """
+    names = list(FEATURE_NAMES)
+    base = {n: float(b) for n, b in zip(names, baseline, strict=True)}
+
+    def dev(f: dict[str, float]) -> dict[str, float]:
+        return {n: (f.get(n, base[n]) - base[n]) / SYMPTOM_SCALES[n] for n in names}
+
+    t = dev(target)
+    keys = [n for n in names if abs(t[n]) >= 0.5]
+    if not keys:
+        return []
+    tn = sum(t[k] ** 2 for k in keys) ** 0.5
+    out = []
+    for cp, f in others.items():
+        d = dev(f)
+        dn = sum(d[k] ** 2 for k in keys) ** 0.5
+        if dn == 0:
+            continue
+        sim = sum(t[k] * d[k] for k in keys) / (tn * dn)
+        # the same direction is not enough: the other unit must be at least half as far off
+        if sim >= min_similarity and dn >= 0.5 * tn:
+            top = sorted(keys, key=lambda k: -abs(t[k] * d[k]))[:2]
+            reason = "same early symptoms: " + ", ".join(
+                f"{k.replace('_', ' ')} {f.get(k, base[k]):.2f} (typical {base[k]:.2f})"
+                for k in top
+            )
+            out.append((cp, round(sim, 3), reason))
+    out.sort(key=lambda x: -x[1])
+    return out[:limit]

@@ -13,7 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chargesight.cloud.foresight import model_updates, publish_models
+from chargesight.cloud.foresight import model_updates, publish_models, similar_symptoms
 from chargesight.cloud.train import (
     Dataset,
     Failure,
@@ -27,7 +27,7 @@ from chargesight.cloud.train import (
     run_train,
     train,
 )
-from chargesight.common.features import FEATURE_NAMES
+from chargesight.common.features import FEATURE_NAMES, FeatureBank, features_dict
 from chargesight.common.modelsign import generate_key
 from chargesight.edge.anomaly import IncidentTracker
 from chargesight.edge.modelstore import ModelStore, load_default_models
@@ -157,3 +157,24 @@ def test_a_published_model_reaches_a_gateway_that_connects_later_signed_and_veri
     )
     assert intruder.handle_message(msgs[0].topic, msgs[0].payload) is None
     assert alarms and "does not verify" in alarms[0][1]
+
+
+def test_units_with_the_same_early_symptoms_are_found_and_healthy_ones_are_not(
+    history: Path,
+) -> None:
+    """small.toml degrades three Voltix DC150 PSUs at once: from one, Foresight finds the other two."""
+    bank = FeatureBank()
+    end = datetime(2026, 9, 1, tzinfo=UTC) + timedelta(hours=24 + 400)  # late in the degradation
+    for d in read_digests(history / "digests.jsonl"):
+        if d.interval_end > end:
+            break
+        bank.add_digest(d)
+    feats = {cp: features_dict(w.features()) for cp, w in bank.windows.items()}
+    baseline = orjson.loads((ROOT / "edge/models/generic.card.json").read_bytes())["baseline"]
+    target = "berlin-mitte-03"
+    others = {cp: f for cp, f in feats.items() if cp != target}
+    found = similar_symptoms(feats[target], others, baseline)
+    names = [cp for cp, _, _ in found]
+    assert {"hamburg-hafen-01", "hamburg-hafen-02"} <= set(names[:3]), found
+    assert all("same early symptoms" in reason for _, _, reason in found)
+    assert "berlin-mitte-04" not in names  # a healthy DC150 on the same site
