@@ -45,42 +45,24 @@ def fleet_scenario(n: int) -> str:
     return '[network]\nname = "bench"\nseed = 1\n' + "\n".join(sites)
 
 
-async def live(n: int, seconds: float, validate: bool) -> dict[str, float]:
+def live(n: int, seconds: float, validate: bool) -> dict[str, float]:
+    """Start the CSMS in its own process, then drive ``n`` charge points from this one."""
     port = free_port()
     csms = subprocess.Popen(
-        [str(ROOT / ".venv/bin/chargesight"), "sim", "csms", "--port", str(port), "--heartbeat", "10"],
+        [
+            str(ROOT / ".venv/bin/chargesight"),
+            "sim",
+            "csms",
+            "--port",
+            str(port),
+            "--heartbeat",
+            "10",
+        ],
         stdout=subprocess.DEVNULL,
     )
     try:
         wait_port(port, timeout=20, proc=csms)
-        sim = Simulation(
-            parse_scenario(fleet_scenario(n)),
-            f"ws://127.0.0.1:{port}/ocpp",
-            drivers=False,
-            scheduled_faults=False,
-            heartbeat_s=10,
-            validate=validate,
-            backoff_s=1.0,
-        )
-        t0 = time.monotonic()
-        async with sim:
-            await sim.wait_connected(timeout=300)
-            connect_s = time.monotonic() - t0
-            await asyncio.sleep(2)
-            sent0 = sum(cp.messages_sent for cp in sim.charge_points.values())
-            cpu0, wall0 = time.process_time(), time.monotonic()
-            await asyncio.sleep(seconds)
-            cpu1, wall1 = time.process_time(), time.monotonic()
-            sent1 = sum(cp.messages_sent for cp in sim.charge_points.values())
-            connected = sum(cp.connected for cp in sim.charge_points.values())
-        wall = wall1 - wall0
-        return {
-            "charge_points": n,
-            "connected": connected,
-            "connect_s": connect_s,
-            "msg_per_s": (sent1 - sent0) / wall,
-            "cpu_fraction": (cpu1 - cpu0) / wall,
-        }
+        return asyncio.run(drive(n, seconds, validate, port))
     finally:
         csms.terminate()
         try:
@@ -88,6 +70,37 @@ async def live(n: int, seconds: float, validate: bool) -> dict[str, float]:
         except subprocess.TimeoutExpired:
             csms.kill()
             csms.wait(5)
+
+
+async def drive(n: int, seconds: float, validate: bool, port: int) -> dict[str, float]:
+    sim = Simulation(
+        parse_scenario(fleet_scenario(n)),
+        f"ws://127.0.0.1:{port}/ocpp",
+        drivers=False,
+        scheduled_faults=False,
+        heartbeat_s=10,
+        validate=validate,
+        backoff_s=1.0,
+    )
+    t0 = time.monotonic()
+    async with sim:
+        await sim.wait_connected(timeout=300)
+        connect_s = time.monotonic() - t0
+        await asyncio.sleep(2)
+        sent0 = sum(cp.messages_sent for cp in sim.charge_points.values())
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu1, wall1 = time.process_time(), time.monotonic()
+        sent1 = sum(cp.messages_sent for cp in sim.charge_points.values())
+        connected = sum(cp.connected for cp in sim.charge_points.values())
+    wall = wall1 - wall0
+    return {
+        "charge_points": n,
+        "connected": connected,
+        "connect_s": connect_s,
+        "msg_per_s": (sent1 - sent0) / wall,
+        "cpu_fraction": (cpu1 - cpu0) / wall,
+    }
 
 
 def history(days: float) -> dict[str, float]:
@@ -110,7 +123,9 @@ def history(days: float) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--charge-points", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--days", type=float, default=365.0)
@@ -128,7 +143,7 @@ def main() -> int:
 
         ocpp.messages.ASYNC_VALIDATION = False  # one thread: the figure is per core
     if not args.skip_live:
-        r = asyncio.run(live(args.charge_points, args.seconds, not args.no_validation))
+        r = live(args.charge_points, args.seconds, not args.no_validation)
         per_core = r["charge_points"] / r["cpu_fraction"] if r["cpu_fraction"] else float("inf")
         print(
             f"live: {r['connected']:.0f}/{r['charge_points']:.0f} charge points connected in "

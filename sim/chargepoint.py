@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ocpp.exceptions import OCPPError
-from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as c16
 from ocpp.v16 import call_result as r16
@@ -64,6 +63,7 @@ from ocpp.v201 import call_result as r201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from chargesight.sim._ocpp import after, on
 from chargesight.sim.clock import SimClock
 from chargesight.sim.faults import (
     FAULT_TYPES,
@@ -132,6 +132,9 @@ class _Session:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     blame: PlannedFault | None = None
+
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
 
     def stop(self, reason: str, blame: PlannedFault | None = None) -> None:
         if self.stop_reason is None:
@@ -268,6 +271,9 @@ class SimChargePoint:
         task.add_done_callback(_log_failure)
         return task
 
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def stop(self) -> None:
         self._stopping = True
         ws = self._ws
@@ -303,7 +309,7 @@ class SimChargePoint:
                 self._peer = None
                 self._online.clear()
                 self._notify()
-            if self._stopping:
+            if self.stopping():
                 break
             if self._offline_until <= self.clock.elapsed():
                 await asyncio.sleep(backoff * self.rng.uniform(0.8, 1.2))
@@ -316,9 +322,8 @@ class SimChargePoint:
         recv = self.spawn(peer.start(), connection=True)
         recv.add_done_callback(lambda _: self._end_connection_tasks())
         try:
-            if self._need_boot:
-                if not await self._boot():
-                    return
+            if self._need_boot and not await self._boot():
+                return
             self._online.set()
             self.last_reported.clear()
             self._notify()
@@ -762,11 +767,11 @@ class SimChargePoint:
                 async with asyncio.timeout(self.clock.real(step)):
                     await s.wake.wait()
             s.energy_wh += power * (self.clock.elapsed() - t0) / 3600
-            if s.stop_reason is not None:
+            if s.stopped():
                 break
             if s.energy_wh >= s.wanted_wh - 1e-6:
                 s.energy_wh = s.wanted_wh
-                s.stop("EVDisconnected" if self.version == "1.6" else "EVDisconnected")
+                s.stop("EVDisconnected")
                 break
             if end_early_at is not None and s.energy_wh >= end_early_at:
                 s.stop("Other", None)

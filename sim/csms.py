@@ -27,13 +27,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from ocpp.routing import on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call_result as r16
 from ocpp.v201 import ChargePoint as Cp201
 from ocpp.v201 import call_result as r201
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from chargesight.sim._ocpp import on
 
 SUBPROTOCOLS = ["ocpp1.6", "ocpp2.0.1"]
 

@@ -242,10 +242,11 @@ def plan_faults(
     if background:
         bg = scenario.data.background
         for cp in network.chargers:
-            for kind, per_year in (
+            kinds: tuple[tuple[FaultKind, float], ...] = (
                 ("transient", bg.transient_per_charger_year),
                 ("stuck", bg.stuck_per_charger_year),
-            ):
+            )
+            for kind, per_year in kinds:
                 rate = per_year / (365 * 86400)
                 t = rng.expovariate(rate) if rate > 0 else horizon_s
                 while t < horizon_s:

@@ -162,7 +162,9 @@ class Simulation:
     def charge_point(self, charge_point_id: str) -> SimChargePoint:
         return self.charge_points[charge_point_id]
 
-    async def wait_for(self, predicate: Callable[[Simulation], bool], timeout: float = 10.0) -> None:
+    async def wait_for(
+        self, predicate: Callable[[Simulation], bool], timeout: float = 10.0
+    ) -> None:
         """Wait (real seconds) until ``predicate(self)`` holds; checked after every driver arrival."""
         async with asyncio.timeout(timeout):
             while not predicate(self):
@@ -288,10 +290,10 @@ class Simulation:
     # ------------------------------------------------------------ scheduled faults
 
     async def _schedule(self, planned: list[PlannedFault]) -> None:
-        heap: list[tuple[float, int, Callable[[], None]]] = []
+        heap: list[tuple[float, int, Callable[[], object]]] = []
         seq = itertools.count()
 
-        def at(t: float, fn: Callable[[], None]) -> None:
+        def at(t: float, fn: Callable[[], object]) -> None:
             heapq.heappush(heap, (t, next(seq), fn))
 
         for p in planned:
@@ -301,7 +303,9 @@ class Simulation:
             await self.clock.sleep_until(t)
             fn()
 
-    def _plan_live(self, p: PlannedFault, at: Callable[[float, Callable[[], None]], None]) -> None:
+    def _plan_live(
+        self, p: PlannedFault, at: Callable[[float, Callable[[], object]], None]
+    ) -> None:
         cps = [self.charge_points[c] for c in p.charge_points if c in self.charge_points]
         if not cps:
             return

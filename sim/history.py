@@ -34,13 +34,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from array import array
 import orjson
 
 from chargesight.common.messages import SCHEMA_VERSION, Escalation
@@ -127,19 +127,19 @@ class _Gen:
         self.rng = random.Random(seed)
         self.faults = plan_faults(scenario, self.net, self.T, random.Random(seed + 1))
         C, H = len(self.net.chargers), self.H
-        self.started = array('q', [0]) * (C * H)
-        self.failed = array('q', [0]) * (C * H)
-        self.early = array('q', [0]) * (C * H)
-        self.energy = array('d', [0.0]) * (C * H)
-        self.maxp = array('d', [0.0]) * (C * H)
-        self.tmax = array('d', [-999.0]) * (C * H)
-        self.tsum = array('d', [0.0]) * (C * H)
-        self.tn = array('q', [0]) * (C * H)
-        self.disc = array('q', [0]) * (C * H)
-        self.nfaults = array('q', [0]) * (C * H)
-        self.selfres = array('q', [0]) * (C * H)
-        self.resets = array('q', [0]) * (C * H)
-        self.offline_s = array('d', [0.0]) * (C * H)
+        self.started = array("q", [0]) * (C * H)
+        self.failed = array("q", [0]) * (C * H)
+        self.early = array("q", [0]) * (C * H)
+        self.energy = array("d", [0.0]) * (C * H)
+        self.maxp = array("d", [0.0]) * (C * H)
+        self.tmax = array("d", [-999.0]) * (C * H)
+        self.tsum = array("d", [0.0]) * (C * H)
+        self.tn = array("q", [0]) * (C * H)
+        self.disc = array("q", [0]) * (C * H)
+        self.nfaults = array("q", [0]) * (C * H)
+        self.selfres = array("q", [0]) * (C * H)
+        self.resets = array("q", [0]) * (C * H)
+        self.offline_s = array("d", [0.0]) * (C * H)
         self.fbc: dict[tuple[int, int], dict[str, int]] = {}
         self.fixed_by: dict[tuple[int, int], dict[str, int]] = {}
         self.site_selfres: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -327,9 +327,9 @@ class _Gen:
                         "self",
                         iid,
                     )
-        for key, lst in raw.items():
+        for key, intervals in raw.items():
             b = _Block()
-            b.finish(lst)
+            b.finish(intervals)
             self.blocks[key] = b
 
     def psu_trips(
@@ -405,45 +405,47 @@ class _Gen:
         connector = f.connector if f.scope == "connector" else None
         frame = self.status_frame(cp, f.connector, code, vendor_code, ft.vendor_id, t0, f.fault_id)
         iid = self.incident_id(f, "escalation")
-        esc = Escalation(
-            message_id=hashlib.blake2b(
-                f"{self.seed}/msg/{iid}".encode(), digest_size=16
-            ).hexdigest(),
-            site_id=cp.site_id,
-            sent_at=self.ts(sent),
-            kind="performance" if kind == "performance" else "fault",
-            incident_id=iid,
-            charge_point_id=cp.id,
-            connector_id=connector,
-            scope=f.scope,
-            fault={
-                "code": code,
-                "vendor_code": vendor_code,
-                "vendor_id": ft.vendor_id,
-                "info": ft.info,
-                "category": ft.category,
-                "component": ft.component,
-                "chargex_code": ft.chargex_code,
-                "safety_critical": ft.safety_critical,
-            },
-            started_at=self.ts(t0),
-            recovery_attempts=attempts,
-            hardware={
-                "vendor": cp.hw.vendor,
-                "model": cp.hw.model,
-                "firmware": cp.firmware,
-                "serial": cp.serial,
-            },
-            evidence=[
-                {
-                    "at": self.ts(t0),
-                    "direction": "cp->csms",
-                    "frame": frame,
-                    "charge_point_id": cp.id,
-                }
-            ]
-            if frame
-            else [],
+        esc = Escalation.model_validate(
+            dict(  # noqa: C408 -- keyword form reads like the Escalation model's fields
+                message_id=hashlib.blake2b(
+                    f"{self.seed}/msg/{iid}".encode(), digest_size=16
+                ).hexdigest(),
+                site_id=cp.site_id,
+                sent_at=self.ts(sent),
+                kind="performance" if kind == "performance" else "fault",
+                incident_id=iid,
+                charge_point_id=cp.id,
+                connector_id=connector,
+                scope=f.scope,
+                fault={
+                    "code": code,
+                    "vendor_code": vendor_code,
+                    "vendor_id": ft.vendor_id,
+                    "info": ft.info,
+                    "category": ft.category,
+                    "component": ft.component,
+                    "chargex_code": ft.chargex_code,
+                    "safety_critical": ft.safety_critical,
+                },
+                started_at=self.ts(t0),
+                recovery_attempts=attempts,
+                hardware={
+                    "vendor": cp.hw.vendor,
+                    "model": cp.hw.model,
+                    "firmware": cp.firmware,
+                    "serial": cp.serial,
+                },
+                evidence=[
+                    {
+                        "at": self.ts(t0),
+                        "direction": "cp->csms",
+                        "frame": frame,
+                        "charge_point_id": cp.id,
+                    }
+                ]
+                if frame
+                else [],
+            )
         )
         self.escalations.append((sent, esc.to_json()))
         if f.end_s is not None and f.end_s < self.T and f.end_s > sent:
@@ -549,7 +551,7 @@ class _Gen:
                     drop = self.dropped(c, t)
                     if drop is not False and rng.random() < OFFLINE_START_FAIL_P:
                         self.failed[c * self.H + h] += 1
-                        if drop is not None:
+                        if isinstance(drop, PlannedFault):
                             blame = blame or drop
                             drop.failed_starts += 1
                         if tries >= 2:
@@ -645,15 +647,15 @@ class _Gen:
         tt = t
         while tt < end and tt < self.T:
             hh = int(tt // 3600)
-            nxt = min(end, (hh + 1) * 3600.0)
-            self.energy[c * self.H + hh] += power * (nxt - tt) / 3600
+            upto = min(end, (hh + 1) * 3600.0)
+            self.energy[c * self.H + hh] += power * (upto - tt) / 3600
             if power > self.maxp[c * self.H + hh]:
                 self.maxp[c * self.H + hh] = power
             if temp > self.tmax[c * self.H + hh]:
                 self.tmax[c * self.H + hh] = temp
             self.tsum[c * self.H + hh] += temp
             self.tn[c * self.H + hh] += 1
-            tt = nxt
+            tt = upto
         return end + rng.uniform(60, 600)
 
     # ------------------------------------------------------------ output

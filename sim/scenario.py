@@ -82,13 +82,15 @@ class DriversSection(_Strict):
     ac_max_dwell_h: Pos = 8.0
 
 
+def _default_drops() -> dict[Uplink, float]:
+    return {"fiber": 0.01, "ethernet": 0.01, "cellular": 0.15, "wifi": 0.3}
+
+
 class BackgroundSection(_Strict):
     transient_per_charger_year: NonNeg = 4.0
     stuck_per_charger_year: NonNeg = 1.0
     early_end_ratio: Annotated[float, Field(ge=0, le=1)] = 0.01
-    disconnects_per_charger_day: dict[Uplink, NonNeg] = Field(
-        default_factory=lambda: {"fiber": 0.01, "ethernet": 0.01, "cellular": 0.15, "wifi": 0.3}
-    )
+    disconnects_per_charger_day: dict[Uplink, NonNeg] = Field(default_factory=_default_drops)
 
 
 class ModelSection(_Strict):

@@ -32,7 +32,10 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def digests(history: Path) -> list[Digest]:
-    return [Digest.model_validate_json(line) for line in (history / "digests.jsonl").read_bytes().splitlines()]
+    return [
+        Digest.model_validate_json(line)
+        for line in (history / "digests.jsonl").read_bytes().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +70,19 @@ def test_network_file_lists_sites_with_tariff_and_chargers_with_hardware(history
     assert (site["currency"], site["price_per_kwh"]) == ("EUR", 0.59)
     cp = next(c for c in site["chargers"] if c["charge_point_id"] == "berlin-mitte-03")
     assert (cp["vendor"], cp["model"], cp["firmware"], cp["rated_power_w"]) == (
-        "Voltix", "VX-DC150", "5.2.3", 150000
+        "Voltix",
+        "VX-DC150",
+        "5.2.3",
+        150000,
     )
     assert [c["type"] for c in cp["connectors"]] == ["CCS2", "CCS2"]
 
 
 def test_unresolvable_faults_are_escalated_and_self_resolving_ones_are_not(history: Path) -> None:
-    escs = [Escalation.model_validate_json(line) for line in (history / "escalations.jsonl").read_bytes().splitlines()]
+    escs = [
+        Escalation.model_validate_json(line)
+        for line in (history / "escalations.jsonl").read_bytes().splitlines()
+    ]
     by_code = {(e.charge_point_id, e.fault.code) for e in escs}
     assert ("berlin-mitte-01", "ConnectorLockFailure") in by_code
     assert ("leipzig-mall-02", "GroundFailure") in by_code
@@ -89,7 +98,9 @@ def test_unresolvable_faults_are_escalated_and_self_resolving_ones_are_not(histo
     assert ground.sent_at - ground.started_at < timedelta(seconds=30)
 
 
-def test_ground_truth_names_scope_fix_and_revenue_for_every_fault(truth: list[dict[str, Any]]) -> None:
+def test_ground_truth_names_scope_fix_and_revenue_for_every_fault(
+    truth: list[dict[str, Any]],
+) -> None:
     expected = {
         "connector_lock": ("connector", "field_technician"),
         "ground_failure": ("connector", "field_technician"),
@@ -118,7 +129,9 @@ def test_ground_truth_names_scope_fix_and_revenue_for_every_fault(truth: list[di
     assert all(r["first_symptom_at"] < r["failed_at"] for r in psu)
 
 
-def test_psu_degradation_shows_power_sag_and_heat_weeks_before_failure(digests: list[Digest]) -> None:
+def test_psu_degradation_shows_power_sag_and_heat_weeks_before_failure(
+    digests: list[Digest],
+) -> None:
     def week_stats(cp_id: str, week: int) -> tuple[float, float]:
         lo, hi = START + timedelta(days=7 * week), START + timedelta(days=7 * week + 7)
         rows = [c for t, c in _counters(digests, cp_id) if lo <= t < hi and c.max_power_w]
@@ -148,7 +161,10 @@ def test_firmware_bug_recurs_until_the_update_then_stops(
     fixed_at = START + timedelta(hours=612)
     bug = [r for r in truth if r["kind"] == "firmware_bug"]
     assert {r["charge_point_id"] for r in bug} == {
-        "berlin-mitte-03", "berlin-mitte-04", "hamburg-hafen-01", "hamburg-hafen-02"
+        "berlin-mitte-03",
+        "berlin-mitte-04",
+        "hamburg-hafen-01",
+        "hamburg-hafen-02",
     }
     incidents = {i for r in bug for i in r["incident_ids"]}
     episodes_before = episodes_after = 0
@@ -166,7 +182,9 @@ def test_firmware_bug_recurs_until_the_update_then_stops(
     assert firmware == {"5.2.4"}
 
 
-def test_flaky_site_disconnects_every_charge_point_and_costs_sessions(digests: list[Digest]) -> None:
+def test_flaky_site_disconnects_every_charge_point_and_costs_sessions(
+    digests: list[Digest],
+) -> None:
     def disconnects(site: str) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for d in digests:
@@ -183,7 +201,9 @@ def test_flaky_site_disconnects_every_charge_point_and_costs_sessions(digests: l
 
 
 def test_charger_that_fails_every_start_still_looks_online(digests: list[Digest]) -> None:
-    after = [c for t, c in _counters(digests, "hamburg-hafen-03") if t >= START + timedelta(hours=101)]
+    after = [
+        c for t, c in _counters(digests, "hamburg-hafen-03") if t >= START + timedelta(hours=101)
+    ]
     assert sum(c.sessions_failed for c in after) > 10
     assert sum(c.sessions_started for c in after) == 0
     assert sum(c.faults for c in after) == 0  # nothing says Faulted
@@ -194,7 +214,9 @@ def test_repaired_escalated_fault_is_reported_cleared_in_a_later_digest(
     history: Path, digests: list[Digest]
 ) -> None:
     lock = next(
-        e for e in _lines(history / "escalations.jsonl") if e["fault"]["code"] == "ConnectorLockFailure"
+        e
+        for e in _lines(history / "escalations.jsonl")
+        if e["fault"]["code"] == "ConnectorLockFailure"
     )
     cleared = [d for d in digests if lock["incident_id"] in d.cleared_incidents]
     assert len(cleared) == 1
@@ -208,19 +230,28 @@ def test_history_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     generate_history(sc, 2, tmp_path / "c", seed=4)
     for name in ("digests.jsonl", "ground_truth.jsonl", "escalations.jsonl", "network.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert (tmp_path / "a" / "digests.jsonl").read_bytes() != (tmp_path / "c" / "digests.jsonl").read_bytes()
+    assert (tmp_path / "a" / "digests.jsonl").read_bytes() != (
+        tmp_path / "c" / "digests.jsonl"
+    ).read_bytes()
 
 
-def test_cli_history_writes_the_four_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_history_writes_the_four_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc = sim_main(["history", "--scenario", "small", "--days", "1", "--out", str(tmp_path)])
     assert rc == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "digests.jsonl", "escalations.jsonl", "ground_truth.jsonl", "network.json"
+        "digests.jsonl",
+        "escalations.jsonl",
+        "ground_truth.jsonl",
+        "network.json",
     ]
     assert "3 sites, 9 charge points" in capsys.readouterr().out
 
 
-def test_cli_rejects_a_bad_scenario_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_a_bad_scenario_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[network]\nname = "x"\n[[sites]]\nid = "a"\n')
     assert sim_main(["check", "--scenario", str(bad)]) == 2

@@ -38,7 +38,9 @@ async def running(csms: Csms, *ids: str, speed: float = 60, **kw: Any) -> AsyncI
         yield sim
 
 
-def status16(connector: int, status: str, error: str | None = None) -> Callable[[dict[str, Any]], bool]:
+def status16(
+    connector: int, status: str, error: str | None = None
+) -> Callable[[dict[str, Any]], bool]:
     return lambda p: (
         p["connectorId"] == connector
         and p["status"] == status
@@ -50,7 +52,9 @@ async def test_charge_point_boots_and_reports_every_connector_including_zero(csm
     async with running(csms, AC16, DC201):
         boot = csms.received(AC16, "BootNotification")[0].payload
         assert (boot["chargePointVendor"], boot["chargePointModel"], boot["firmwareVersion"]) == (
-            "Ampero", "AC22-Duo", "3.4.1"
+            "Ampero",
+            "AC22-Duo",
+            "3.4.1",
         )
         for k in (0, 1, 2):
             await csms.wait_for(AC16, "StatusNotification", status16(k, "Available"))
@@ -58,7 +62,8 @@ async def test_charge_point_boots_and_reports_every_connector_including_zero(csm
         assert boot201["chargingStation"]["firmwareVersion"] == "5.2.3"
         for evse in (1, 2):
             await csms.wait_for(
-                DC201, "StatusNotification",
+                DC201,
+                "StatusNotification",
                 lambda p, e=evse: p["evseId"] == e and p["connectorStatus"] == "Available",
             )
 
@@ -71,7 +76,9 @@ async def test_soft_reset_clears_transient_fault_reboot_boot_and_available(csms:
         mark = len(csms.received(AC16))
         assert (await csms.call(AC16, c16.Reset(type="Soft"))).status == "Accepted"
         await csms.wait_for(AC16, "BootNotification", after=mark)
-        await csms.wait_for(AC16, "StatusNotification", status16(0, "Available", "NoError"), after=mark)
+        await csms.wait_for(
+            AC16, "StatusNotification", status16(0, "Available", "NoError"), after=mark
+        )
         assert cp.boots == 2 and not cp.faults
 
 
@@ -83,7 +90,9 @@ async def test_stuck_state_survives_soft_reset_and_clears_on_hard_reset(csms: Cs
         mark = len(csms.received(AC16))
         await csms.call(AC16, c16.Reset(type="Soft"))
         await csms.wait_for(AC16, "BootNotification", after=mark)
-        after_soft = await csms.wait_for(AC16, "StatusNotification", lambda p: p["connectorId"] == 0, after=mark)
+        after_soft = await csms.wait_for(
+            AC16, "StatusNotification", lambda p: p["connectorId"] == 0, after=mark
+        )
         assert after_soft.payload["status"] == "Faulted"
         assert after_soft.payload["vendorErrorCode"] == "E-STATE-HANG"
         mark = len(csms.received(AC16))
@@ -103,16 +112,22 @@ async def test_connector_lock_failure_survives_every_reset_and_unlock_fails(csms
         mark = len(csms.received(AC16))
         await csms.call(AC16, c16.Reset(type="Hard"))
         await csms.wait_for(AC16, "BootNotification", after=mark)
-        await csms.wait_for(AC16, "StatusNotification", status16(2, "Faulted", "ConnectorLockFailure"), after=mark)
+        await csms.wait_for(
+            AC16, "StatusNotification", status16(2, "Faulted", "ConnectorLockFailure"), after=mark
+        )
         await csms.wait_for(AC16, "StatusNotification", status16(1, "Available"), after=mark)
         await csms.wait_for(AC16, "StatusNotification", status16(0, "Available"), after=mark)
 
 
-async def test_ground_failure_on_2_0_1_sends_faulted_and_a_problem_event_with_chargex_code(csms: Csms) -> None:
+async def test_ground_failure_on_2_0_1_sends_faulted_and_a_problem_event_with_chargex_code(
+    csms: Csms,
+) -> None:
     async with running(csms, DC201) as sim:
         sim.inject(DC201, "ground_failure", connector=1)
         await csms.wait_for(
-            DC201, "StatusNotification", lambda p: p["evseId"] == 1 and p["connectorStatus"] == "Faulted"
+            DC201,
+            "StatusNotification",
+            lambda p: p["evseId"] == 1 and p["connectorStatus"] == "Faulted",
         )
         ev = await csms.wait_for(DC201, "NotifyEvent")
         data = ev.payload["eventData"][0]
@@ -121,10 +136,14 @@ async def test_ground_failure_on_2_0_1_sends_faulted_and_a_problem_event_with_ch
         assert data["component"]["name"] == "Connector" and data["component"]["evse"]["id"] == 1
         mark = len(csms.received(DC201))
         assert (await csms.call(DC201, c201.Reset(type="Immediate"))).status == "Accepted"
-        await csms.wait_for(DC201, "BootNotification", lambda p: p["reason"] == "RemoteReset", after=mark)
         await csms.wait_for(
-            DC201, "StatusNotification",
-            lambda p: p["evseId"] == 1 and p["connectorStatus"] == "Faulted", after=mark,
+            DC201, "BootNotification", lambda p: p["reason"] == "RemoteReset", after=mark
+        )
+        await csms.wait_for(
+            DC201,
+            "StatusNotification",
+            lambda p: p["evseId"] == 1 and p["connectorStatus"] == "Faulted",
+            after=mark,
         )
 
 
@@ -141,7 +160,9 @@ async def test_stuck_2_0_1_station_needs_immediate_reset_not_on_idle(csms: Csms)
         await cp.wait_status(1, "Available")
 
 
-async def test_change_availability_toggle_reports_unavailable_then_the_real_status(csms: Csms) -> None:
+async def test_change_availability_toggle_reports_unavailable_then_the_real_status(
+    csms: Csms,
+) -> None:
     async with running(csms, AC16) as sim:
         sim.inject(AC16, "connector_lock", connector=1)
         await csms.wait_for(AC16, "StatusNotification", status16(1, "Faulted"))
@@ -153,7 +174,9 @@ async def test_change_availability_toggle_reports_unavailable_then_the_real_stat
         await csms.wait_for(AC16, "StatusNotification", status16(2, "Available"), after=mark)
         await csms.call(AC16, c16.ChangeAvailability(connector_id=1, type="Inoperative"))
         await csms.call(AC16, c16.ChangeAvailability(connector_id=1, type="Operative"))
-        assert sim.charge_point(AC16).status(1).status == "Faulted"  # a toggle does not fix hardware
+        assert (
+            sim.charge_point(AC16).status(1).status == "Faulted"
+        )  # a toggle does not fix hardware
 
 
 async def test_firmware_update_fixes_the_firmware_bug_for_good(csms: Csms) -> None:
@@ -166,14 +189,20 @@ async def test_firmware_update_fixes_the_firmware_bug_for_good(csms: Csms) -> No
             DC201,
             c201.UpdateFirmware(
                 request_id=7,
-                firmware={"location": "https://fw.example/vx-dc150-5.2.4.bin",
-                          "retrieve_date_time": "2026-01-01T00:00:00Z"},
+                firmware={
+                    "location": "https://fw.example/vx-dc150-5.2.4.bin",
+                    "retrieve_date_time": "2026-01-01T00:00:00Z",
+                },
             ),
         )
         assert res.status == "Accepted"
-        boot = await csms.wait_for(DC201, "BootNotification", lambda p: p["reason"] == "FirmwareUpdate")
+        boot = await csms.wait_for(
+            DC201, "BootNotification", lambda p: p["reason"] == "FirmwareUpdate"
+        )
         assert boot.payload["chargingStation"]["firmwareVersion"] == "5.2.4"
-        await csms.wait_for(DC201, "FirmwareStatusNotification", lambda p: p["status"] == "Installed")
+        await csms.wait_for(
+            DC201, "FirmwareStatusNotification", lambda p: p["status"] == "Installed"
+        )
         statuses = [m.payload["status"] for m in csms.received(DC201, "FirmwareStatusNotification")]
         assert statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
         await cp.wait_status(1, "Available")
@@ -183,24 +212,41 @@ async def test_firmware_update_fixes_the_firmware_bug_for_good(csms: Csms) -> No
 async def test_trigger_get_configuration_and_diagnostics_answer_like_a_charger(csms: Csms) -> None:
     async with running(csms, AC16, DC201):
         mark = len(csms.received(AC16))
-        res = await csms.call(AC16, c16.TriggerMessage(requested_message="StatusNotification", connector_id=1))
+        res = await csms.call(
+            AC16, c16.TriggerMessage(requested_message="StatusNotification", connector_id=1)
+        )
         assert res.status == "Accepted"
         await csms.wait_for(AC16, "StatusNotification", status16(1, "Available"), after=mark)
         conf = await csms.call(AC16, c16.GetConfiguration(key=["HeartbeatInterval", "Nope"]))
-        assert conf.configuration_key[0]["key"] == "HeartbeatInterval" and conf.unknown_key == ["Nope"]
+        assert conf.configuration_key[0]["key"] == "HeartbeatInterval" and conf.unknown_key == [
+            "Nope"
+        ]
         diag = await csms.call(AC16, c16.GetDiagnostics(location="ftp://x/"))
         assert diag.file_name.startswith("diag-")
-        await csms.wait_for(AC16, "DiagnosticsStatusNotification", lambda p: p["status"] == "Uploaded")
+        await csms.wait_for(
+            AC16, "DiagnosticsStatusNotification", lambda p: p["status"] == "Uploaded"
+        )
         got = await csms.call(
             DC201,
-            c201.GetVariables(get_variable_data=[
-                {"component": {"name": "FirmwareCtrlr"}, "variable": {"name": "FirmwareVersion"}},
-                {"component": {"name": "Nope"}, "variable": {"name": "X"}},
-            ]),
+            c201.GetVariables(
+                get_variable_data=[
+                    {
+                        "component": {"name": "FirmwareCtrlr"},
+                        "variable": {"name": "FirmwareVersion"},
+                    },
+                    {"component": {"name": "Nope"}, "variable": {"name": "X"}},
+                ]
+            ),
         )
-        assert [r["attribute_status"] for r in got.get_variable_result] == ["Accepted", "UnknownComponent"]
+        assert [r["attribute_status"] for r in got.get_variable_result] == [
+            "Accepted",
+            "UnknownComponent",
+        ]
         log = await csms.call(
-            DC201, c201.GetLog(log={"remote_location": "ftp://x/"}, log_type="DiagnosticsLog", request_id=3)
+            DC201,
+            c201.GetLog(
+                log={"remote_location": "ftp://x/"}, log_type="DiagnosticsLog", request_id=3
+            ),
         )
         assert log.status == "Accepted"
         await csms.wait_for(DC201, "LogStatusNotification", lambda p: p["status"] == "Uploaded")
@@ -213,12 +259,21 @@ async def test_session_1_6_sends_authorize_start_meter_values_and_stop(csms: Csm
         assert out.charged and out.reason == "completed"
         assert out.energy_wh == pytest.approx(2000, abs=1)
         actions = [m.action for m in csms.received(AC16)]
-        assert actions.index("Authorize") < actions.index("StartTransaction") < actions.index("StopTransaction")
+        assert (
+            actions.index("Authorize")
+            < actions.index("StartTransaction")
+            < actions.index("StopTransaction")
+        )
         mv = csms.received(AC16, "MeterValues")
         assert mv, "no MeterValues during the session"
         measurands = {s["measurand"] for s in mv[0].payload["meterValue"][0]["sampledValue"]}
-        assert {"Energy.Active.Import.Register", "Power.Active.Import", "Voltage", "Current.Import",
-                "Temperature"} <= measurands
+        assert {
+            "Energy.Active.Import.Register",
+            "Power.Active.Import",
+            "Voltage",
+            "Current.Import",
+            "Temperature",
+        } <= measurands
         stop = csms.received(AC16, "StopTransaction")[0].payload
         assert stop["meterStop"] == 2000 and stop["transactionId"] == int(out.transaction_id or 0)
         await csms.wait_for(AC16, "StatusNotification", status16(1, "Charging"))
@@ -240,7 +295,9 @@ async def test_session_2_0_1_uses_transaction_events_with_soc(csms: Csms) -> Non
         )
         assert temp.payload["eventData"][0]["component"]["name"] == "PowerConverter"
         assert 10 < float(temp.payload["eventData"][0]["actualValue"]) < 80
-        assert {e.payload["transactionInfo"]["transactionId"] for e in events} == {out.transaction_id}
+        assert {e.payload["transactionInfo"]["transactionId"] for e in events} == {
+            out.transaction_id
+        }
 
 
 async def test_fault_during_a_session_stops_it_and_reports_faulted(csms: Csms) -> None:
@@ -265,7 +322,9 @@ async def test_charger_that_fails_every_start_still_reports_available(csms: Csms
         assert not csms.received(AC16, "StartTransaction")
         assert csms.received(AC16, "Authorize")
         await cp.wait_status(1, "Available")
-        assert all(m.payload["status"] != "Faulted" for m in csms.received(AC16, "StatusNotification"))
+        assert all(
+            m.payload["status"] != "Faulted" for m in csms.received(AC16, "StatusNotification")
+        )
 
 
 async def test_psu_degradation_shows_sagging_power_and_heat_in_meter_values(csms: Csms) -> None:
@@ -279,7 +338,8 @@ async def test_psu_degradation_shows_sagging_power_and_heat_in_meter_values(csms
         def peak_power(msgs: list[Any]) -> float:
             return max(
                 float(s["value"])
-                for m in msgs if m.action == "TransactionEvent" and m.payload.get("meterValue")
+                for m in msgs
+                if m.action == "TransactionEvent" and m.payload.get("meterValue")
                 for s in m.payload["meterValue"][0]["sampledValue"]
                 if s.get("measurand") == "Power.Active.Import"
             )
@@ -287,7 +347,8 @@ async def test_psu_degradation_shows_sagging_power_and_heat_in_meter_values(csms
         def peak_temperature(msgs: list[Any]) -> float:
             return max(
                 float(m.payload["eventData"][0]["actualValue"])
-                for m in msgs if m.action == "NotifyEvent"
+                for m in msgs
+                if m.action == "NotifyEvent"
                 and m.payload["eventData"][0]["variable"]["name"] == "Temperature"
             )
 
@@ -295,7 +356,11 @@ async def test_psu_degradation_shows_sagging_power_and_heat_in_meter_values(csms
         assert peak_power(after) < 0.8 * peak_power(before)
         assert peak_temperature(after) > peak_temperature(before) + 10
         sim.fail_psu(DC201)
-        await csms.wait_for(DC201, "NotifyEvent", lambda p: p["eventData"][0].get("techInfo") == "PowerSwitchFailure")
+        await csms.wait_for(
+            DC201,
+            "NotifyEvent",
+            lambda p: p["eventData"][0].get("techInfo") == "PowerSwitchFailure",
+        )
         await cp.wait_status(1, "Faulted")
 
 
@@ -324,7 +389,9 @@ async def test_flaky_site_drops_every_charge_point_which_come_back(csms: Csms) -
         assert (truth["scope"], truth["fix"], truth["disconnects"]) == ("site", "network_fix", 1)
 
 
-async def test_drivers_lose_sessions_to_a_fault_and_ground_truth_costs_them(tmp_path: Any, csms: Csms) -> None:
+async def test_drivers_lose_sessions_to_a_fault_and_ground_truth_costs_them(
+    tmp_path: Any, csms: Csms
+) -> None:
     scenario = parse_scenario(
         '[network]\nname = "one"\nseed = 5\nmeter_interval_s = 600\n'
         "[drivers]\nsessions_per_connector_day = 200\nfailed_start_ratio = 0\n"

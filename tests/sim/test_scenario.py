@@ -25,8 +25,12 @@ def test_small_scenario_is_three_sites_with_every_fault_kind() -> None:
     assert "berlin-mitte-01" in net.by_id
     kinds = {f.kind for f in sc.data.faults}
     assert kinds == {
-        "connector_lock", "ground_failure", "psu_degradation", "firmware_bug",
-        "flaky_connectivity", "start_failure",
+        "connector_lock",
+        "ground_failure",
+        "psu_degradation",
+        "firmware_bug",
+        "flaky_connectivity",
+        "start_failure",
     }
 
 
@@ -56,7 +60,7 @@ def test_negative_rate_is_rejected_naming_line_and_field() -> None:
 
 
 def test_missing_field_is_rejected_naming_table_and_field() -> None:
-    text = '[network]\nname = "x"\n' + GOOD_SITE.replace('price_per_kwh = 0.5\n', "")
+    text = '[network]\nname = "x"\n' + GOOD_SITE.replace("price_per_kwh = 0.5\n", "")
     with pytest.raises(ScenarioError) as err:
         parse_scenario(text, source="bad.toml")
     msg = str(err.value)
@@ -66,7 +70,8 @@ def test_missing_field_is_rejected_naming_table_and_field() -> None:
 
 def test_fault_on_unknown_charge_point_is_rejected() -> None:
     text = (
-        '[network]\nname = "x"\n' + GOOD_SITE
+        '[network]\nname = "x"\n'
+        + GOOD_SITE
         + '\n[[faults]]\nkind = "connector_lock"\ncharge_point = "zz-01"\n'
     )
     with pytest.raises(ScenarioError, match=r"bad.toml:15: faults\[0\].charge_point: unknown"):
