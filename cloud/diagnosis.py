@@ -9,10 +9,10 @@ The rules, in order (the first that applies wins):
 3. the signature concentrated on one firmware version (≥ 3 failures, ≥ 80 % of
    them on this firmware while it runs on < 60 % of the model's units) →
    ``firmware_update``;
-4. safety-critical or hardware faults (ground, cable, contactor, latch, lock,
-   RCD, isolation…) → ``field_technician``; a degrading module or power
+4. safety-critical faults → ``field_technician``; a degrading module or power
    electronics (power sag, PSU, over-current, over-temperature) →
-   ``component_replacement``;
+   ``component_replacement``; other hardware faults (ground, cable, contactor,
+   latch, lock, RCD, isolation…) → ``field_technician``;
 5. no reset could be tried (sessions running, resets disabled) → ``reboot``;
 6. resets were tried and did not help → ``field_technician``;
 7. otherwise → ``monitor``.
@@ -77,6 +77,8 @@ class FirmwareEvidence:
 
     failures_by_firmware: dict[str, int] = field(default_factory=dict)
     units_by_firmware: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    focus: str | None = None  # the firmware to test when the issue has none (site issues)
 
     def concentrated_on(self, firmware: str | None) -> tuple[float, float] | None:
         """(share of failures, share of units) when the signature clusters on ``firmware``."""
@@ -120,30 +122,38 @@ def recommend(
             f"the same fault was fixed by {action.replace('_', ' ')} {n} time(s) before "
             "(operator feedback)"
         )
-    if issue.kind == "connectivity" or is_connectivity(issue.kind, issue.fault.category):
+    if issue.recurring is None and (
+        issue.kind == "connectivity" or is_connectivity(issue.kind, issue.fault.category)
+    ):
         return "network_fix", "the evidence is connectivity: the charge point keeps losing its link"
     if issue.recurring is not None and issue.recurring.connectivity_share >= 0.5:
         return "network_fix", (
             f"{issue.recurring.connectivity_share:.0%} of the recurring incidents are disconnects"
         )
-    conc = firmware.concentrated_on(issue.hardware.firmware) if firmware else None
+    fw = issue.hardware.firmware or (firmware.focus if firmware else None)
+    conc = firmware.concentrated_on(fw) if firmware else None
     if conc is not None:
+        model = issue.hardware.model or (firmware.model if firmware else None) or "this model"
         return "firmware_update", (
-            f"{conc[0]:.0%} of this fault's occurrences on {issue.hardware.model or 'this model'} "
-            f"are on firmware {issue.hardware.firmware}, which runs on only {conc[1]:.0%} of "
-            "its units"
+            f"{conc[0]:.0%} of these faults on {model} are on firmware {fw}, which runs on only "
+            f"{conc[1]:.0%} of its units"
         )
     words = _words(issue)
-    if issue.fault.safety_critical or any(w in words for w in HARDWARE_WORDS):
-        why = "a safety-critical fault" if issue.fault.safety_critical else "a hardware fault"
-        return "field_technician", f"{why} that no remote step can fix"
-    if any(w in words for w in COMPONENT_WORDS) or issue.kind in ("predictive", "performance"):
+    if issue.fault.safety_critical:
+        return "field_technician", "a safety-critical fault that no remote step can fix"
+    if any(w in words for w in COMPONENT_WORDS):
         return "component_replacement", "a power component is degrading or failing"
+    if any(w in words for w in HARDWARE_WORDS):
+        return "field_technician", "a hardware fault that no remote step can fix"
+    if issue.kind == "performance":
+        return "field_technician", "the charge point underperforms and needs an inspection on site"
+    if issue.kind == "predictive":
+        return "monitor", "early symptoms only; watch it and plan a visit"
+    if issue.recurring is not None:
+        return "monitor", "short incidents that cleared by themselves, with no common cause found"
     tried = [a.action for a in issue.recovery_attempts]
     if not any(a in RESET_ACTIONS for a in tried):
         return "reboot", "no reset could be tried yet at the edge"
-    if issue.recurring is not None:
-        return "monitor", "short incidents that cleared by themselves"
     return "field_technician", "resets were tried and the fault stayed"
 
 

@@ -433,10 +433,11 @@ class Engine:
         assert issue.recurring is not None
         weeks = self.config.revenue_trailing_weeks
         r = issue.recurring
+        since = min(issue.started_at, r.window_start)  # a running total since the problem began
         cur = await conn.execute(
             "SELECT charge_point_id, started_at, ended_at FROM self_resolved WHERE site_id = %s"
-            " AND started_at > %s AND started_at <= %s AND charge_point_id IS NOT NULL",
-            (issue.site_id, r.window_start, r.window_end),
+            " AND started_at >= %s AND started_at <= %s AND charge_point_id IS NOT NULL",
+            (issue.site_id, since, r.window_end),
         )
         by_cp: dict[str, list[revenue.Span]] = defaultdict(list)
         for row in await cur.fetchall():
@@ -444,7 +445,7 @@ class Engine:
                 revenue.Span(row["started_at"], row["ended_at"])
             )
         history = await self._site_usage(
-            conn, issue.site_id, r.window_start - timedelta(weeks=weeks), r.window_end
+            conn, issue.site_id, since - timedelta(weeks=weeks), r.window_end
         )
         amount = sessions = hours = 0.0
         kwh = None
@@ -459,7 +460,7 @@ class Engine:
         n = sum(len(v) for v in by_cp.values())
         price = site["price_per_kwh"] or 0.0
         method = (
-            f"sum over the {n} self-resolved incidents with a known duration in the window "
+            f"sum over the {n} self-resolved incidents with a known duration since the problem began "
             f"({hours:.1f} charger-hours out): {sessions:.2f} sessions expected in those hours "
             "(same hour of week, trailing "
             f"{weeks} weeks) × median {kwh or 0.0:.1f} kWh per session × {price:g} "
@@ -591,10 +592,42 @@ class Engine:
             vec, issue.charge_point_id or "", list(others.values()), exclude=exclude
         )
 
+    async def _recurring_firmware_evidence(
+        self, conn: Conn, issue: Issue
+    ) -> diagnosis.FirmwareEvidence | None:
+        """Self-resolved faults in the recurring window, by firmware of the model most affected."""
+        assert issue.recurring is not None
+        r = issue.recurring
+        cur = await conn.execute(
+            "SELECT c.model, coalesce(c.firmware, '?') AS fw, count(*) AS n FROM self_resolved s"
+            " JOIN chargers c ON c.charge_point_id = s.charge_point_id WHERE s.site_id = %s"
+            " AND s.started_at > %s AND s.started_at <= %s AND c.model IS NOT NULL"
+            " AND s.kind <> 'connectivity' AND s.category <> 'connectivity' GROUP BY 1, 2",
+            (issue.site_id, r.window_start, r.window_end),
+        )
+        rows = [(str(x["model"]), str(x["fw"]), int(x["n"])) for x in await cur.fetchall()]
+        if not rows:
+            return None
+        by_model: dict[str, int] = defaultdict(int)
+        for m, _, n in rows:
+            by_model[m] += n
+        model = max(by_model.items(), key=lambda x: x[1])[0]
+        failures = {fw: n for m, fw, n in rows if m == model}
+        focus = max(failures.items(), key=lambda x: x[1])[0]
+        cur = await conn.execute(
+            "SELECT coalesce(firmware, '?') AS fw, count(*) AS n FROM chargers WHERE model = %s"
+            " GROUP BY 1",
+            (model,),
+        )
+        units = {str(x["fw"]): int(x["n"]) for x in await cur.fetchall()}
+        return diagnosis.FirmwareEvidence(failures, units, model=model, focus=focus)
+
     async def _firmware_evidence(
         self, conn: Conn, issue: Issue
     ) -> diagnosis.FirmwareEvidence | None:
         f, hw = issue.fault, issue.hardware
+        if issue.recurring is not None:
+            return await self._recurring_firmware_evidence(conn, issue)
         if not hw.model or issue.scope == "site":
             return None
         cur = await conn.execute(
@@ -754,15 +787,12 @@ def recurring_issue(
         second_half=finding.second_half,
     )
     conn_ = finding.connectivity
+    faults_only = {c: n for c, n in finding.by_category.items() if c != "connectivity"}
     fault = Fault(
         code="RecurringDisconnects" if conn_ else "RecurringShortFaults",
         category="connectivity"
         if conn_
-        else (
-            max(finding.by_category.items(), key=lambda x: x[1])[0]
-            if finding.by_category
-            else "other"
-        ),
+        else (max(faults_only.items(), key=lambda x: x[1])[0] if faults_only else "other"),
         component="uplink" if conn_ else None,
     )
     first_blip = finding.blips[0].started_at if finding.blips else finding.window_start

@@ -16,7 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-CONNECTIVITY_WORDS = ("connect", "network", "offline", "heartbeat", "signal", "wifi", "cellular")
+CONNECTIVITY_WORDS = (
+    "connectivity",
+    "connection",
+    "disconnect",
+    "network",
+    "offline",
+    "heartbeat",
+    "signal",
+    "wifi",
+    "cellular",
+    "uplink",
+)  # not "connect": a connector lock is not a network problem
 
 
 def is_connectivity(kind: str, category: str) -> bool:

@@ -327,3 +327,38 @@ def test_uk_reliability_figure_flags_a_network_below_99_percent() -> None:
     assert result["availability_pct"] == pytest.approx(98.904, abs=1e-3)
     assert result["meets_99"] is False
     assert fleet.uk_reliability({"ok": []}, as_of)["meets_99"] is True
+
+
+@pytest.mark.parametrize(
+    ("fault", "action"),
+    [
+        ({"code": "ConnectorLockFailure", "category": "connector_lock", "component": "connector_lock"},
+         "field_technician"),
+        ({"code": "PowerSwitchFailure", "category": "contactor", "component": "psu_module"}, "component_replacement"),
+        ({"code": "SessionStartFailures", "category": "performance", "component": "control_pilot",
+          "kind": "performance", "vendor_code": None}, "field_technician"),
+        ({"code": "ConnectionLost", "category": "connectivity", "kind": "connectivity"}, "network_fix"),
+    ],
+)  # fmt: skip
+def test_recommended_action_follows_the_fault_not_its_wording(
+    fault: dict[str, object], action: str
+) -> None:
+    issue = issue_for(**fault)
+    assert diagnosis.recommend(issue)[0] == action  # type: ignore[arg-type]
+
+
+def test_recurring_problem_mostly_faults_is_not_sent_to_the_network_team() -> None:
+    from chargesight.cloud.engine import recurring_issue
+
+    blips = [
+        recurring.Blip("cp", "fault", "internal", T0 + i * H, T0 + i * H + timedelta(minutes=5))
+        for i in range(14)
+    ]
+    blips += [
+        recurring.Blip("cp", "connectivity", "connectivity", T0 + i * H, T0 + i * H)
+        for i in range(8)
+    ]
+    finding = recurring.count_recurring("s", blips, [], T0 + 24 * H, 86400)
+    issue = recurring_issue(None, finding, 86400)
+    assert issue.fault.category == "internal"
+    assert diagnosis.recommend(issue)[0] == "monitor"
