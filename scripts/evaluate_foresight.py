@@ -18,7 +18,11 @@ does) and every predictive incident is matched with the ground truth:
 * false: any other incident. Reported twice: *strict* (every incident not
   followed by a PSU failure) and *no injected fault* (the charge point had no
   injected problem at all — incidents on units with failing starts, a
-  firmware bug or a flaky network are flagged real problems, just not PSU).
+  firmware bug or a flaky network are flagged real problems, just not PSU);
+* same early symptoms: when a true incident opens, the other units of the
+  same family that are degrading at that moment, and whether
+  ``cloud.foresight.similar_symptoms`` lists them (plus how many units it
+  listed that were not degrading at all).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from chargesight.cloud.foresight import similar_symptoms
 from chargesight.cloud.train import failures_from_ground_truth, read_digests, read_ground_truth
-from chargesight.common.features import FeatureBank
+from chargesight.common.features import FeatureBank, features_dict
 from chargesight.edge.anomaly import IncidentTracker, score_snapshots
 from chargesight.edge.modelstore import ModelStore
 from chargesight.sim.history import generate_history
@@ -55,6 +60,10 @@ class Result:
     false_clean: int = 0
     flagged_other: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    peer_checks: int = 0  # true incidents with other units of the family degrading at the time
+    peers_total: int = 0
+    peers_found: int = 0
+    unrelated_listed: int = 0
 
     def row(self) -> str:
         leads = sorted(self.leads)
@@ -64,7 +73,8 @@ class Result:
         return (
             f"| {self.name} | {self.chargers} | {self.charger_days:,.0f} | {self.predicted}/{self.failures} "
             f"({100 * self.predicted / max(1, self.failures):.0f}%) | {med} | {p10} | "
-            f"{self.false_clean * per:.2f} | {self.false_strict * per:.2f} |"
+            f"{self.false_clean * per:.2f} | {self.false_strict * per:.2f} | "
+            f"{self.peers_found}/{self.peers_total} ({self.unrelated_listed} unrelated) |"
         )
 
 
@@ -87,7 +97,8 @@ def evaluate(name: str, history: Path, store: ModelStore) -> Result:
         nonlocal windows
         snaps = bank.snapshots()
         windows += len(snaps)
-        for s in score_snapshots(snaps, store.get):
+        scores = score_snapshots(snaps, store.get)
+        for s in scores:
             m = store.get(bank.windows[s.charge_point_id].family)
             assert m is not None
             change = tracker.update(
@@ -101,6 +112,25 @@ def evaluate(name: str, history: Path, store: ModelStore) -> Result:
             )
             if change == "open":
                 opened.setdefault(s.charge_point_id, []).append(s.at)
+                f = failures.get(s.charge_point_id)
+                if f is not None and f.onset <= s.at.timestamp() < f.failed:
+                    peers = {
+                        cp
+                        for cp, g in failures.items()
+                        if cp != s.charge_point_id
+                        and g.onset <= s.at.timestamp() < g.failed
+                        and bank.windows[cp].family == bank.windows[s.charge_point_id].family
+                    }
+                    if peers:
+                        others = {o.charge_point_id: features_dict(o.features) for o in scores}
+                        others.pop(s.charge_point_id, None)
+                        found = similar_symptoms(
+                            features_dict(s.features), others, [float(v) for v in m.baseline[0]]
+                        )
+                        res.peer_checks += 1
+                        res.peers_total += len(peers)
+                        res.peers_found += len(peers & {cp for cp, _, _ in found})
+                        res.unrelated_listed += len({cp for cp, _, _ in found} - set(failures))
 
     for d in read_digests(history / "digests.jsonl"):
         if current_end is not None and d.interval_end != current_end:
@@ -163,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| history | charge points | charger-days | PSU failures predicted | median lead (d) "
-        "| p10 lead (d) | false / 1,000 charger-days (no injected fault) | false / 1,000 (strict) |"
+        "| p10 lead (d) | false / 1,000 charger-days (no injected fault) | false / 1,000 (strict) "
+        "| co-degrading units found with the same early symptoms |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(r.row())
     return 0
