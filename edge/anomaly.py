@@ -103,7 +103,8 @@ def score_snapshots(
     snapshots = [s for s, m in resolved if m is not None and s.history_h >= m.min_history_h]
     if not snapshots:
         return []
-    X = snapshot_features(snapshots).astype(np.float32)
+    X64 = snapshot_features(snapshots)
+    X = X64.astype(np.float32)  # what the ONNX graphs take
     groups: dict[int, tuple[LoadedModel, list[int]]] = {}
     for i, s in enumerate(snapshots):
         model = resolve(s.family)
@@ -130,7 +131,7 @@ def score_snapshots(
                     model.version,
                     round(float(scores[k]), 6),
                     model.threshold,
-                    tuple(float(v) for v in X[i].astype(np.float64)),
+                    tuple(float(v) for v in X64[i]),
                     None if c is None else tuple(round(float(v), 6) for v in c),
                 )
             )
