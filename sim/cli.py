@@ -2,7 +2,8 @@
 
 ::
 
-    chargesight sim run --scenario FILE --csms ws://HOST:PORT/ocpp [--speed X] [--duration S]
+    chargesight sim run --scenario FILE --csms ws://HOST:PORT/ocpp [--site-csms SITE=URL ...]
+                        [--speed X] [--duration S]
                         [--seed N] [--ground-truth FILE] [--only ID[,ID...]] [--no-drivers]
                         [--no-faults] [--background-faults]
     chargesight sim history --scenario FILE --days N --out DIR [--seed N] [--start ISO]
@@ -34,7 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="connect the simulated charge points to an OCPP endpoint")
     r.add_argument("--scenario", required=True, metavar="FILE")
     r.add_argument(
-        "--csms", required=True, metavar="URL", help="base URL; /{charge_point_id} is appended"
+        "--csms",
+        default=None,
+        metavar="URL",
+        help="base URL for every site ({site_id} is filled in); /{charge_point_id} is appended",
+    )
+    r.add_argument(
+        "--site-csms",
+        action="append",
+        default=[],
+        metavar="SITE=URL",
+        help="the URL for one site's charge points (repeatable), e.g. its edge agent",
     )
     r.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     r.add_argument("--duration", type=float, default=None, metavar="S", help="wall-clock seconds")
@@ -129,11 +140,22 @@ async def _run(args: argparse.Namespace, scenario: object) -> int:
     from chargesight.sim.scenario import Scenario
 
     assert isinstance(scenario, Scenario)
-    if not args.csms.startswith(("ws://", "wss://")):
-        raise ValueError(f"--csms must be a ws:// or wss:// URL, got {args.csms!r}")
+    urls: dict[str, str] = {}
+    if args.csms:
+        urls["*"] = args.csms
+    for item in args.site_csms:
+        site, sep, url = item.partition("=")
+        if not sep:
+            raise ValueError(f"--site-csms wants SITE=URL, got {item!r}")
+        urls[site] = url
+    if not urls:
+        raise ValueError("give --csms URL or --site-csms SITE=URL")
+    for url in urls.values():
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"a CSMS URL must start with ws:// or wss://, got {url!r}")
     sim = Simulation(
         scenario,
-        args.csms,
+        urls,
         speed=args.speed,
         seed=args.seed,
         drivers=not args.no_drivers,
@@ -143,7 +165,7 @@ async def _run(args: argparse.Namespace, scenario: object) -> int:
     )
     print(
         f"simulating {len(sim.charge_points)} charge points of {scenario.data.network.name!r} "
-        f"against {args.csms} at speed {args.speed}",
+        f"against {', '.join(f'{k}={v}' for k, v in urls.items())} at speed {args.speed}",
         flush=True,
     )
     try:

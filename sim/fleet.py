@@ -14,6 +14,9 @@ Python API for tests and the demo::
     sim.ground_truth()                                  # list of ground-truth dicts
 
 ``Simulation`` connects each charge point to ``{csms_url}/{charge_point_id}``.
+``csms_url`` may also be a mapping from site id to URL (one edge agent per
+site), with an optional ``"*"`` entry for the other sites; a URL containing
+``{site_id}`` is formatted with the charge point's site.
 With ``drivers=True`` a task per site draws arrivals by hour of week and plays
 sessions; with ``scheduled_faults=True`` the scenario's ``[[faults]]`` happen
 at ``start_h`` (simulated hours after the start), PSU units degrade and fail,
@@ -28,7 +31,7 @@ import asyncio
 import heapq
 import itertools
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,13 +46,26 @@ from chargesight.sim.history import ground_truth_record
 from chargesight.sim.scenario import FaultKind, Network, Scenario, Site
 
 
+def site_url(csms_url: str | Mapping[str, str], site_id: str) -> str:
+    """The OCPP endpoint for a site's charge points (see the module docstring)."""
+    if isinstance(csms_url, str):
+        url = csms_url
+    elif site_id in csms_url:
+        url = csms_url[site_id]
+    elif "*" in csms_url:
+        url = csms_url["*"]
+    else:
+        raise KeyError(f"no CSMS URL for site {site_id!r}")
+    return url.replace("{site_id}", site_id)
+
+
 class Simulation:
     """A running scenario. Use as ``async with``; or ``await start()`` / ``await stop()``."""
 
     def __init__(
         self,
         scenario: Scenario,
-        csms_url: str,
+        csms_url: str | Mapping[str, str],
         *,
         speed: float = 1.0,
         seed: int | None = None,
@@ -82,7 +98,7 @@ class Simulation:
                 continue
             self.charge_points[spec.id] = SimChargePoint(
                 spec,
-                csms_url,
+                site_url(csms_url, spec.site_id),
                 self.clock,
                 rng=random.Random(f"{self.seed}/{spec.id}"),
                 meter_interval_s=scenario.data.network.meter_interval_s,

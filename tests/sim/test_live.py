@@ -409,3 +409,104 @@ async def test_drivers_lose_sessions_to_a_fault_and_ground_truth_costs_them(
     assert rec["kind"] == "ground_failure" and rec["sessions_lost"] >= 2
     assert rec["revenue_lost"]["amount"] > 0 and rec["revenue_lost"]["currency"] == "EUR"
     assert rec["connector_id"] == 1 and rec["scope"] == "connector"
+
+
+SCHEDULED = """
+[network]
+name = "scheduled"
+seed = 9
+
+[drivers]
+sessions_per_connector_day = 0
+
+[[sites]]
+id = "north"
+name = "North"
+currency = "EUR"
+price_per_kwh = 0.5
+
+  [[sites.chargers]]
+  model = "ampero-ac22"
+
+[[sites]]
+id = "south"
+name = "South"
+currency = "SEK"
+price_per_kwh = 5.0
+
+  [[sites.chargers]]
+  model = "voltix-dc150"
+
+[[faults]]
+kind = "connector_lock"
+charge_point = "north-01"
+connector = 2
+start_h = 0.02
+duration_h = 0.05
+"""
+
+
+async def test_scheduled_fault_starts_and_is_repaired_on_time_per_site_endpoints(
+    csms: Csms,
+) -> None:
+    async with Csms("127.0.0.1", free_port()) as south:
+        urls = {"north": csms.url, "south": south.url}
+        async with Simulation(parse_scenario(SCHEDULED), urls, speed=600, seed=3) as sim:
+            await sim.wait_connected()
+            assert csms.connected() == {"north-01"} and south.connected() == {"south-01"}
+            faulted = await csms.wait_for("north-01", "StatusNotification", status16(2, "Faulted"))
+            repaired = await csms.wait_for(
+                "north-01",
+                "StatusNotification",
+                status16(2, "Available"),
+                after=csms.received("north-01").index(faulted),
+            )
+            assert repaired.at > faulted.at
+            truth = sim.ground_truth()
+        assert [(t["kind"], t["connector_id"], t["fix"]) for t in truth] == [
+            ("connector_lock", 2, "field_technician")
+        ]
+        assert truth[0]["ended_at"] is not None
+
+
+async def test_cli_run_connects_the_scenario_and_writes_ground_truth(
+    csms: Csms, tmp_path: Any
+) -> None:
+    import asyncio
+    import sys
+
+    gt = tmp_path / "truth.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chargesight.cli.main",
+        "sim",
+        "run",
+        "--scenario",
+        "small",
+        "--csms",
+        csms.url,
+        "--speed",
+        "60",
+        "--duration",
+        "1.5",
+        "--only",
+        f"{AC16},{DC201}",
+        "--ground-truth",
+        str(gt),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await csms.wait_for(AC16, "BootNotification", timeout=20)
+    await csms.wait_for(DC201, "BootNotification", timeout=20)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert "simulating 2 charge points" in out.decode()
+    assert gt.exists()
+
+
+def test_cli_run_without_an_endpoint_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from chargesight.sim.cli import main
+
+    assert main(["run", "--scenario", "small"]) == 2
+    assert "--csms" in capsys.readouterr().err
