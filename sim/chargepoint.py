@@ -527,10 +527,9 @@ class SimChargePoint:
                 k,
                 self.clock.elapsed(),
             )
-        blocks = ft.blocks and kind != "psu_degradation"
-        if kind == "psu_degradation" and code is None:
-            # hard failure of the degraded PSU (the early phase is psu_severity)
-            blocks = True
+        # (a PSU's early phase is psu_severity, not a fault; its trips and its hard
+        # failure are faults that block like any other)
+        blocks = ft.blocks
         f = ActiveFault(
             planned,
             ft,

@@ -4,7 +4,8 @@
 
     chargesight sim run --scenario FILE --csms ws://HOST:PORT/ocpp [--site-csms SITE=URL ...]
                         [--speed X] [--duration S]
-                        [--seed N] [--ground-truth FILE] [--only ID[,ID...]] [--no-drivers]
+                        [--seed N] [--offset-h H] [--start ISO] [--ground-truth FILE]
+                        [--only ID[,ID...]] [--no-drivers]
                         [--no-faults] [--background-faults]
     chargesight sim history --scenario FILE --days N --out DIR [--seed N] [--start ISO]
                         [--window-s S]
@@ -22,7 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chargesight.sim.scenario import ScenarioError, load_scenario
@@ -50,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     r.add_argument("--duration", type=float, default=None, metavar="S", help="wall-clock seconds")
     r.add_argument("--seed", type=int, default=None)
+    r.add_argument(
+        "--offset-h",
+        type=float,
+        default=0.0,
+        help="start this many simulated hours into the scenario (e.g. after its history)",
+    )
+    r.add_argument(
+        "--start",
+        default=None,
+        help="RFC 3339 time zero of the scenario (default: now minus --offset-h)",
+    )
     r.add_argument("--ground-truth", type=Path, default=None, metavar="FILE")
     r.add_argument("--only", default=None, metavar="IDS", help="comma-separated charge point ids")
     r.add_argument("--no-drivers", action="store_true")
@@ -126,6 +138,13 @@ def main(argv: list[str]) -> int:
         return 1
 
 
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
 async def _csms(host: str, port: int, heartbeat: int) -> int:
     from chargesight.sim.csms import Csms
 
@@ -158,6 +177,8 @@ async def _run(args: argparse.Namespace, scenario: object) -> int:
         urls,
         speed=args.speed,
         seed=args.seed,
+        offset_h=args.offset_h,
+        start=_parse_time(args.start),
         drivers=not args.no_drivers,
         scheduled_faults=not args.no_faults,
         background_faults=args.background_faults,

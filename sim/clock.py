@@ -14,16 +14,20 @@ from datetime import UTC, datetime, timedelta
 
 
 class SimClock:
-    def __init__(self, speed: float = 1.0, start: datetime | None = None) -> None:
+    def __init__(
+        self, speed: float = 1.0, start: datetime | None = None, offset_s: float = 0.0
+    ) -> None:
+        """``start`` is simulated time zero; the clock begins ``offset_s`` after it."""
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = speed
-        self.start = start or datetime.now(UTC)
+        self.offset_s = offset_s
+        self.start = start or datetime.now(UTC) - timedelta(seconds=offset_s)
         self._t0 = time.monotonic()
 
     def elapsed(self) -> float:
-        """Simulated seconds since the start."""
-        return (time.monotonic() - self._t0) * self.speed
+        """Simulated seconds since ``start`` (time zero of the scenario)."""
+        return self.offset_s + (time.monotonic() - self._t0) * self.speed
 
     def now(self) -> datetime:
         return self.start + timedelta(seconds=self.elapsed())

@@ -34,7 +34,7 @@ import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,6 +59,12 @@ def site_url(csms_url: str | Mapping[str, str], site_id: str) -> str:
     return url.replace("{site_id}", site_id)
 
 
+class _At(Protocol):
+    def __call__(
+        self, t: float, fn: Callable[[], object], past: Callable[[], object] | None = None
+    ) -> None: ...
+
+
 class Simulation:
     """A running scenario. Use as ``async with``; or ``await start()`` / ``await stop()``."""
 
@@ -70,6 +76,7 @@ class Simulation:
         speed: float = 1.0,
         seed: int | None = None,
         start: datetime | None = None,
+        offset_h: float = 0.0,
         drivers: bool = True,
         scheduled_faults: bool = True,
         background_faults: bool = False,
@@ -82,7 +89,7 @@ class Simulation:
         self.scenario = scenario
         self.network: Network = scenario.network()
         self.seed = scenario.data.network.seed if seed is None else seed
-        self.clock = SimClock(speed, start)
+        self.clock = SimClock(speed, start, offset_h * 3600)
         self.rng = random.Random(self.seed)
         self.drivers = drivers
         self.scheduled_faults = scheduled_faults
@@ -306,22 +313,29 @@ class Simulation:
     # ------------------------------------------------------------ scheduled faults
 
     async def _schedule(self, planned: list[PlannedFault]) -> None:
-        heap: list[tuple[float, int, Callable[[], object]]] = []
+        """Play planned events in time order. Events before the clock's start (``offset_h``)
+        are replayed at once in their ``past`` form (the state they leave), or skipped."""
+        heap: list[tuple[float, int, Callable[[], object], Callable[[], object] | None]] = []
         seq = itertools.count()
 
-        def at(t: float, fn: Callable[[], object]) -> None:
-            heapq.heappush(heap, (t, next(seq), fn))
+        def at(
+            t: float, fn: Callable[[], object], past: Callable[[], object] | None = None
+        ) -> None:
+            heapq.heappush(heap, (t, next(seq), fn, past))
 
         for p in planned:
             self._plan_live(p, at)
+        now = self.clock.elapsed()
         while heap:
-            t, _, fn = heapq.heappop(heap)
+            t, _, fn, past = heapq.heappop(heap)
+            if t < now:
+                if past is not None:
+                    past()
+                continue
             await self.clock.sleep_until(t)
             fn()
 
-    def _plan_live(
-        self, p: PlannedFault, at: Callable[[float, Callable[[], object]], None]
-    ) -> None:
+    def _plan_live(self, p: PlannedFault, at: _At) -> None:
         cps = [self.charge_points[c] for c in p.charge_points if c in self.charge_points]
         if not cps:
             return
@@ -331,7 +345,7 @@ class Simulation:
                 self.faults.append(p)
 
         if p.kind == "flaky_connectivity":
-            at(p.start_s, register)
+            at(p.start_s, register, register)
             for t, dur in p.drops:
 
                 def drop(dur: float = dur, t: float = t) -> None:
@@ -346,7 +360,7 @@ class Simulation:
         if p.kind == "psu_degradation":
             assert p.fail_s is not None
             span = max(1.0, p.fail_s - p.start_s)
-            at(p.start_s, register)
+            at(p.start_s, register, register)
             steps = 24
             for i in range(1, steps + 1):
                 t = p.start_s + span * i / steps
@@ -364,10 +378,19 @@ class Simulation:
                             cleared_by=frozenset({"soft_reset", "hard_reset"}),
                         )
 
-                at(t, ramp)
-            at(p.fail_s, lambda: cp.inject("psu_degradation", 0, planned=p))
+                def ramp_past(sev: float = i / steps, t: float = t) -> None:
+                    cp.psu_severity = sev
+                    if p.first_symptom_s is None:
+                        p.first_symptom_s = t
+
+                at(t, ramp, ramp_past)
+
+            def fail() -> None:
+                cp.inject("psu_degradation", 0, planned=p)
+
+            at(p.fail_s, fail, fail)
         elif p.kind == "firmware_bug":
-            at(p.start_s, register)
+            at(p.start_s, register, register)
             for t in p.episodes:
 
                 def episode() -> None:
@@ -377,7 +400,14 @@ class Simulation:
                 at(t, episode)
             if p.end_s is not None:
                 # the fixed firmware is rolled out: the operator's UpdateFirmware
-                at(p.end_s, lambda: cp.spawn(cp._update_firmware(p.fixed_firmware or "", None)))
+                def updated() -> None:
+                    cp.firmware = p.fixed_firmware or cp.firmware
+
+                at(
+                    p.end_s,
+                    lambda: cp.spawn(cp._update_firmware(p.fixed_firmware or "", None)),
+                    updated,
+                )
             return
         else:
 
@@ -385,9 +415,15 @@ class Simulation:
                 register()
                 cp.inject(p.kind, p.connector, planned=p)
 
-            at(p.start_s, begin)
+            at(p.start_s, begin, begin)
         if p.end_s is not None:
-            at(p.end_s, lambda: cp.repair(p.fault_id))
+
+            def repaired() -> None:
+                cp.repair(p.fault_id)
+                if p.kind == "psu_degradation":
+                    cp.psu_severity = 0.0
+
+            at(p.end_s, repaired, repaired)
 
     # ------------------------------------------------------------ drivers
 

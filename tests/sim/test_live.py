@@ -510,3 +510,21 @@ def test_cli_run_without_an_endpoint_is_a_usage_error(capsys: pytest.CaptureFixt
 
     assert main(["run", "--scenario", "small"]) == 2
     assert "--csms" in capsys.readouterr().err
+
+
+async def test_run_that_starts_after_the_history_begins_with_faults_already_present(
+    csms: Csms,
+) -> None:
+    scenario = parse_scenario(SCHEDULED)
+    async with Simulation(
+        scenario, csms.url, speed=600, seed=3, offset_h=0.03, only=["north-01"]
+    ) as sim:
+        await sim.wait_connected()
+        cp = sim.charge_point("north-01")
+        await cp.wait_status(2, "Faulted")  # began at 0.02 h, before this run's start
+        first = csms.received("north-01", "StatusNotification")
+        assert any(
+            m.payload["connectorId"] == 2 and m.payload["status"] == "Faulted" for m in first
+        )
+        await cp.wait_status(2, "Available", timeout=10)  # repaired at 0.07 h
+        assert sim.clock.elapsed() >= 0.07 * 3600
