@@ -185,6 +185,7 @@ class SimChargePoint:
         self.psu_severity = 0.0
         self.boots = 0
         self.ready = False  # connected and every connector reported since the last (re)connect
+        self.offline_fault: PlannedFault | None = None  # the fault behind the current drop
         self.connects = 0
         self.messages_sent = 0
         self.last_reported: dict[int, ConnectorView] = {}
@@ -208,6 +209,12 @@ class SimChargePoint:
     @property
     def connected(self) -> bool:
         return self._online.is_set()
+
+    def dropped_by(self) -> PlannedFault | None:
+        """The connectivity fault keeping this charge point offline right now, if any."""
+        if self.connected or self.clock.elapsed() >= self._offline_until:
+            return None
+        return self.offline_fault
 
     def status(self, connector: int) -> ConnectorView:
         """The status this charge point reports for ``connector`` (1.6 vocabulary)."""
@@ -369,9 +376,10 @@ class SimChargePoint:
             await self.clock.sleep(self.heartbeat_s)
             await self._call(c16.Heartbeat() if self.version == "1.6" else c201.Heartbeat())
 
-    async def drop_connection(self, offline_s: float) -> None:
+    async def drop_connection(self, offline_s: float, fault: PlannedFault | None = None) -> None:
         """The network goes away for ``offline_s`` simulated seconds (no reboot, no Boot)."""
         self._offline_until = self.clock.elapsed() + offline_s
+        self.offline_fault = fault
         ws = self._ws
         if ws is not None:
             ws.transport.abort()

@@ -23,6 +23,17 @@ at ``start_h`` (simulated hours after the start), PSU units degrade and fail,
 firmware-bug episodes recur until an UpdateFirmware, flaky sites drop all
 their charge points, and ``duration_h`` repairs them. ``only`` restricts the
 run to some charge points. Everything random comes from ``seed``.
+
+Time: ``speed`` simulated seconds per real second. ``start`` is the scenario's
+time zero (default: now minus ``offset_h``); ``offset_h`` starts the run that
+far into the scenario, so a live run can continue a generated history
+(``generate_history(..., start=T0, days=D)`` then ``Simulation(..., start=T0,
+offset_h=24 * D)``): faults that began earlier are already present, PSUs
+already degraded, fixed firmware already installed.
+
+Ground truth: :meth:`Simulation.ground_truth` (and ``write_ground_truth``)
+lists every fault injected so far with the sessions it cost, in the same
+format as the history's ``ground_truth.jsonl``.
 """
 
 from __future__ import annotations
@@ -234,7 +245,7 @@ class Simulation:
             p.first_symptom_s = now
             self.faults.append(p)
             for cid in cps:
-                self._spawn(self.charge_points[cid].drop_connection(drop_s))
+                self._spawn(self.charge_points[cid].drop_connection(drop_s, p))
             return p
         cp = self.charge_points[target]
         ft = FAULT_TYPES[kind]
@@ -352,7 +363,7 @@ class Simulation:
                     if p.first_symptom_s is None:
                         p.first_symptom_s = t
                     for cp in cps:
-                        self._spawn(cp.drop_connection(dur))
+                        self._spawn(cp.drop_connection(dur, p))
 
                 at(t, drop)
             return
@@ -473,6 +484,16 @@ class Simulation:
             if v.status == "Faulted":
                 f = cp.fault_on(k)
                 blame = blame or (f.planned if f else None)
+                continue
+            drop = cp.dropped_by()
+            if drop is not None and v.status == "Available":
+                # the charge point cannot reach its CSMS: the start fails (no authorisation)
+                tries += 1
+                self.sessions_failed += 1
+                drop.failed_starts += 1
+                blame = blame or drop
+                if tries >= 2:
+                    break
                 continue
             if v.status != "Available" or not cp.connected:
                 continue
