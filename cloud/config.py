@@ -138,6 +138,9 @@ def load_tokens_file(path: Path) -> list[TokenEntry]:
 class AnalysisSection(_Section):
     recurring_min_incidents: int = Field(default=20, ge=1)
     recurring_window_s: int = Field(default=604_800, ge=60)
+    # > 0: a site must also have this many times the median site's small incidents per charge
+    # point in the window (background noise every site shares is not a site problem); 0: off
+    recurring_min_ratio_to_fleet: float = Field(default=0.0, ge=0)
     revenue_trailing_weeks: int = Field(default=4, ge=1, le=52)
     related_window_days: int = Field(default=90, ge=1)
     symptom_lookback_h: int = Field(default=72, ge=1)

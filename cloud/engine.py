@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import statistics
 import time
 import zlib
 from collections import defaultdict
@@ -300,7 +301,22 @@ class Engine:
             await _lock(conn, key)
             current = await load_for_key(conn, key)
             open_now = current is not None and current.status != "resolved"
-            decision = recurring.recurring_decision(finding, cfg.recurring_min_incidents, open_now)
+            site_rate = fleet_rate = None
+            if (
+                cfg.recurring_min_ratio_to_fleet > 0
+                and finding.incidents >= cfg.recurring_min_incidents / 2
+            ):
+                site_rate, fleet_rate = await self._small_incident_rates(
+                    conn, site_id, start, window_end
+                )
+            decision = recurring.recurring_decision(
+                finding,
+                cfg.recurring_min_incidents,
+                open_now,
+                site_rate=site_rate,
+                fleet_rate=fleet_rate,
+                min_ratio=cfg.recurring_min_ratio_to_fleet,
+            )
             if decision == "none":
                 return None
             if decision == "clear":
@@ -313,6 +329,29 @@ class Engine:
             issue = recurring_issue(current, finding, cfg.recurring_window_s)
             await save_issue(conn, issue)
             return issue.id
+
+    async def _small_incident_rates(
+        self, conn: Conn, site_id: str, start: datetime, end: datetime
+    ) -> tuple[float | None, float | None]:
+        """Small incidents per charge point in the window: this site's, and the median site's."""
+        cur = await conn.execute(
+            "SELECT site_id, sum(greatest(disconnects, self_resolved))::float8"
+            " / count(DISTINCT charge_point_id) AS rate FROM charger_daily"
+            " WHERE day >= %s::date AND day <= %s::date GROUP BY site_id",
+            (start.date(), end.date()),
+        )
+        rates = {str(r["site_id"]): float(r["rate"] or 0.0) for r in await cur.fetchall()}
+        if not rates:
+            return None, None
+        return rates.get(site_id), statistics.median(rates.values())
+
+    async def recurring_open(self, site_id: str) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM issues WHERE site_id = %s AND signature = %s AND status <> 'resolved'",
+                (site_id, RECURRING_SIGNATURE),
+            )
+            return await cur.fetchone() is not None
 
     # ---------------------------------------------------------------- enrichment
 
@@ -459,19 +498,37 @@ class Engine:
             kwh = est.median_kwh if est.median_kwh is not None else kwh
         n = sum(len(v) for v in by_cp.values())
         price = site["price_per_kwh"] or 0.0
+        if kwh is None:
+            kwh = revenue.median_energy_kwh(history)
+        # sessions the blips cut short or stopped from starting, beyond the fleet's normal rate
+        cur = await conn.execute(
+            "SELECT site_id = %s AS mine, sum(sessions_started) AS started,"
+            " sum(sessions_ended_early) AS early, sum(sessions_failed) AS failed"
+            " FROM charger_daily WHERE day >= %s::date AND day <= %s::date GROUP BY 1",
+            (issue.site_id, since.date(), r.window_end.date()),
+        )
+        totals = {bool(x["mine"]): x for x in await cur.fetchall()}
+        excess = 0.0
+        mine, rest = totals.get(True), totals.get(False)
+        if mine is not None and rest is not None:
+            for col in ("early", "failed"):
+                rate = float(rest[col] or 0) / max(1.0, float(rest["started"] or 0))
+                normal = rate * float(mine["started"] or 0)
+                excess += max(0.0, float(mine[col] or 0) - normal)
+        interrupted = excess * (kwh or 0.0) * price
         method = (
             f"sum over the {n} self-resolved incidents with a known duration since the problem began "
             f"({hours:.1f} charger-hours out): {sessions:.2f} sessions expected in those hours "
-            "(same hour of week, trailing "
-            f"{weeks} weeks) × median {kwh or 0.0:.1f} kWh per session × {price:g} "
-            f"{site['currency'] or ''}/kWh; disconnects counted only by digest counters carry "
-            "no duration and are not costed"
+            f"(same hour of week, trailing {weeks} weeks) × median {kwh or 0.0:.1f} kWh per session "
+            f"× {price:g} {site['currency'] or ''}/kWh; plus {excess:.1f} sessions that ended early "
+            "or failed to start beyond the rest of the fleet's rate over the same days, each "
+            "counted as one median session lost"
         )
         return RevenueLost(
-            amount=round(amount, 2),
+            amount=round(amount + interrupted, 2),
             currency=site["currency"],
             method=method,
-            lost_sessions=round(sessions, 2),
+            lost_sessions=round(sessions + excess, 2),
             outage_hours=round(hours, 2),
             as_of=r.window_end,
         )

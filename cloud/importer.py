@@ -203,7 +203,7 @@ async def recurring_sweep(engine: Engine, site_id: str) -> set[str]:
             iid = await engine.check_recurring(site_id, window_end=end)
             if iid:
                 touched.add(iid)
-            state_open = not state_open
+            state_open = await engine.recurring_open(site_id)
         day += timedelta(days=1)
     iid = await engine.check_recurring(site_id)
     if iid:

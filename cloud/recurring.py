@@ -151,10 +151,26 @@ def count_recurring(
     )
 
 
-def recurring_decision(finding: RecurringFinding, min_incidents: int, open_now: bool) -> str:
-    """``"open"`` (raise or update the site issue), ``"clear"`` or ``"none"``."""
-    if finding.incidents >= min_incidents:
+def recurring_decision(
+    finding: RecurringFinding,
+    min_incidents: int,
+    open_now: bool,
+    *,
+    site_rate: float | None = None,
+    fleet_rate: float | None = None,
+    min_ratio: float = 0.0,
+) -> str:
+    """``"open"`` (raise or update the site issue), ``"clear"`` or ``"none"``.
+
+    With ``min_ratio > 0`` the site must also see at least ``min_ratio`` times the fleet's
+    typical rate of small incidents per charge point (``site_rate`` vs ``fleet_rate``, the
+    median over sites), so background noise shared by every site is not a site problem.
+    """
+    unusual = True
+    if min_ratio > 0 and site_rate is not None and fleet_rate is not None and fleet_rate > 0:
+        unusual = site_rate >= min_ratio * fleet_rate
+    if finding.incidents >= min_incidents and unusual:
         return "open"
-    if open_now and finding.incidents < min_incidents / 2:
+    if open_now and (finding.incidents < min_incidents / 2 or not unusual):
         return "clear"
     return "none"

@@ -362,3 +362,18 @@ def test_recurring_problem_mostly_faults_is_not_sent_to_the_network_team() -> No
     issue = recurring_issue(None, finding, 86400)
     assert issue.fault.category == "internal"
     assert diagnosis.recommend(issue)[0] == "monitor"
+
+
+def test_background_noise_every_site_shares_is_not_a_site_problem_when_compared_to_the_fleet() -> (
+    None
+):
+    rows = [recurring.CounterRow("cp", T0 + i * H, T0 + (i + 1) * H, 1, 0) for i in range(25)]
+    f = recurring.count_recurring("s", [], rows, T0 + 25 * H, 86400)
+    assert (
+        recurring.recurring_decision(f, 20, open_now=False) == "open"
+    )  # the contract's count rule
+    noisy = {"site_rate": 2.5, "fleet_rate": 2.0, "min_ratio": 3.0}
+    assert recurring.recurring_decision(f, 20, open_now=False, **noisy) == "none"  # type: ignore[arg-type]
+    assert recurring.recurring_decision(f, 20, open_now=True, **noisy) == "clear"  # type: ignore[arg-type]
+    flaky = {"site_rate": 25.0, "fleet_rate": 2.0, "min_ratio": 3.0}
+    assert recurring.recurring_decision(f, 20, open_now=False, **flaky) == "open"  # type: ignore[arg-type]
