@@ -741,6 +741,9 @@ class SimChargePoint:
 
     async def _run_session(self, s: _Session, out: SessionOutcome) -> None:
         c = s.connector
+        if s.stopped():  # a fault or a reset came while the driver was authorising
+            out.reason, out.blame = "failed_start", s.blame
+            return
         now = self.clock.iso()
         if self.version == "1.6":
             res = await self._call_tx(

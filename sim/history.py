@@ -382,10 +382,11 @@ class _Gen:
         code: str,
         vendor_code: str | None,
         kind: str = "fault",
+        sent_s: float | None = None,
     ) -> None:
         ft = f.type
         cp = self.net.chargers[c]
-        sent = t0 + (5.0 if ft.safety_critical else self.window_s)
+        sent = sent_s if sent_s is not None else t0 + (5.0 if ft.safety_critical else self.window_s)
         if sent >= self.T:
             return
         f.escalated_s = sent
@@ -538,12 +539,19 @@ class _Gen:
                     if sf is not None:
                         self.failed[c * self.H + h] += 1
                         sf.failed_starts += 1
+                        if sf.first_symptom_s is None:
+                            sf.first_symptom_s = t
                         if sf.failed_starts == 3 and sf.escalated_s is None:
+                            # the edge notices the third failed start in a row
                             self.escalate(
-                                sf, c, t, "SessionStartFailures", None, kind="performance"
+                                sf,
+                                c,
+                                sf.first_symptom_s,
+                                "SessionStartFailures",
+                                None,
+                                kind="performance",
+                                sent_s=t + 5.0,
                             )
-                            sf.first_symptom_s = sf.first_symptom_s or t
-                        sf.first_symptom_s = sf.first_symptom_s or t
                         blame = blame or sf
                         if tries >= 2:
                             break
