@@ -48,6 +48,7 @@ Conn = psycopg.AsyncConnection[dict[str, Any]]
 Pool = AsyncConnectionPool[Conn]
 
 RECURRING_SIGNATURE = "recurring|site"
+RAPID_W = 50_000  # UK regulations: a rapid charge point delivers 50 kW or more
 EXCLUDED_WORDS = ("grid", "utility", "maintenance", "vandal", "power_outage")
 
 
@@ -797,9 +798,36 @@ class Engine:
                 " operating hours / failures"
             ),
             "models": [dataclasses.asdict(m) for m in models],
+            "availability": await self._fleet_availability(as_of),
         }
         self.fleet_cache = result
         return result
+
+    async def _fleet_availability(self, as_of: datetime) -> dict[str, Any]:
+        """NEVI uptime and the UK rapid-charger reliability figure over the whole fleet."""
+        async with self.pool.connection() as conn:
+            spans = await self.outage_spans(conn)
+            cur = await conn.execute("SELECT charge_point_id, rated_power_w FROM chargers")
+            chargers = {str(r["charge_point_id"]): r["rated_power_w"] for r in await cur.fetchall()}
+        if not chargers:
+            return {"charge_points": 0}
+        per_cp = {cp: spans.get(cp, []) for cp in chargers}
+        rapid = {cp: v for cp, v in per_cp.items() if (chargers[cp] or 0) >= RAPID_W}
+        nevi = [fleet.nevi_uptime(v, as_of) for v in per_cp.values()]
+        return {
+            "charge_points": len(per_cp),
+            "nevi_uptime_pct_mean": round(sum(nevi) / len(nevi), 3),
+            "nevi_below_97_pct": sorted(
+                cp for cp, v in per_cp.items() if fleet.nevi_uptime(v, as_of) < 97.0
+            ),
+            "uk_rapid_reliability": fleet.uk_reliability(rapid, as_of),
+            "method": (
+                "NEVI: ((525,600 − (T_outage − T_excluded)) / 525,600) × 100 per charge point over the"
+                " trailing 365 days (23 CFR 680.116(b); the rule asks for > 97 %); UK: mean availability"
+                f" of rapid charge points (≥ {RAPID_W // 1000} kW) over the trailing year, ≥ 99 % required"
+                " (Public Charge Point Regulations 2023); outages come from issues"
+            ),
+        }
 
     async def outage_spans(
         self, conn: Conn, site_id: str | None = None, charge_point_id: str | None = None

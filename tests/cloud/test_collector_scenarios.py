@@ -383,3 +383,35 @@ async def test_collector_on_mqtt_3_1_1_subscribes_plainly_and_ingests(
         await asyncio.to_thread(pub.close)
         collector.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_chargesight_ask_prints_the_answer_and_the_issues_it_used(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chargesight.cloud.askcli import main as ask_main
+
+    r = running
+    await send(
+        r, escalation("cli", "k-1", code="GroundFailure", category="hardware", safety_critical=True)
+    )
+    url = f"http://127.0.0.1:{r.collector.api_port}"
+    assert await asyncio.to_thread(ask_main, "which issues are open?", url, VIEWER) == 0
+    out = capsys.readouterr().out
+    assert "k-1" in out and "issues used:" in out
+    assert (
+        await asyncio.to_thread(ask_main, "which issues are open?", url, "not-a-token-at-all") == 2
+    )
+    assert "unauthorized" in capsys.readouterr().err
+
+
+async def test_fleet_view_reports_nevi_and_uk_availability_from_outages(running: Running) -> None:
+    r = running
+    await send(r, *usage_history("av", ["a-1", "a-2"], T0 - WEEK, 7 * 24, rated_power_w=150_000.0))
+    await send(r, escalation("av", "a-1", started_at=T0 - timedelta(days=3), incident_id="x"))
+    await send(r, digest("av", T0, [counters("a-1", rated_power_w=150_000.0)], cleared=["x"]))
+    avail = (await r.get("/fleet/models")).json()["availability"]
+    assert avail["charge_points"] == 2
+    # a-1 was out 3 days + 1 h: NEVI (525,600 − 4,380) / 525,600 = 99.167 %; a-2 100 %
+    assert avail["nevi_uptime_pct_mean"] == pytest.approx((99.167 + 100) / 2, abs=1e-3)
+    assert avail["uk_rapid_reliability"]["charge_points"] == 2
+    assert avail["uk_rapid_reliability"]["meets_99"] is True
