@@ -181,7 +181,7 @@ def nevi_monthly(
 
 
 def uk_reliability(
-    per_charger: dict[str, Sequence[OutageSpan]], as_of: datetime
+    per_charger: Mapping[str, Sequence[OutageSpan]], as_of: datetime
 ) -> dict[str, object]:
     """Mean availability over the trailing year across the given (rapid) charge points."""
     start = as_of - timedelta(days=365)
