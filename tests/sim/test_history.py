@@ -119,6 +119,10 @@ def test_ground_truth_names_scope_fix_and_revenue_for_every_fault(
     assert seen >= set(expected) - {"stuck"}
     lock = next(r for r in truth if r["kind"] == "connector_lock")
     assert lock["connector_id"] == 2 and lock["ended_at"] == "2026-09-06T06:00:00Z"
+    prices = {"berlin-mitte": 0.59, "hamburg-hafen": 0.62, "leipzig-mall": 0.55}
+    for rec in truth:  # revenue = energy the drivers could not get x the site's price
+        expected_amount = round(rec["energy_lost_wh"] / 1000 * prices[rec["site_id"]], 2)
+        assert rec["revenue_lost"]["amount"] == pytest.approx(expected_amount, abs=0.011)
     start_fail = next(r for r in truth if r["kind"] == "start_failure")
     assert start_fail["sessions_lost"] > 0 and start_fail["revenue_lost"]["amount"] > 0
     flaky = next(r for r in truth if r["kind"] == "flaky_connectivity")
