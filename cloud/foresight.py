@@ -170,6 +170,8 @@ def similar_symptoms(
     *,
     min_similarity: float = 0.8,
     limit: int = 5,
+    scores: dict[str, float] | None = None,
+    min_score: float = 0.0,
 ) -> list[tuple[str, float, str]]:
     """Charge points whose features deviate from typical the same way as ``target``'s.
 
@@ -177,8 +179,11 @@ def similar_symptoms(
     the digests' ``features``); ``baseline`` the model card's typical values.
     Each feature's deviation is scaled by the typical magnitude, and units are
     compared by cosine similarity of their deviation vectors over the features
-    where the target deviates. Returns ``(charge_point_id, similarity, reason)``,
-    most similar first.
+    where the target deviates. With ``scores`` (their Foresight risk), only
+    units at or above ``min_score`` are candidates — on the simulator's fleet,
+    half the model's threshold keeps every unrelated unit out (see
+    scripts/evaluate_foresight.py). Returns ``(charge_point_id, similarity,
+    reason)``, most similar first.
     """
     names = list(FEATURE_NAMES)
     base = {n: float(b) for n, b in zip(names, baseline, strict=True)}
@@ -193,6 +198,8 @@ def similar_symptoms(
     tn = sum(t[k] ** 2 for k in keys) ** 0.5
     out = []
     for cp, f in others.items():
+        if scores is not None and scores.get(cp, 0.0) < min_score:
+            continue
         d = dev(f)
         dn = sum(d[k] ** 2 for k in keys) ** 0.5
         if dn == 0:

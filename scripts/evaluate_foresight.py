@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from chargesight.sim.history import generate_history
 from chargesight.sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
+EVAL_START = datetime(2026, 4, 1, tzinfo=UTC)  # fixed, so the figures reproduce on any day
 
 
 @dataclass
@@ -122,10 +123,20 @@ def evaluate(name: str, history: Path, store: ModelStore) -> Result:
                         and bank.windows[cp].family == bank.windows[s.charge_point_id].family
                     }
                     if peers:
-                        others = {o.charge_point_id: features_dict(o.features) for o in scores}
-                        others.pop(s.charge_point_id, None)
+                        # candidates: the same hardware, with a risk score that is up too
+                        fam = bank.windows[s.charge_point_id].family
+                        same = [
+                            o
+                            for o in scores
+                            if o.charge_point_id != s.charge_point_id
+                            and bank.windows[o.charge_point_id].family == fam
+                        ]
                         found = similar_symptoms(
-                            features_dict(s.features), others, [float(v) for v in m.baseline[0]]
+                            features_dict(s.features),
+                            {o.charge_point_id: features_dict(o.features) for o in same},
+                            [float(v) for v in m.baseline[0]],
+                            scores={o.charge_point_id: o.score for o in same},
+                            min_score=m.threshold * m.clear_ratio,
                         )
                         res.peer_checks += 1
                         res.peers_total += len(peers)
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, scenario, seed, days in runs:
         out = args.work / f"eval-{scenario.stem}-{seed or 'default'}"
         t = time.monotonic()
-        generate_history(load_scenario(scenario), days, out, seed=seed)
+        generate_history(load_scenario(scenario), days, out, seed=seed, start=EVAL_START)
         print(f"{name}: history {days:g} days in {time.monotonic() - t:.1f} s", flush=True)
         r = evaluate(name, out, store)
         print(
