@@ -131,6 +131,58 @@ def read_digests(path: str | Path) -> Iterator[Digest]:
                 yield Digest.model_validate_json(line)
 
 
+def read_digests_from_database(url: str) -> Iterator[Digest]:
+    """Digests rebuilt from the collector's ``charger_intervals`` table, in time order.
+
+    Streams with a server-side cursor. Columns the table lacks keep their
+    defaults: without a ``faults_by_category`` column every fault counts as
+    category "other" (the collector should store it, see the cloud schema).
+    """
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from chargesight.common.messages import ChargerCounters
+
+    fields = set(ChargerCounters.model_fields)
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        cols = {
+            str(r["column_name"])
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'charger_intervals'"
+            )
+        }
+        if not cols:
+            raise ValueError("the database has no charger_intervals table (no digests stored)")
+        wanted = sorted((cols & fields) | {"site_id", "interval_start", "interval_end"})
+        key: tuple[str, datetime, datetime] | None = None
+        chargers: list[ChargerCounters] = []
+        with conn.cursor(name="foresight_train") as cur:
+            cur.itersize = 5000
+            cur.execute(
+                f"SELECT {', '.join(wanted)} FROM charger_intervals"  # names from the catalogue
+                " ORDER BY interval_end, site_id, interval_start, charge_point_id"
+            )
+            for row in cur:
+                k = (str(row["site_id"]), row["interval_start"], row["interval_end"])
+                if key is not None and k != key and chargers:
+                    yield _digest(key, chargers)
+                    chargers = []
+                key = k
+                values = {f: row[f] for f in wanted if f in fields and row[f] is not None}
+                chargers.append(ChargerCounters.model_validate(values))
+        if key is not None and chargers:
+            yield _digest(key, chargers)
+
+
+def _digest(key: tuple[str, datetime, datetime], chargers: list[Any]) -> Digest:
+    site, start, end = key
+    mid = hashlib.blake2b(f"{site}/{start.isoformat()}".encode(), digest_size=16).hexdigest()
+    return Digest(
+        message_id=mid, site_id=site, interval_start=start, interval_end=end, chargers=chargers
+    )
+
+
 def read_ground_truth(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():
@@ -635,20 +687,40 @@ def load_train_config(path: str | Path | None) -> TrainConfig:
     return TrainConfig(**section)
 
 
+def _database_url(config: str | Path) -> str | None:
+    import tomllib
+
+    url = tomllib.loads(Path(config).read_text()).get("database", {}).get("url")
+    return str(url) if isinstance(url, str) and url.startswith("postgres") else None
+
+
 def run_train(
     *, out: str | Path, history: str | Path | None = None, config: str | Path | None = None
 ) -> int:
-    """``chargesight cloud train [--config FILE] (--history DIR) --out DIR``; returns the exit code."""
+    """``chargesight cloud train (--history DIR | --config FILE) --out DIR``; returns the exit code.
+
+    ``--history``: a simulator history (digests + ground truth: supervised and
+    unsupervised models). ``--config``: the cloud config; its ``[database] url``
+    is read for stored digests (unsupervised only: the database has no ground
+    truth yet), and its optional ``[train]`` table sets :class:`TrainConfig`.
+    """
     try:
         cfg = load_train_config(config)
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}")
         return 2
-    if history is None:
-        print("error: --history DIR is required (training from the database is not wired yet)")
-        return 2
     try:
-        trained = train_from_history(history, cfg)
+        if history is not None:
+            trained = train_from_history(history, cfg)
+        elif config is not None:
+            url = _database_url(config)
+            if url is None:
+                print(f"error: {config}: [database] url must be a PostgreSQL URL to train from it")
+                return 2
+            trained = train(read_digests_from_database(url), None, cfg)
+        else:
+            print("error: give --history DIR or --config FILE (with [database] url)")
+            return 2
     except (OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 1
@@ -681,6 +753,7 @@ __all__ = [
     "label",
     "load_train_config",
     "read_digests",
+    "read_digests_from_database",
     "read_ground_truth",
     "run_train",
     "train",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import random
 from datetime import UTC, datetime, timedelta
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import paho.mqtt.client as paho
+import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from chargesight.cloud.db import Database
 from chargesight.cloud.foresight import model_updates, publish_models, similar_symptoms
 from chargesight.cloud.train import (
     Dataset,
@@ -23,6 +26,7 @@ from chargesight.cloud.train import (
     incidents,
     label,
     read_digests,
+    read_digests_from_database,
     read_ground_truth,
     run_train,
     train,
@@ -178,3 +182,36 @@ def test_units_with_the_same_early_symptoms_are_found_and_healthy_ones_are_not(
     assert {"hamburg-hafen-01", "hamburg-hafen-02"} <= set(names[:3]), found
     assert all("same early symptoms" in reason for _, _, reason in found)
     assert "berlin-mitte-04" not in names  # a healthy DC150 on the same site
+
+
+@pytest.mark.postgres
+async def test_digests_stored_by_the_collector_give_the_same_features_and_train_from_the_database(
+    database: Database, history: Path, tmp_path: Path
+) -> None:
+    from chargesight.cloud.ingest import store_batch
+
+    digests = list(read_digests(history / "digests.jsonl"))[: 3 * 24 * 5]  # 3 sites, 5 days
+    async with database.pool.connection() as conn:
+        await store_batch(conn, digests)
+    rebuilt = await asyncio.to_thread(lambda: list(read_digests_from_database(database.url)))
+    assert len(rebuilt) == len(digests)
+    direct, stored = FeatureBank(), FeatureBank()
+    for d in digests:
+        direct.add_digest(d)
+    for d in rebuilt:
+        stored.add_digest(d)
+    with psycopg.connect(database.url) as conn:
+        has_categories = conn.execute(
+            "SELECT 1 FROM information_schema.columns"
+            " WHERE table_name = 'charger_intervals' AND column_name = 'faults_by_category'"
+        ).fetchone()
+    by_category = {n for n in FEATURE_NAMES if n.startswith("faults_") and n != "faults_48h"}
+    for cp, w in direct.windows.items():
+        a, b = features_dict(w.features()), features_dict(stored.windows[cp].features())
+        for n in FEATURE_NAMES:
+            if has_categories or n not in by_category:
+                assert a[n] == b[n], (cp, n)
+    conf = tmp_path / "cloud.toml"
+    conf.write_text(f'[database]\nurl = "{database.url}"\n[train]\nn_estimators = 10\nfolds = 2\n')
+    code = await asyncio.to_thread(run_train, out=tmp_path / "models", config=conf)
+    assert code == 0 and (tmp_path / "models" / "generic.onnx").exists()
