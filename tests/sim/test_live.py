@@ -528,3 +528,26 @@ async def test_run_that_starts_after_the_history_begins_with_faults_already_pres
         )
         await cp.wait_status(2, "Available", timeout=10)  # repaired at 0.07 h
         assert sim.clock.elapsed() >= 0.07 * 3600
+
+
+async def test_on_idle_reset_waits_for_the_running_session_then_reboots(csms: Csms) -> None:
+    async with running(csms, DC201, speed=60) as sim:
+        cp = sim.charge_point(DC201)
+        session = cp.spawn(cp.start_session(1, "TAG1", 3000.0, 150_000.0))
+        await csms.wait_for(DC201, "TransactionEvent", lambda p: p["eventType"] == "Started")
+        assert (await csms.call(DC201, c201.Reset(type="OnIdle"))).status == "Scheduled"
+        out = await session
+        assert out.reason == "completed"  # not interrupted
+        boot = await csms.wait_for(
+            DC201, "BootNotification", lambda p: p["reason"] == "RemoteReset"
+        )
+        ended = await csms.wait_for(DC201, "TransactionEvent", lambda p: p["eventType"] == "Ended")
+        assert ended.at <= boot.at
+
+
+async def test_unsupported_request_gets_a_call_error(csms: Csms) -> None:
+    from ocpp.exceptions import OCPPError
+
+    async with running(csms, AC16):
+        with pytest.raises(OCPPError):
+            await csms.call(AC16, c16.ClearCache())
