@@ -1,10 +1,13 @@
-"""The edge agent process: wires the proxy, the OCPP log and (as they land) recovery and uplink.
+"""The edge agent process: the proxy, the OCPP log, offline serving, recovery and the uplink.
 
 ``run(config)`` is what ``chargesight edge run`` calls. Start-up opens the
-SQLite store first and the OCPP listening port last, so the port is open only
-once the agent is ready to serve (CONTRACT.md). SIGTERM and SIGINT trigger the
-fixed shutdown order: stop accepting and close charge point connections (the
-proxy), then flush the OCPP log and close SQLite, leaving it consistent.
+SQLite stores first, then the recovery engine and the MQTT uplink, and the
+OCPP listening port last, so the port is open only once the agent is ready to
+serve (CONTRACT.md). SIGTERM and SIGINT trigger the fixed shutdown order:
+stop the recovery engine while charge points are still connected (it restores
+any connector it left Inoperative), close charge point connections (the
+proxy), stop the uplink (it publishes ``offline`` and keeps what was not
+acknowledged in the outbox), then flush the logs and close SQLite.
 """
 
 from __future__ import annotations
@@ -14,16 +17,31 @@ import contextlib
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from chargesight.common.logs import configure_logging, get_logger
+from chargesight.common.messages import (
+    Digest,
+    Escalation,
+    Fault,
+    digests_topic,
+    escalations_topic,
+    utcnow,
+)
+from chargesight.common.normalise import parse_time
+from chargesight.edge.audit import AuditLog
 from chargesight.edge.config import EdgeConfig
 from chargesight.edge.ocpplog import OcppLog
 from chargesight.edge.offline import DisconnectOffline, OfflineStore, ServeOffline
+from chargesight.edge.outbox import Outbox
 from chargesight.edge.proxy import Proxy
+from chargesight.edge.recovery import RecoveryEngine
+from chargesight.edge.requests import RequestRouter
+from chargesight.edge.uplink import Uplink
 
 log = get_logger("chargesight.edge.agent")
 
@@ -54,6 +72,30 @@ class Agent:
         self.proxy = Proxy(config, frame_log=self.ocpp_log, offline=self.offline)
         if isinstance(self.offline, ServeOffline):
             self.proxy.subscribe(self.offline.observe)
+        self.outbox = Outbox.from_config(config.storage)
+        self.audit = AuditLog(config.storage.path)
+        self.engine = RecoveryEngine(
+            site_id=config.site.id,
+            config=config.recovery,
+            call=self.proxy,
+            evidence=self.ocpp_log.evidence,
+            escalate=self.escalate,
+            audit=self.audit,
+            currency=config.site.currency,
+            price_per_kwh=config.site.price_per_kwh,
+            publish_digest=self.publish_digest,
+        )
+        self.router = RequestRouter(
+            config.site.id,
+            self.outbox,
+            config.storage.path,
+            allowed_kinds=config.uplink.allowed_requests,
+        )
+        self.router.register("status", self._request_status)
+        self.router.register("log_excerpt", self._request_log_excerpt)
+        self.router.register("maintenance", self._request_maintenance)
+        self.uplink = Uplink(config.mqtt, config.site.id, self.outbox, router=self.router)
+        self.proxy.subscribe(self.engine.handle)
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,6 +110,11 @@ class Agent:
     async def start(self) -> None:
         await self.ocpp_log.open()
         await self.offline_store.open()
+        await self.outbox.open()
+        await self.audit.open()
+        await self.router.open()
+        await self.engine.start()
+        await self.uplink.start()
         await self.proxy.start()  # last: the port opens only when everything is ready
         self._spawn(self._status_loop(), "status")
         log.info("edge_agent_ready", site_id=self.config.site.id, port=self.proxy.port)
@@ -84,14 +131,19 @@ class Agent:
         await self._stop.wait()
 
     async def close(self) -> None:
+        await self.engine.stop()  # restores Operative while charge points are still here
         await self.proxy.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.ocpp_log.close()
+        await self.uplink.close()
+        await self.router.close()
+        await self.audit.close()
+        await self.outbox.close()
         await self.offline_store.close()
+        await self.ocpp_log.close()
         with contextlib.suppress(OSError):
             self.write_status(running=False)
         log.info("edge_agent_stopped", site_id=self.config.site.id)
@@ -118,13 +170,59 @@ class Agent:
                 "injected_calls": stats.injected_calls,
             },
             "offline": self.offline.status(),
+            "recovery": self.engine.status(),
+            "uplink": self.uplink.status().as_dict(),
             "ocpp_log": {"written": self.ocpp_log.written, "dropped": self.ocpp_log.dropped},
         }
+
+    # ------------------------------------------------------------ uplink glue
+
+    async def escalate(self, escalation: Escalation) -> None:
+        """Commit an escalation to the durable outbox (published at QoS 1 until acknowledged)."""
+        await self.outbox.put(escalations_topic(self.config.site.id), escalation)
+
+    async def publish_digest(self, digest: Digest) -> None:
+        await self.outbox.put(digests_topic(self.config.site.id), digest)
 
     async def _offline_alarm(
         self, charge_point_id: str, message: str, details: dict[str, Any]
     ) -> None:
+        """A queued message the CSMS keeps refusing, or a queue near its bound: tell the cloud."""
         log.error("offline_alarm", charge_point_id=charge_point_id, message=message, **details)
+        now = utcnow()
+        await self.escalate(
+            Escalation(
+                site_id=self.config.site.id,
+                kind="offline_queue",
+                incident_id=f"offline-{charge_point_id}-{int(now.timestamp() * 1000)}",
+                charge_point_id=charge_point_id,
+                connector_id=None,
+                scope="charge_point",
+                fault=Fault(
+                    code="OfflineQueueAlarm", category="connectivity", component="csms_link"
+                ),
+                started_at=now,
+                detail=f"{message}: {orjson.dumps(details, default=str).decode()}",
+                recommended_action="configuration_change",
+            )
+        )
+
+    async def _request_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    async def _request_log_excerpt(self, params: dict[str, Any]) -> dict[str, Any]:
+        cp = params.get("charge_point_id")
+        start = parse_time(params.get("start"), utcnow() - timedelta(hours=1))
+        end = parse_time(params.get("end"), utcnow())
+        limit = max(1, min(int(params.get("limit", 200)), 2000))
+        frames = await self.ocpp_log.query(str(cp) if cp else None, start, end, limit)
+        return {"frames": [f.model_dump(mode="json") for f in frames]}
+
+    async def _request_maintenance(self, params: dict[str, Any]) -> dict[str, Any]:
+        cp = str(params["charge_point_id"])
+        on = bool(params.get("on", True))
+        self.engine.set_maintenance(cp, on)
+        return {"charge_point_id": cp, "maintenance": on}
 
     def write_status(self, running: bool = True) -> None:
         data = self.status()

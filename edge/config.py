@@ -186,6 +186,31 @@ class RecoverySection(_Section):
     hook_timeout_s: float = Field(default=30, gt=0)
 
 
+class OfflineSection(_Section):
+    """Serving charge points while the CSMS is unreachable (``ocpp.offline = "serve"``)."""
+
+    heartbeat_interval_s: int = Field(default=300, ge=10)
+    auth_cache_ttl_s: float = Field(default=7 * 86400, gt=0)
+    unknown_id_policy: Literal["accept", "reject", "limit"] = "limit"
+    unknown_id_limit: int = Field(default=20, ge=0)  # with "limit": unknown ids accepted per outage
+    queue_max_messages: int = Field(default=1_000_000, ge=100)  # a week of a busy 100-charger site
+    replay_timeout_s: float = Field(default=30, gt=0)
+    replay_max_attempts: int = Field(default=5, ge=1)
+    replay_backoff_s: float = Field(default=1.0, ge=0)
+
+
+class UplinkSection(_Section):
+    """What the cloud may ask this agent over ``.../requests`` (every request is audited)."""
+
+    allowed_requests: tuple[
+        Literal["log_excerpt", "status", "rerun_playbook", "maintenance"], ...
+    ] = (
+        "status",
+        "log_excerpt",
+        "maintenance",
+    )
+
+
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -197,6 +222,8 @@ class EdgeConfig(_Section):
     mqtt: MqttSection = MqttSection()
     storage: StorageSection = StorageSection()
     recovery: RecoverySection = RecoverySection()
+    offline: OfflineSection = OfflineSection()
+    uplink: UplinkSection = UplinkSection()
     logging: LoggingSection = LoggingSection()
 
 

@@ -142,11 +142,9 @@ class OcppLog:
             n = min(len(self._buffer), self.batch_size)
             rows = [self._buffer.popleft() for _ in range(n)]
             try:
-                await db.executemany(
-                    "INSERT INTO ocpp_log (charge_point_id, at, direction, frame) VALUES (?, ?, ?, ?)",
-                    [(r.charge_point_id, r.at, r.direction, r.frame) for r in rows],
-                )
-                await db.commit()
+                # Shielded: a cancelled flush must not leave a write transaction open
+                # on the SQLite file the agent's other components share.
+                await asyncio.shield(self._insert(db, rows))
             except Exception:
                 self._buffer.extendleft(reversed(rows))
                 raise
@@ -156,15 +154,28 @@ class OcppLog:
             self._last_prune = now
             await self.prune(now)
 
+    @staticmethod
+    async def _insert(db: aiosqlite.Connection, rows: list[_Row]) -> None:
+        await db.executemany(
+            "INSERT INTO ocpp_log (charge_point_id, at, direction, frame) VALUES (?, ?, ?, ?)",
+            [(r.charge_point_id, r.at, r.direction, r.frame) for r in rows],
+        )
+        await db.commit()
+
     async def prune(self, now: float | None = None) -> None:
         """Drop rows older than ``max_age_s`` and the oldest beyond ``max_rows``."""
         db = self._require()
         now = time.time() if now is None else now
-        await db.execute("DELETE FROM ocpp_log WHERE at < ?", (now - self.max_age_s,))
-        await db.execute(
-            "DELETE FROM ocpp_log WHERE id <= (SELECT MAX(id) FROM ocpp_log) - ?", (self.max_rows,)
-        )
-        await db.commit()
+
+        async def run() -> None:
+            await db.execute("DELETE FROM ocpp_log WHERE at < ?", (now - self.max_age_s,))
+            await db.execute(
+                "DELETE FROM ocpp_log WHERE id <= (SELECT MAX(id) FROM ocpp_log) - ?",
+                (self.max_rows,),
+            )
+            await db.commit()
+
+        await asyncio.shield(run())
 
     def _require(self) -> aiosqlite.Connection:
         if self._db is None:

@@ -172,6 +172,25 @@ class OfflineStore:
         self._lock = asyncio.Lock()
         self._removed = asyncio.Event()
 
+    async def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        """Run write statements and commit them as one transaction; returns the last rowid.
+
+        Shielded from cancellation: a transaction is never left open on the
+        shared SQLite file (it would hold the write lock for every other
+        component of the agent).
+        """
+
+        async def run() -> int:
+            async with self._lock:
+                rowid = 0
+                for sql, args in statements:
+                    cur = await self.db.execute(sql, args)
+                    rowid = int(cur.lastrowid or 0)
+                await self.db.commit()
+                return rowid
+
+        return await asyncio.shield(run())
+
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -239,21 +258,22 @@ class OfflineStore:
             0, charge_point_id, version, action, payload, time.time(), provisional_tx
         )
         self.queues.setdefault(charge_point_id, deque()).append(msg)
-        async with self._lock:
-            cur = await self.db.execute(
-                "INSERT INTO offline_queue (charge_point_id, version, action, payload, queued_at, provisional_tx) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+        msg.seq = await self._write(
+            [
                 (
-                    charge_point_id,
-                    version,
-                    action,
-                    orjson.dumps(payload),
-                    msg.queued_at,
-                    provisional_tx,
-                ),
-            )
-            msg.seq = int(cur.lastrowid or 0)
-            await self.db.commit()
+                    "INSERT INTO offline_queue (charge_point_id, version, action, payload, queued_at, provisional_tx) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        charge_point_id,
+                        version,
+                        action,
+                        orjson.dumps(payload),
+                        msg.queued_at,
+                        provisional_tx,
+                    ),
+                )
+            ]
+        )
         return msg
 
     async def remove(self, msg: QueuedMessage) -> None:
@@ -262,9 +282,7 @@ class OfflineStore:
             q.popleft()
         elif q and msg in q:
             q.remove(msg)
-        async with self._lock:
-            await self.db.execute("DELETE FROM offline_queue WHERE seq = ?", (msg.seq,))
-            await self.db.commit()
+        await self._write([("DELETE FROM offline_queue WHERE seq = ?", (msg.seq,))])
         self._removed.set()
 
     async def wait_empty(self, charge_point_id: str, timeout: float) -> None:
@@ -275,31 +293,37 @@ class OfflineStore:
                 await self._removed.wait()
 
     async def park(self, msg: QueuedMessage, error: str) -> None:
-        async with self._lock:
-            await self.db.execute(
-                "INSERT OR REPLACE INTO offline_parked "
-                "(seq, charge_point_id, version, action, payload, queued_at, parked_at, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        """Move a message the CSMS keeps refusing out of the queue, keeping it for an operator."""
+        q = self.queues.get(msg.charge_point_id)
+        if q and msg in q:
+            q.remove(msg)
+        await self._write(
+            [
                 (
-                    msg.seq,
-                    msg.charge_point_id,
-                    msg.version,
-                    msg.action,
-                    orjson.dumps(msg.payload),
-                    msg.queued_at,
-                    time.time(),
-                    error,
+                    "INSERT OR REPLACE INTO offline_parked "
+                    "(seq, charge_point_id, version, action, payload, queued_at, parked_at, error) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        msg.seq,
+                        msg.charge_point_id,
+                        msg.version,
+                        msg.action,
+                        orjson.dumps(msg.payload),
+                        msg.queued_at,
+                        time.time(),
+                        error,
+                    ),
                 ),
-            )
-        await self.remove(msg)
+                ("DELETE FROM offline_queue WHERE seq = ?", (msg.seq,)),
+            ]
+        )
+        self._removed.set()
 
     async def record_attempt(self, msg: QueuedMessage) -> None:
         msg.attempts += 1
-        async with self._lock:
-            await self.db.execute(
-                "UPDATE offline_queue SET attempts = ? WHERE seq = ?", (msg.attempts, msg.seq)
-            )
-            await self.db.commit()
+        await self._write(
+            [("UPDATE offline_queue SET attempts = ? WHERE seq = ?", (msg.attempts, msg.seq))]
+        )
 
     async def thin_meter_values(self) -> bool:
         """Drop the oldest queued MeterValues anywhere; False when there is none."""
@@ -318,36 +342,43 @@ class OfflineStore:
         tx = self.next_provisional
         self.next_provisional -= 1
         self.tx_map.setdefault(charge_point_id, {})[tx] = None
-        async with self._lock:
-            await self.db.execute(
-                "INSERT OR REPLACE INTO offline_tx_map (charge_point_id, provisional, real) VALUES (?, ?, NULL)",
-                (charge_point_id, tx),
-            )
-            await self.db.execute(
-                "INSERT OR REPLACE INTO offline_state (key, value) VALUES ('next_provisional', ?)",
-                (str(self.next_provisional),),
-            )
-            await self.db.commit()
+        await self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO offline_tx_map (charge_point_id, provisional, real) "
+                    "VALUES (?, ?, NULL)",
+                    (charge_point_id, tx),
+                ),
+                (
+                    "INSERT OR REPLACE INTO offline_state (key, value) VALUES ('next_provisional', ?)",
+                    (str(self.next_provisional),),
+                ),
+            ]
+        )
         return tx
 
     async def map_transaction(self, charge_point_id: str, provisional: int, real: int) -> None:
         self.tx_map.setdefault(charge_point_id, {})[provisional] = real
-        async with self._lock:
-            await self.db.execute(
-                "UPDATE offline_tx_map SET real = ? WHERE charge_point_id = ? AND provisional = ?",
-                (real, charge_point_id, provisional),
-            )
-            await self.db.commit()
+        await self._write(
+            [
+                (
+                    "UPDATE offline_tx_map SET real = ? WHERE charge_point_id = ? AND provisional = ?",
+                    (real, charge_point_id, provisional),
+                )
+            ]
+        )
 
     async def cache_authorisation(self, id_tag: str, status: str) -> None:
         expires = time.time() + self.config.auth_cache_ttl_s
         self.auth_cache[id_tag] = (status, expires)
-        async with self._lock:
-            await self.db.execute(
-                "INSERT OR REPLACE INTO offline_auth_cache (id_tag, status, expires_at) VALUES (?, ?, ?)",
-                (id_tag, status, expires),
-            )
-            await self.db.commit()
+        await self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO offline_auth_cache (id_tag, status, expires_at) VALUES (?, ?, ?)",
+                    (id_tag, status, expires),
+                )
+            ]
+        )
 
     def real_id(self, charge_point_id: str, tx: int) -> int | None:
         return self.tx_map.get(charge_point_id, {}).get(tx)
