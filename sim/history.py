@@ -754,7 +754,7 @@ class _Gen:
                             "model": cp.hw.model,
                             "firmware": fw_now[c],
                             "connectors": cp.connector_count,
-                            "connected_s": round(3600.0 - col["offline_s"][c], 1),
+                            "connected_s": round(max(0.0, 3600.0 - col["offline_s"][c]), 1),
                             "rated_power_w": cp.hw.rated_power_w,
                         }
                         v = col["disc"][c]
