@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import socket
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ log = get_logger(__name__)
 
 TOPICS = (ALL_ESCALATIONS, ALL_DIGESTS, ALL_STATES, ALL_REPLIES)
 MISC_INTERVAL_S = 1.0
+READ_BURST = 256
 
 
 class MqttError(Exception):
@@ -184,9 +186,25 @@ class MqttSource:
             self._loop.add_reader(sock, self._read)
 
     def _read(self) -> None:
+        """Read every packet the socket already holds (paho reads one per call), up to
+        ``READ_BURST``, so a burst costs one trip through the event loop, not one per message."""
         client = self._client
-        if client is not None:
-            client.loop_read()
+        for _ in range(READ_BURST):
+            if client is None or self._paused:
+                return
+            rc = client.loop_read()
+            sock = self._sock
+            if rc != mqtt.MQTT_ERR_SUCCESS or sock is None:
+                return
+            if isinstance(sock, ssl.SSLSocket):
+                if not sock.pending():  # decrypted bytes the selector cannot see
+                    return
+                continue
+            try:
+                if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return
+            except (OSError, ValueError):
+                return  # nothing waiting (BlockingIOError) or a socket without MSG_PEEK
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # called just before paho closes the socket: unregister now, while its fd is valid
