@@ -43,8 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     cloud_sub = cloud.add_subparsers(dest="command", required=True)
     c = cloud_sub.add_parser("run", help="run collector + API")
     c.add_argument("--config", required=True, metavar="FILE")
+    c = cloud_sub.add_parser("import", help="bulk-load a simulator history directory")
+    c.add_argument("--config", required=True, metavar="FILE")
+    c.add_argument("--dir", required=True, metavar="DIR", help="from `chargesight sim history`")
     c = cloud_sub.add_parser("train", help="train anomaly models from stored data")
-    c.add_argument("--config", metavar="FILE")
+    c.add_argument("--config", metavar="FILE", help="train from the collector's database")
+    c.add_argument("--history", metavar="DIR", help="train from a simulator history instead")
     c.add_argument("--out", metavar="DIR", default="models")
 
     sim = sub.add_parser("sim", help="the fleet simulator", add_help=False)
