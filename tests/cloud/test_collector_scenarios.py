@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import psycopg
@@ -415,3 +416,32 @@ async def test_fleet_view_reports_nevi_and_uk_availability_from_outages(running:
     assert avail["nevi_uptime_pct_mean"] == pytest.approx((99.167 + 100) / 2, abs=1e-3)
     assert avail["uk_rapid_reliability"]["charge_points"] == 2
     assert avail["uk_rapid_reliability"]["meets_99"] is True
+
+
+async def test_messages_sent_while_the_collector_is_down_arrive_after_restart(
+    database: Database, mosquitto: Mosquitto
+) -> None:
+    """With `[mqtt] client_id` the broker keeps the session and queues what the collector missed."""
+    config = make_config(database.url, mosquitto.url)
+    config = config.model_copy(
+        update={
+            "mqtt": config.mqtt.model_copy(update={"client_id": f"durable-{uuid.uuid4().hex[:8]}"})
+        }
+    )
+    collector, task = await start_collector(config, database)
+    collector.stop()
+    await asyncio.wait_for(task, 20)
+    pub = await asyncio.to_thread(Publisher, mosquitto.url)
+    try:
+        await asyncio.to_thread(pub.send, *[escalation("down", f"d-{i}") for i in range(3)])
+        collector, task = await start_collector(config, database)
+        try:
+            await collector.wait_stored(3)
+            async with database.pool.connection() as conn:
+                cur = await conn.execute("SELECT charge_point_id FROM issues ORDER BY 1")
+                assert [r["charge_point_id"] for r in await cur.fetchall()] == ["d-0", "d-1", "d-2"]
+        finally:
+            collector.stop()
+            await asyncio.wait_for(task, 20)
+    finally:
+        await asyncio.to_thread(pub.close)
