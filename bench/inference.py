@@ -151,10 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {'model':34} {'runtime':12} {'1 row p50':>10} {'1 row p99':>10} {'batch rows/s':>14} {'size':>9}"
     )
-    for name, model, skl_fn in (
-        ("GradientBoosting 100x depth 3", gb, lambda a: gb.predict_proba(a)[:, 1]),
-        ("IsolationForest 100 trees", iso, lambda a: iso.decision_function(a)),
-    ):
+
+    def gb_fn(a: np.ndarray) -> np.ndarray:
+        return np.asarray(gb.predict_proba(a)[:, 1])
+
+    def iso_fn(a: np.ndarray) -> np.ndarray:
+        return np.asarray(iso.decision_function(a))
+
+    cases: list[tuple[str, Any, Callable[[np.ndarray], np.ndarray]]] = [
+        ("GradientBoosting 100x depth 3", gb, gb_fn),
+        ("IsolationForest 100 trees", iso, iso_fn),
+    ]
+    for name, model, skl_fn in cases:
         options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
         onx = convert_sklearn(
             model,

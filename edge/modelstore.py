@@ -245,7 +245,7 @@ class ModelStore:
 
     # -- updates
 
-    def handle_message(self, topic: str, payload: bytes) -> LoadedModel | None:
+    def handle_message(self, topic: str, payload: bytes | bytearray) -> LoadedModel | None:
         """An MQTT message on ``chargesight/v1/models/{key}``; refusals are alarmed, not raised."""
         key = topic.rsplit("/", 1)[-1]
         if not payload:  # a cleared retained message
