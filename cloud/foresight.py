@@ -15,7 +15,9 @@ worker thread or the CLI, not from the event loop.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,93 @@ def similar_symptoms(
             out.append((cp, round(sim, 3), reason))
     out.sort(key=lambda x: -x[1])
     return out[:limit]
+
+
+# ---------------------------------------------------------------- fleet: who degrades faster
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """One charge point's latest Foresight state (from its digests)."""
+
+    charge_point_id: str
+    vendor: str | None
+    model: str | None
+    firmware: str | None
+    anomaly_score: float | None
+    features: dict[str, float]
+    threshold: float | None = None  # its model's alert threshold (scores differ per model)
+
+
+@dataclass(frozen=True)
+class GroupDegradation:
+    vendor: str | None
+    model: str | None
+    firmware: str | None
+    units: int
+    elevated: int  # units whose risk is at or above the alert level
+    share_elevated: float
+    median_power_ratio: float | None
+    power_faults_per_unit_day: float
+    faster_than_peers: bool
+    evidence: str
+
+
+def degradation_by_model(
+    units: Sequence[UnitState],
+    *,
+    alert_score: float = 0.3,
+    min_units: int = 3,
+    factor: float = 2.0,
+) -> list[GroupDegradation]:
+    """Degradation per hardware model and firmware, worst first.
+
+    A group *degrades faster than its peers* when its share of units at or
+    above their model's threshold (``alert_score`` when unknown) is at least ``factor`` × the share over all other
+    groups (and at least two units), with ``min_units`` units or more; the
+    evidence says so in words, with the power-fault rate and peak power of the
+    group against the rest of the fleet.
+    """
+    groups: dict[tuple[str | None, str | None, str | None], list[UnitState]] = {}
+    for u in units:
+        groups.setdefault((u.vendor, u.model, u.firmware), []).append(u)
+
+    def elevated(us: Sequence[UnitState]) -> int:
+        return sum(
+            1
+            for u in us
+            if (u.anomaly_score or 0.0) >= (u.threshold if u.threshold is not None else alert_score)
+        )
+
+    def power_faults(us: Sequence[UnitState]) -> float:
+        return sum(u.features.get("faults_power_per_day", 0.0) for u in us) / max(1, len(us))
+
+    out = []
+    for (vendor, model, firmware), us in groups.items():
+        rest = [u for u in units if (u.vendor, u.model, u.firmware) != (vendor, model, firmware)]
+        n_el = elevated(us)
+        share = n_el / len(us)
+        rest_share = elevated(rest) / len(rest) if rest else 0.0
+        ratios = [
+            u.features["power_ratio_max_7d"]
+            for u in us
+            if u.features.get("power_ratio_max_7d", -1.0) >= 0
+        ]
+        med = statistics.median(ratios) if ratios else None
+        pf, rest_pf = power_faults(us), power_faults(rest)
+        faster = len(us) >= min_units and n_el >= 2 and share >= factor * max(rest_share, 1e-9)
+        name = " ".join(x for x in (vendor, model) if x) or "unknown hardware"
+        evidence = (
+            f"{name} firmware {firmware or '?'}: {n_el} of {len(us)} units show early symptoms "
+            f"({100 * share:.0f}% against {100 * rest_share:.0f}% in the rest of the fleet); "
+            f"power-electronics faults {pf:.2f} per unit-day against {rest_pf:.2f}"
+            + (f"; median peak power {100 * med:.0f}% of rated" if med is not None else "")
+        )
+        out.append(
+            GroupDegradation(
+                vendor, model, firmware, len(us), n_el, round(share, 3),
+                None if med is None else round(med, 3), round(pf, 3), faster, evidence,
+            )
+        )  # fmt: skip
+    out.sort(key=lambda g: (-g.faster_than_peers, -g.share_elevated, -g.units))
+    return out

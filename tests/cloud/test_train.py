@@ -16,7 +16,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chargesight.cloud.db import Database
-from chargesight.cloud.foresight import model_updates, publish_models, similar_symptoms
+from chargesight.cloud.foresight import (
+    UnitState,
+    degradation_by_model,
+    model_updates,
+    publish_models,
+    similar_symptoms,
+)
 from chargesight.cloud.train import (
     Dataset,
     Failure,
@@ -33,7 +39,7 @@ from chargesight.cloud.train import (
 )
 from chargesight.common.features import FEATURE_NAMES, FeatureBank, features_dict
 from chargesight.common.modelsign import generate_key
-from chargesight.edge.anomaly import IncidentTracker
+from chargesight.edge.anomaly import IncidentTracker, score_snapshots
 from chargesight.edge.modelstore import ModelStore, load_default_models
 from tests.servers import Mosquitto
 
@@ -215,3 +221,33 @@ async def test_digests_stored_by_the_collector_give_the_same_features_and_train_
     conf.write_text(f'[database]\nurl = "{database.url}"\n[train]\nn_estimators = 10\nfolds = 2\n')
     code = await asyncio.to_thread(run_train, out=tmp_path / "models", config=conf)
     assert code == 0 and (tmp_path / "models" / "generic.onnx").exists()
+
+
+def test_a_hardware_model_whose_units_degrade_together_stands_out_from_its_peers(
+    history: Path,
+) -> None:
+    bank = FeatureBank()
+    end = datetime(2026, 9, 1, tzinfo=UTC) + timedelta(hours=24 + 400)
+    for d in read_digests(history / "digests.jsonl"):
+        if d.interval_end > end:
+            break
+        bank.add_digest(d)
+    store = ModelStore(None, None)
+    units = [
+        UnitState(
+            s.charge_point_id,
+            bank.windows[s.charge_point_id].vendor,
+            bank.windows[s.charge_point_id].model,
+            bank.windows[s.charge_point_id].firmware,
+            s.score,
+            features_dict(s.features),
+            s.threshold,
+        )
+        for s in score_snapshots(bank.snapshots(), store.get)
+    ]
+    groups = degradation_by_model(units)
+    worst = groups[0]
+    assert (worst.vendor, worst.model, worst.faster_than_peers) == ("Voltix", "VX-DC150", True)
+    assert worst.elevated == 3 and worst.units == 4
+    assert "3 of 4 units show early symptoms" in worst.evidence
+    assert not any(g.faster_than_peers for g in groups[1:])
