@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import orjson
 import psycopg
 import pytest
+import structlog
 
 from chargesight.cloud.entry import main as cloud_main
 from tests.cloud.conftest import OPERATOR
@@ -24,6 +26,19 @@ from tests.cloud.helpers import T0, Publisher, blip, counters, digest, escalatio
 from tests.servers import Mosquitto, free_port
 
 pytestmark = [pytest.mark.postgres]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`cloud import` configures logging on the captured stderr; undo it for later tests."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
 
 
 def write_history(d: Path) -> None:
