@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,7 +48,7 @@ from chargesight.common.features import (
     snapshot_features,
 )
 from chargesight.common.health import FaultRecord, health_from_features
-from chargesight.common.messages import Escalation, Fault, Hardware
+from chargesight.common.messages import Digest, Escalation, Fault, Hardware
 from chargesight.edge.modelstore import LoadedModel, ModelStore
 
 log = structlog.get_logger(__name__)
@@ -270,6 +270,19 @@ class AnomalyMonitor:
 
     def feed(self, event: Event) -> None:
         self.bank.feed(event)
+
+    def warm(self, digests: Iterable[Digest]) -> int:
+        """Refill the windows from this site's own recent digests (oldest first) after a restart.
+
+        Without it a restarted agent scores nothing for ``min_history_h`` (72 h).
+        Returns how many digests were taken. Call before feeding live events.
+        """
+        n = 0
+        for d in digests:
+            if d.site_id == self.site_id:
+                self.bank.add_digest(d)
+                n += 1
+        return n
 
     def window(self, charge_point_id: str) -> FeatureWindow:
         """For the engine's decisions: ``window(cp).record_reset(at)`` etc., and ``set_hardware``."""

@@ -21,7 +21,7 @@ from chargesight.common.events import (
     TransactionStarted,
 )
 from chargesight.common.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureBank
-from chargesight.common.messages import ChargerCounters, Escalation
+from chargesight.common.messages import ChargerCounters, Digest, Escalation
 from chargesight.common.modelsign import generate_key, sign_model
 from chargesight.edge.anomaly import AnomalyMonitor, IncidentTracker, score_snapshots
 from chargesight.edge.modelstore import LoadedModel, ModelStore
@@ -211,6 +211,35 @@ def test_windows_with_less_history_than_the_model_learnt_from_are_not_scored() -
         for h in range(hours):
             w.close(T0 + timedelta(hours=h + 1), start=T0 + timedelta(hours=h))
     assert [s.charge_point_id for s in score_snapshots(bank.snapshots(), store.get)] == ["known"]
+
+
+async def test_a_restarted_agent_warmed_from_its_digests_scores_at_the_first_close() -> None:
+    before = AnomalyMonitor("site-1", ModelStore(None, None), lambda e: None)
+    Fleet(before)
+    digests = []
+    for h in range(80):
+        for e in _session_hour("cp-ok", h, 0.93) + _session_hour("cp-psu", h, 0.93):
+            before.feed(e)
+        end = T0 + timedelta(hours=h + 1)
+        buckets = await before.close_window(end)
+        digests.append(
+            Digest(
+                site_id="site-1",
+                interval_start=end - timedelta(hours=1),
+                interval_end=end,
+                chargers=[
+                    ChargerCounters(
+                        charge_point_id=cp, vendor="Voltix", model="VX-DC150", **b.to_counters()
+                    )
+                    for cp, b in buckets.items()
+                ],
+            )
+        )
+    after = AnomalyMonitor("site-1", ModelStore(None, None), lambda e: None)
+    assert after.warm(digests[-72:]) == 72
+    assert after.window("cp-psu").features() == before.window("cp-psu").features()
+    await after.close_window(T0 + timedelta(hours=81))
+    assert after.anomaly_score("cp-ok") is not None  # scored at once, no 72 h wait
 
 
 def test_a_score_above_threshold_for_less_than_the_persistence_opens_nothing() -> None:
