@@ -21,6 +21,20 @@ _LEVELS = {
 }
 
 
+class _StreamFactory:
+    """PrintLoggers on ``stream``, or on whatever ``sys.stderr`` is *now* when none was given.
+
+    Binding the stderr object of configuration time would keep writing to a
+    stream that was replaced and closed since (pytest's capture, a daemon).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(self.stream if self.stream is not None else sys.stderr)
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto", stream: Any = None
 ) -> None:
@@ -41,7 +55,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=_StreamFactory(stream),
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (websockets, ocpp, paho) stay quiet below warning.

@@ -66,6 +66,7 @@ ALL_ESCALATIONS = f"{TOPIC_PREFIX}/sites/+/escalations"
 ALL_DIGESTS = f"{TOPIC_PREFIX}/sites/+/digests"
 ALL_STATES = f"{TOPIC_PREFIX}/sites/+/state"
 ALL_REPLIES = f"{TOPIC_PREFIX}/sites/+/replies"
+ALL_MODELS = f"{TOPIC_PREFIX}/models/+"
 
 
 def parse_site_topic(topic: str) -> tuple[str, str] | None:

@@ -249,6 +249,22 @@ def _v201_call(cp_id: str, action: str, p: dict[str, Any], now: datetime) -> lis
                 continue
             component = ev.get("component") or {}
             variable = (ev.get("variable") or {}).get("name", "")
+            if variable == "Temperature":  # 2.0.1 has no Temperature measurand: stations notify it
+                evse_id = _int((component.get("evse") or {}).get("id"), 0)
+                try:
+                    temperature = float(ev.get("actualValue"))  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    continue
+                out.append(
+                    MeterSample(
+                        cp_id,
+                        parse_time(ev.get("timestamp"), now),
+                        evse_id,
+                        _opt_str(ev.get("transactionId")),
+                        {"Temperature": temperature},
+                    )
+                )
+                continue
             if variable != "Problem" and not ev.get("techInfo") and not ev.get("techCode"):
                 continue
             evse = component.get("evse") or {}
