@@ -157,6 +157,12 @@ def recommend(
     return "field_technician", "resets were tried and the fault stayed"
 
 
+def _span(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} days"
+    return f"{seconds / 3600:g} hours"
+
+
 def diagnosis_text(issue: Issue, action: RecommendedAction, why: str) -> str:
     """One paragraph a person can act on."""
     f = issue.fault
@@ -172,8 +178,8 @@ def diagnosis_text(issue: Issue, action: RecommendedAction, why: str) -> str:
         r = issue.recurring
         cats = ", ".join(f"{n} {c}" for c, n in sorted(r.by_category.items(), key=lambda x: -x[1]))
         head = (
-            f"{where} had {r.incidents} small incidents that each cleared by themselves within "
-            f"{r.window_s // 3600} h ({cats}; trend {r.trend}). None was escalated alone, "
+            f"{where} had {r.incidents} small incidents in the last {_span(r.window_s)}, each of "
+            f"which cleared by itself ({cats}; trend {r.trend}). None was escalated alone; "
             "together they cost sessions."
         )
     else:
