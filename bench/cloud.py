@@ -13,6 +13,11 @@ Measured in the same run, on the same Mosquitto and PostgreSQL:
 4. API latency (p50/p99 over 200 requests each) for ``GET /issues`` and
    ``GET /fleet/models`` on a database holding a year of daily roll-ups for
    ``--fleet`` charge points and 5,000 issues.
+
+``--accuracy DIR`` instead imports a simulator history (``chargesight sim history``)
+through ``cloud import`` and scores the issues against its ``ground_truth.jsonl``:
+recall and precision of issues, scope and action right, related units (pairs within
+the simulator's ``related_group``) and the revenue estimate's error.
 """
 
 from __future__ import annotations
@@ -298,13 +303,133 @@ async def migrate_only(url: str) -> None:
     await db.close()
 
 
+def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> dict[str, object]:
+    """Match issues to injected faults that needed the cloud; see the module docstring."""
+    expected = [t for t in truth if not t.get("self_resolving") and not t.get("background")]
+    used: set[str] = set()
+    matches: list[tuple[dict[str, object], dict[str, object]]] = []
+    for t in expected:
+        cands = []
+        for i in issues:
+            if i["site_id"] != t["site_id"] or str(i["id"]) in used:
+                continue
+            if t["scope"] == "site" and t["kind"] == "flaky_connectivity":
+                ok = (i["kind"] == "recurring" and i["recommended_action"] == "network_fix") or i[
+                    "scope"
+                ] == "site"
+            else:
+                fault = i["fault"]
+                assert isinstance(fault, dict)
+                ok = i["charge_point_id"] == t["charge_point_id"] and fault["code"] == t["code"]
+            if ok:
+                cands.append(i)
+        if cands:
+            used.add(str(cands[0]["id"]))
+            matches.append((t, cands[0]))
+    n = len(matches)
+    scope_ok = sum(1 for t, i in matches if i["scope"] == t["scope"])
+    action_ok = sum(1 for t, i in matches if i["recommended_action"] == t["fix"])
+    # related units: ordered pairs within a related group, among the matched faults
+    group_of = {
+        str(t["charge_point_id"]): t["related_group"] for t in truth if t.get("related_group")
+    }
+    truth_pairs = set()
+    found_pairs = set()
+    for t, i in matches:
+        cp = str(t["charge_point_id"])
+        g = t.get("related_group")
+        if g:
+            truth_pairs |= {(cp, o) for o, og in group_of.items() if og == g and o != cp}
+        rel = i["related"]
+        assert isinstance(rel, list)
+        found_pairs |= {(cp, str(r["charge_point_id"])) for r in rel}
+    tp = len(truth_pairs & found_pairs)
+    errs = []
+    for t, i in matches:
+        tr = t["revenue_lost"]
+        ours = i["revenue_lost"]
+        assert isinstance(tr, dict)
+        if tr["amount"] and isinstance(ours, dict):
+            errs.append(abs(float(ours["amount"]) - float(tr["amount"])) / float(tr["amount"]))
+    return {
+        "faults needing the cloud": len(expected),
+        "issues": len(issues),
+        "recall": n / len(expected) if expected else None,
+        "precision": n / len(issues) if issues else None,
+        "scope right": scope_ok / n if n else None,
+        "action right": action_ok / n if n else None,
+        "related precision": tp / len(found_pairs) if found_pairs else None,
+        "related recall": tp / len(truth_pairs) if truth_pairs else None,
+        "revenue error (median)": statistics.median(errs) if errs else None,
+        "revenue (ours / truth)": [
+            f"{t['kind']}@{t['charge_point_id'] or t['site_id']}: "
+            f"{i['revenue_lost']['amount'] if isinstance(i['revenue_lost'], dict) else None} / "
+            f"{t['revenue_lost']['amount']}"  # type: ignore[index]
+            for t, i in matches
+        ],
+        "unmatched issues": [
+            f"{i['site_id']}/{i['charge_point_id']}/{i['fault']['code']}"
+            for i in issues  # type: ignore[index]
+            if str(i["id"]) not in used
+        ],
+        "missed faults": [
+            f"{t['kind']}@{t['site_id']}/{t['charge_point_id']}"
+            for t in expected
+            if t not in [m[0] for m in matches]
+        ],
+    }
+
+
+def accuracy(directory: Path, ratio: float) -> int:
+    import orjson
+
+    from chargesight.cloud.config import AnalysisSection
+    from chargesight.cloud.engine import Engine
+    from chargesight.cloud.importer import import_dir
+    from chargesight.cloud.queries import list_issues
+
+    pg = start_postgres()
+    try:
+
+        async def run() -> list[dict[str, object]]:
+            db = await open_database(pg.url)
+            engine = Engine(db.pool, AnalysisSection(recurring_min_ratio_to_fleet=ratio))
+            t0 = time.perf_counter()
+            report = await import_dir(db.pool, engine, directory)
+            print(f"{report.text()} in {time.perf_counter() - t0:.1f}s")
+            async with db.pool.connection() as conn:
+                issues = await list_issues(conn, "all", None, 500)
+            await db.close()
+            return issues
+
+        issues = asyncio.run(run())
+    finally:
+        pg.stop()
+    truth = [
+        orjson.loads(line)
+        for line in (directory / "ground_truth.jsonl").read_bytes().splitlines()
+        if line
+    ]
+    for k, v in score(issues, truth).items():
+        print(f"{k:26s} {v:.3f}" if isinstance(v, float) else f"{k:26s} {v}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=20_000)
     ap.add_argument("--chargers-per-digest", type=int, default=10)
     ap.add_argument("--fleet", type=int, default=10_000)
+    ap.add_argument(
+        "--accuracy", type=Path, metavar="DIR", help="score a simulator history instead"
+    )
+    ap.add_argument(
+        "--recurring-ratio", type=float, default=0.0, help="[analysis] recurring_min_ratio_to_fleet"
+    )
     args = ap.parse_args()
     configure_logging("warning")
+    if args.accuracy:
+        return accuracy(args.accuracy, args.recurring_ratio)
     broker, pg = start_mosquitto(), start_postgres()
     try:
         payloads = build_payloads(args.messages, args.chargers_per_digest)

@@ -88,7 +88,16 @@ def expected_sessions(
         if cov >= 0.5:
             seen.append(sessions.get(key, 0.0) / min(cov, 1.0))
     if not seen:
-        return None
+        # not enough history for the same hour of week: the same hour of day over the
+        # trailing two weeks (said in the method as a fallback)
+        for d in range(1, 15):
+            key = (charge_point_id, hour - timedelta(days=d))
+            cov = covered.get(key, 0.0)
+            if cov >= 0.5:
+                seen.append(sessions.get(key, 0.0) / min(cov, 1.0))
+        if not seen:
+            return None
+        return -sum(seen) / len(seen)  # negative: marks a fallback estimate
     return sum(seen) / len(seen)
 
 
@@ -159,12 +168,16 @@ def estimate_revenue_lost(
     lost = 0.0
     absorbed_total = 0.0
     fallback_hours = 0
+    missing_hours = 0
     for h, f in hours:
         for cp in cps:
             exp = expected_sessions(sessions, covered, cp, h, weeks)
             if exp is None:
-                fallback_hours += 1
+                missing_hours += 1
                 exp = 0.0
+            elif exp < 0:
+                fallback_hours += 1
+                exp = -exp
             if connector_scope and n_conn and n_conn > 1:
                 share = exp / n_conn
                 absorbed = 0.0
@@ -195,7 +208,12 @@ def estimate_revenue_lost(
         else:
             method += "; connector outage on a single-connector charge point counts in full"
     if fallback_hours:
-        method += f"; {fallback_hours} charger-hours had no trailing data and count as zero"
+        method += (
+            f"; {fallback_hours} charger-hours had no same-hour-of-week history and use the same"
+            " hour of day over the trailing two weeks"
+        )
+    if missing_hours:
+        method += f"; {missing_hours} charger-hours had no trailing data at all and count as zero"
     if price_per_kwh is None:
         method += "; the site's price is unknown (no digest carried price_per_kwh)"
     return RevenueEstimate(amount, currency, lost, total_hours, kwh, method)
