@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,14 +162,6 @@ def steps(escalation: dict[str, Any]) -> list[tuple[str, str]]:
     return [(a["action"], a["result"]) for a in escalation["recovery_attempts"]]
 
 
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait for a condition on state no event announces (polled, bounded)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
-    assert condition(), what
-
-
 # ---------------------------------------------------------------- the scenarios
 
 
@@ -203,7 +194,9 @@ async def persisting_fault(root: Path, broker: Mosquitto) -> Record:
         return await site.record(fault_at, escalated_after=escalated_after)
 
 
-async def safety_fault(root: Path, broker: Mosquitto, site_id: str, code: str, vendor: str) -> Record:
+async def safety_fault(
+    root: Path, broker: Mosquitto, site_id: str, code: str, vendor: str
+) -> Record:
     async with Site(root, site_id, broker.port) as site:
         cp = await site.charge_point("CP-1")
         fault_at = now()
@@ -260,12 +253,12 @@ async def broker_down_during_window(root: Path) -> Record:
                 assert site.agent is not None
                 agent = site.agent
                 cp = await site.charge_point("CP-1")
+                committed = agent.outbox.last_seq
                 fault_at = now()
                 await cp.fault(1, "OtherError", "E-77")
                 broker.stop()
-                await until(
-                    lambda: agent.outbox.queued >= 1, WINDOW_S + 30, "escalation committed"
-                )
+                async with asyncio.timeout(WINDOW_S + 30):
+                    await agent.outbox.wait_for_rows(committed)  # the escalation, committed
                 queued_while_down = agent.status()["uplink"]
                 seen_while_down = list(site.escalations())
                 broker.start()
@@ -326,7 +319,6 @@ def frames(raw: list[str]) -> list[list[Any]]:
     return [json.loads(f) for f in raw]
 
 
-
 # ---------------------------------------------------------------- the tests
 
 
@@ -357,11 +349,6 @@ async def test_fault_cleared_by_soft_reset_is_not_escalated_and_counted_self_res
     assert seen.status["recovery"]["open_incidents"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge/detection.py: the reboot the agent ordered opens a ConnectionLost incident "
-    "that the digest reports as a self-resolved connectivity problem (and a disconnect)",
-)
 async def test_reboot_ordered_by_the_agent_is_not_reported_as_a_lost_connection(
     scenarios: Scenarios,
 ) -> None:
