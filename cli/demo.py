@@ -753,6 +753,8 @@ format = "json"
 
 async def _main(opts: Options) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chargesight-demo-"))
+    # As root, the private PostgreSQL runs as an unprivileged user, who must reach its directory.
+    workdir.chmod(0o711)
     run = DemoRun(opts, workdir)
     try:
         return await run.run()

@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("sim", "demo"):
+        # These parse their own flags (argparse's REMAINDER would not take leading options).
+        args = argparse.Namespace(half=argv[0], args=argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as exc:

@@ -214,6 +214,8 @@ class Detector:
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self.charge_points: dict[str, ChargePointState] = {}
         self.incidents: dict[str, Incident] = {}
+        # charge point → monotonic deadline: the agent ordered a reboot, the drop is expected
+        self.reboot_expected: dict[str, float] = {}
         self._by_key: dict[tuple[object, ...], Incident] = {}
         # Per site-event family ("network", "supply"): (mono, cp, incident id) of recent incidents.
         self._recent: dict[str, deque[tuple[float, str, str]]] = {}
@@ -325,11 +327,21 @@ class Detector:
 
     # ------------------------------------------------------------ handlers
 
+    def expect_reboot(self, charge_point_id: str, until_mono: float) -> None:
+        """The agent is about to reset ``charge_point_id``: its disconnect is no connectivity problem."""
+        self.reboot_expected[charge_point_id] = until_mono
+
+    def ordered_reboot(self, charge_point_id: str, mono: float) -> bool:
+        until = self.reboot_expected.get(charge_point_id)
+        return until is not None and mono <= until
+
     def _connection_lost(
         self, cp: ChargePointState, event: ConnectionDown, mono: float, out: list[Output]
     ) -> None:
         cp.connected = False
         cp.reconnected_mono = None
+        if self.ordered_reboot(cp.id, mono):
+            return
         key = ("connectivity", cp.id)
         current = self._by_key.get(key)
         if current is not None and current.state == "open":
@@ -379,6 +391,16 @@ class Detector:
                 fault = _from_problem(problem, profile)
             scope: Scope = "charge_point" if event.connector_id == 0 else "connector"
             key = ("fault", cp.id, event.connector_id)
+            station = self._by_key.get(("fault", cp.id, 0))
+            if (
+                event.connector_id != 0
+                and station is not None
+                and station.state == "open"
+                and station.fault.code == fault.code
+            ):
+                # The whole charge point is already faulted with this code: its connectors
+                # reporting the same fault are part of that one incident, not new ones.
+                return
             current = self._by_key.get(key)
             if current is not None and current.state == "open":
                 if _more_specific(fault, current.fault):

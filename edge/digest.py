@@ -87,7 +87,8 @@ class DigestCollector:
 
     # ------------------------------------------------------------ events
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: Event, *, ordered_reboot: bool = False) -> None:
+        """Count one event. A disconnect the agent caused with a reset is not counted as a drop."""
         c = self._charger(event.charge_point_id)
         if isinstance(event, ConnectionUp):
             c.connected_since = event.at
@@ -97,7 +98,8 @@ class DigestCollector:
                     0.0, (event.at - max(c.connected_since, self.interval_start)).total_seconds()
                 )
             c.connected_since = None
-            c.disconnects += 1
+            if not ordered_reboot:
+                c.disconnects += 1
         elif isinstance(event, Boot):
             c.vendor, c.model, c.firmware = event.vendor, event.model, event.firmware
         elif isinstance(event, ConnectorStatus):

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import structlog
 
 from chargesight.common import taxonomy
-from chargesight.common.events import Boot, ConnectionUp, Event
+from chargesight.common.events import Boot, ConnectionDown, ConnectionUp, Event
 from chargesight.common.messages import (
     Digest,
     Escalation,
@@ -306,8 +306,14 @@ class RecoveryEngine:
             raise RuntimeError("recovery engine is not started")
         if isinstance(event, Boot | ConnectionUp):
             self._profiles.pop(event.charge_point_id, None)
-        self.digest.feed(event)
-        outputs = self.detector.feed(event, self.clock.monotonic())
+        mono = self.clock.monotonic()
+        ordered = isinstance(event, ConnectionDown) and self.detector.ordered_reboot(
+            event.charge_point_id, mono
+        )
+        self.digest.feed(event, ordered_reboot=ordered)
+        outputs = self.detector.feed(event, mono)
+        if isinstance(event, ConnectionUp):
+            self.detector.reboot_expected.pop(event.charge_point_id, None)
         if isinstance(event, Boot):
             profile = self.profile_for(event.charge_point_id)
             self.digest.set_rated_power(event.charge_point_id, profile.rated_power(1))
@@ -844,6 +850,7 @@ class RecoveryEngine:
         at = self.clock.now()
         stamp = self.clock.monotonic()
         self._resets_window(cp).append(stamp)
+        self.detector.expect_reboot(cp, max(run.deadline, stamp + 60.0))
         if hook is not None:
             attempt = await self._run_hook(run, hook, step, profile, at)
             if attempt.result == "skipped":  # not applicable here: nothing was power-cycled
