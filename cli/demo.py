@@ -274,6 +274,7 @@ class DemoRun:
     peak_rss_kib: int = 0
     agents: dict[str, Path] = field(default_factory=dict)  # site → status file
     first_escalation_s: float | None = None
+    baseline_issue_ids: set[str] = field(default_factory=set)  # issues the history alone made
     t0: float = field(default_factory=time.monotonic)
 
     def say(self, text: str) -> None:
@@ -351,7 +352,7 @@ path = "{self.workdir / "edge" / site.id / "edge.sqlite"}"
 window_s = {self.opts.window_s}
 digest_interval_s = 15
 max_resets_per_day = 6
-flap_period_s = 60
+flap_period_s = 20
 
 [logging]
 format = "json"
@@ -424,6 +425,19 @@ format = "json"
         )
         await wait_port(api_port, cloud, timeout=120)
         self.api_url = f"http://127.0.0.1:{api_port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(60):
+                try:
+                    data = await self.api(client, "/issues", status="open", limit=500)
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.5)
+            else:
+                raise DemoError(f"the cloud API does not answer:\n{cloud.tail()}")
+        self.baseline_issue_ids = {i["id"] for i in data["issues"]}
+        self.say(
+            f"cloud collector up; the history alone gave {len(self.baseline_issue_ids)} open issues"
+        )
         self.mark("cloud")
 
         # 4. CSMS + one agent per live site
@@ -518,14 +532,12 @@ format = "json"
             connected += len(st.get("ocpp", {}).get("connected", []))
             rec = st.get("recovery", {})
             open_ += len(rec.get("open_incidents", []))
-            for o in rec.get("recent_outcomes", []):
+            for o in [*rec.get("recent_outcomes", []), *rec.get("open_incidents", [])]:
                 if o.get("outcome") == "self_resolved":
                     selfres += 1
                 elif o.get("outcome") in ("escalated", "cleared"):
                     escalated += 1
-            escalated += sum(
-                1 for i in rec.get("open_incidents", []) if i.get("outcome") == "escalated"
-            )
+            open_ -= sum(1 for i in rec.get("open_incidents", []) if i.get("outcome") != "running")
         return connected, open_, selfres, escalated
 
     async def watch(self, sim: Simulation, duration: float, total: int) -> None:
@@ -585,14 +597,8 @@ format = "json"
                     await asyncio.sleep(1)
 
     def _is_live(self, issue: dict[str, Any]) -> bool:
-        started = issue.get("started_at") or ""
-        live_start = datetime.now(UTC) - timedelta(seconds=time.monotonic() - self.t0)
-        try:
-            return datetime.fromisoformat(started.replace("Z", "+00:00")) >= live_start - timedelta(
-                days=self.opts.history_days
-            )
-        except ValueError:
-            return False
+        """An issue the live run created (not one the imported history already had)."""
+        return issue.get("id") not in self.baseline_issue_ids
 
     async def settle(self, timeout: float) -> None:
         """Wait until no agent has an incident inside its window and every outbox is empty."""
@@ -635,15 +641,17 @@ format = "json"
         fixed_by: Counter[str] = Counter()
         selfres = 0
         for st in report["agents"]:
-            for o in st.get("recovery", {}).get("recent_outcomes", []):
+            rec = st.get("recovery", {})
+            for o in [*rec.get("recent_outcomes", []), *rec.get("open_incidents", [])]:
                 if o.get("outcome") == "self_resolved":
                     selfres += 1
-                    fixed_by[o.get("fixed_by") or "self"] += 1
+                    steps = o.get("steps") or []
+                    last = steps[-1]["action"] if steps else None
+                    fixed_by[o.get("fixed_by") or last or "itself"] += 1
         how = ", ".join(f"{n} by {a}" for a, n in fixed_by.most_common()) or "none"
         console.print(f"self-resolved: {selfres}  ({how}; fixed at the edge, nobody paged)")
 
         issues = sorted(report["issues"], key=lambda i: -float(i.get("priority") or 0))
-        live_ids = {s.id for s in live}
         console.print(
             f"\nescalated issues open in the cloud: {len(issues)} (highest priority first)"
         )
@@ -656,7 +664,7 @@ format = "json"
             rev = i.get("revenue_lost") or {}
             related = i.get("related") or []
             fault = i.get("fault") or {}
-            tag = "live" if i.get("site_id") in live_ids else "history"
+            tag = "new, live" if self._is_live(i) else "from history"
             console.print(
                 f"  escalated [{float(i.get('priority') or 0):.2f}] {i.get('site_id')} / {where} — "
                 f"{i.get('scope')} {fault.get('code')}"
@@ -685,24 +693,38 @@ format = "json"
         fleet = report.get("fleet") or {}
         models = fleet.get("models") if isinstance(fleet, dict) else None
         if models:
-            console.print("\nfleet: failures per 1,000 charger-days by hardware model")
-            for m in sorted(models, key=lambda m: -float(m.get("failure_rate_per_1000_days") or 0))[
-                :8
-            ]:
+            console.print(
+                "\nfleet: failures per 1,000 charger-days by hardware model and firmware (95% CI)"
+            )
+            ranked = sorted(
+                models, key=lambda m: -float(m.get("failure_rate_per_1000_charger_days") or 0)
+            )
+            for m in ranked[:8]:
+                ci = m.get("failure_rate_ci95") or (None, None)
+                ci_text = f"{ci[0]:.1f}–{ci[1]:.1f}" if ci and ci[0] is not None else "n/a"
                 console.print(
-                    f"  {m.get('vendor', '')} {m.get('model')} fw {m.get('firmware') or '*'}: "
-                    f"{float(m.get('failure_rate_per_1000_days') or 0):.1f} "
-                    f"(95% CI {m.get('ci_low', '?')}–{m.get('ci_high', '?')}), {m.get('failures', '?')} failures"
-                    f"{'  ← worse than its peers' if m.get('worse_than_peers') else ''}"
+                    f"  {m.get('vendor') or ''} {m.get('model')} fw {m.get('firmware') or '*'}: "
+                    f"{float(m.get('failure_rate_per_1000_charger_days') or 0):.2f} ({ci_text}), "
+                    f"{m.get('failures', 0)} failures over {float(m.get('charger_days') or 0):.0f} charger-days"
+                    f" — {m.get('verdict', '')}"
                 )
 
         if report["sites"]:
-            console.print("\navailability per live site (NEVI formula, trailing months)")
-            for sid, s in report["sites"].items():
-                avail = s.get("availability") or {}
+            console.print(
+                "\navailability per live site (trailing 30 days; NEVI monthly, 23 CFR 680.116(b))"
+            )
+            for sid, s_ in report["sites"].items():
+                avail = s_.get("availability") or {}
+                nevi = avail.get("nevi_monthly") or []
+                latest = nevi[-1] if isinstance(nevi, list) and nevi else {}
+                nevi_text = (
+                    f", NEVI {latest.get('uptime_pct')}% ({latest.get('as_of') or latest.get('month', '')})"
+                    if isinstance(latest, dict) and latest
+                    else ""
+                )
                 console.print(
-                    f"  {sid}: {avail.get('nevi_percent', avail.get('percent', '?'))}% "
-                    f"({len(s.get('chargers') or [])} charge points)"
+                    f"  {sid}: {avail.get('trailing_30d_pct')}%{nevi_text} "
+                    f"({len(s_.get('chargers') or [])} charge points)"
                 )
 
         self.print_scorecard(report, truth)
@@ -717,44 +739,91 @@ format = "json"
         console.print(f"peak memory of all demo processes: {self.peak_rss_kib / 1024:.0f} MiB")
 
     def print_scorecard(self, report: dict[str, Any], truth: list[dict[str, Any]]) -> None:
-        """Live faults the simulator injected vs what the system did with them."""
+        """Faults the simulator had going during the live run vs what the system did with them."""
         issues = report["issues"]
-        console.print("\nscorecard against the simulator's ground truth (live faults)")
-        if not truth:
-            console.print("  no live faults recorded")
-            return
-        detected = missed = 0
-        scope_ok = action_ok = 0
-        for t in truth:
-            cps = set(t.get("charge_points") or [t.get("charge_point_id")])
-            kind = t.get("kind")
-            should_escalate = kind not in ("transient", "stuck")
-            match = [
+        console.print(
+            "\nscorecard against the simulator's ground truth (faults still present at the end)"
+        )
+        active = [t for t in truth if not t.get("ended_at")]
+        # A PSU that only degrades has not failed: that is foresight's job, scored apart.
+        early = [t for t in active if t.get("kind") == "psu_degradation" and not t.get("failed_at")]
+        needs_person = [
+            t for t in active if t.get("kind") not in ("transient", "stuck") and t not in early
+        ]
+        fixable = [t for t in truth if t.get("kind") in ("transient", "stuck")]
+
+        def cps(t: dict[str, Any]) -> set[str]:
+            return set(t.get("charge_points") or [t.get("charge_point_id")])
+
+        def matches(t: dict[str, Any]) -> list[dict[str, Any]]:
+            return [
                 i
                 for i in issues
-                if (i.get("charge_point_id") in cps or cps & set(i.get("chargers") or []))
+                if i.get("charge_point_id") in cps(t)
+                or cps(t) & set(i.get("chargers") or [])
+                or (
+                    t.get("scope") == "site"
+                    and i.get("site_id") == t.get("site_id")
+                    and i.get("scope") == "site"
+                )
             ]
-            if not should_escalate:
-                continue
-            if match:
-                detected += 1
-                if any(i.get("scope") == t.get("scope") for i in match):
-                    scope_ok += 1
-                if any(i.get("recommended_action") == t.get("fix") for i in match):
-                    action_ok += 1
-            else:
-                missed += 1
-        total = detected + missed
-        console.print(
-            f"  faults that needed a person: {total}; became issues: {detected}; missed: {missed}; "
-            f"scope right: {scope_ok}/{detected or 1}; action right: {action_ok}/{detected or 1}"
+
+        detected = [t for t in needs_person if matches(t)]
+        missed = [t for t in needs_person if not matches(t)]
+        used = {i["id"] for t in needs_person for i in matches(t)}
+        false = [i for i in issues if i["id"] not in used]
+        scope_ok = sum(
+            1 for t in detected if any(i.get("scope") == t.get("scope") for i in matches(t))
         )
+        action_ok = sum(
+            1
+            for t in detected
+            if any(i.get("recommended_action") == t.get("fix") for i in matches(t))
+        )
+        escalated_fixable = [t for t in fixable if matches(t)]
+        errors = []
+        for t in detected:
+            want = float((t.get("revenue_lost") or {}).get("amount") or 0)
+            got = max(float((i.get("revenue_lost") or {}).get("amount") or 0) for i in matches(t))
+            if want > 0:
+                errors.append(abs(got - want) / want)
+        n = len(detected) or 1
+        console.print(
+            f"  faults needing a person: {len(needs_person)} — became issues: {len(detected)}, "
+            f"missed: {len(missed)}; issues matching no injected fault: {len(false)}"
+        )
+        console.print(
+            f"  scope right: {scope_ok}/{len(detected)} ({100 * scope_ok / n:.0f}%), "
+            f"recommended action right: {action_ok}/{len(detected)} ({100 * action_ok / n:.0f}%)"
+        )
+        console.print(
+            f"  faults a reset fixes: {len(fixable)} — escalated anyway: {len(escalated_fixable)}"
+        )
+        if errors:
+            errors.sort()
+            console.print(
+                f"  revenue estimate error (median over {len(errors)} faults with a cost so far): "
+                f"{100 * errors[len(errors) // 2]:.0f}%"
+            )
+        if early:
+            flagged = [t for t in early if matches(t)]
+            console.print(
+                f"  degrading PSUs not failed yet: {len(early)} — flagged early: {len(flagged)}"
+            )
+        for t in missed:
+            console.print(f"  missed: {t.get('kind')} on {', '.join(sorted(cps(t)))}", style="dim")
+        for i in false:
+            console.print(
+                f"  no injected fault behind: {i.get('site_id')} {i.get('charge_point_id') or ''} "
+                f"{(i.get('fault') or {}).get('code')}",
+                style="dim",
+            )
 
 
 async def _main(opts: Options) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chargesight-demo-"))
     # As root, the private PostgreSQL runs as an unprivileged user, who must reach its directory.
-    workdir.chmod(0o711)
+    os.chmod(workdir, 0o711)
     run = DemoRun(opts, workdir)
     try:
         return await run.run()

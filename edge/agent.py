@@ -33,8 +33,10 @@ from chargesight.common.messages import (
     utcnow,
 )
 from chargesight.common.normalise import parse_time
+from chargesight.edge.anomaly import AnomalyMonitor
 from chargesight.edge.audit import AuditLog
 from chargesight.edge.config import EdgeConfig
+from chargesight.edge.modelstore import ALL_MODELS_TOPIC, ModelStore
 from chargesight.edge.ocpplog import OcppLog
 from chargesight.edge.offline import DisconnectOffline, OfflineStore, ServeOffline
 from chargesight.edge.outbox import Outbox
@@ -46,6 +48,15 @@ from chargesight.edge.uplink import Uplink
 log = get_logger("chargesight.edge.agent")
 
 STATUS_INTERVAL_S = 2.0
+
+
+def load_public_key(value: str | None) -> Any:
+    """The configured Ed25519 key for model updates, or None (updates are then refused)."""
+    if not value:
+        return None
+    from chargesight.common.modelsign import load_public_key as load
+
+    return load(value)
 
 
 def status_path(config: EdgeConfig) -> Path:
@@ -74,6 +85,15 @@ class Agent:
             self.proxy.subscribe(self.offline.observe)
         self.outbox = Outbox.from_config(config.storage)
         self.audit = AuditLog(config.storage.path)
+        self.monitor: AnomalyMonitor | None = None
+        if config.foresight.enabled:
+            store = ModelStore(
+                config.foresight.models_dir or config.storage.path.parent / "models",
+                load_public_key(config.foresight.public_key),
+                on_alarm=self._model_alarm,
+            )
+            self.monitor = AnomalyMonitor(config.site.id, store, self.escalate)
+            self.proxy.subscribe(self.monitor.feed)
         self.engine = RecoveryEngine(
             site_id=config.site.id,
             config=config.recovery,
@@ -84,6 +104,7 @@ class Agent:
             currency=config.site.currency,
             price_per_kwh=config.site.price_per_kwh,
             publish_digest=self.publish_digest,
+            anomaly_score=self.monitor.anomaly_score if self.monitor is not None else None,
         )
         self.router = RequestRouter(
             config.site.id,
@@ -95,6 +116,8 @@ class Agent:
         self.router.register("log_excerpt", self._request_log_excerpt)
         self.router.register("maintenance", self._request_maintenance)
         self.uplink = Uplink(config.mqtt, config.site.id, self.outbox, router=self.router)
+        if self.monitor is not None:
+            self.uplink.subscribe(ALL_MODELS_TOPIC, self._model_update)
         self.proxy.subscribe(self.engine.handle)
         self.started_at = time.time()
         self._stop = asyncio.Event()
@@ -117,6 +140,8 @@ class Agent:
         await self.uplink.start()
         await self.proxy.start()  # last: the port opens only when everything is ready
         self._spawn(self._status_loop(), "status")
+        if self.monitor is not None:
+            self._spawn(self._foresight_loop(), "foresight")
         log.info("edge_agent_ready", site_id=self.config.site.id, port=self.proxy.port)
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -171,6 +196,7 @@ class Agent:
             },
             "offline": self.offline.status(),
             "recovery": self.engine.status(),
+            "foresight": self.monitor.store.status() if self.monitor is not None else None,
             "uplink": self.uplink.status().as_dict(),
             "ocpp_log": {"written": self.ocpp_log.written, "dropped": self.ocpp_log.dropped},
         }
@@ -206,6 +232,31 @@ class Agent:
                 recommended_action="configuration_change",
             )
         )
+
+    # ------------------------------------------------------------ foresight glue
+
+    async def _foresight_loop(self) -> None:
+        """Close the feature windows on schedule and score them (in an executor)."""
+        assert self.monitor is not None
+        while True:
+            await asyncio.sleep(self.config.foresight.window_close_s)
+            try:
+                await self.monitor.close_window(utcnow())
+            except Exception as exc:  # scoring trouble must never stop the agent
+                log.error("foresight_window_failed", error=repr(exc))
+
+    async def _model_update(self, topic: str, payload: bytes) -> None:
+        assert self.monitor is not None
+        store = self.monitor.store
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, store.handle_message, topic, payload
+            )
+        except Exception as exc:  # refused: the store raised its alarm already
+            log.warning("model_update_refused", topic=topic, error=str(exc))
+
+    def _model_alarm(self, model_key: str, reason: str) -> None:
+        log.error("model_update_alarm", model_key=model_key, reason=reason)
 
     async def _request_status(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.status()

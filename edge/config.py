@@ -211,6 +211,15 @@ class UplinkSection(_Section):
     )
 
 
+class ForesightSection(_Section):
+    """ONNX anomaly scoring at the edge and signed model updates from the cloud."""
+
+    enabled: bool = True
+    public_key: str | None = None  # Ed25519 (PEM, a path, or raw base64); none: updates refused
+    models_dir: Path | None = None  # accepted updates; default: next to storage.path
+    window_close_s: float = Field(default=3600, ge=1)  # features are hourly buckets
+
+
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -224,6 +233,7 @@ class EdgeConfig(_Section):
     recovery: RecoverySection = RecoverySection()
     offline: OfflineSection = OfflineSection()
     uplink: UplinkSection = UplinkSection()
+    foresight: ForesightSection = ForesightSection()
     logging: LoggingSection = LoggingSection()
 
 
