@@ -152,6 +152,7 @@ def estimate_revenue_lost(
     connector_scope: bool = False,
     connectors: int | None = None,
     weeks: int = 4,
+    site_absorption: bool = True,
 ) -> RevenueEstimate:
     """Estimate what ``spans`` of outage on ``charge_points`` cost (module docstring)."""
     hours = outage_hours(spans)
@@ -165,11 +166,14 @@ def estimate_revenue_lost(
     n_conn = connectors or next(
         (r.connectors for r in history if r.charge_point_id in cps and r.connectors), None
     )
+    others = sorted({r.charge_point_id for r in history} - set(cps)) if site_absorption else []
     lost = 0.0
     absorbed_total = 0.0
+    site_absorbed_total = 0.0
     fallback_hours = 0
     missing_hours = 0
     for h, f in hours:
+        lost_h = 0.0
         for cp in cps:
             exp = expected_sessions(sessions, covered, cp, h, weeks)
             if exp is None:
@@ -185,9 +189,21 @@ def estimate_revenue_lost(
                     actual = sessions.get((cp, h), 0.0)
                     absorbed = min(share, max(0.0, actual - exp * (n_conn - 1) / n_conn))
                 absorbed_total += absorbed * f
-                lost += max(0.0, share - absorbed) * f
+                lost_h += max(0.0, share - absorbed)
             else:
-                lost += exp * f
+                lost_h += exp
+        # what the rest of the site took over: sessions the other charge points started in
+        # this hour beyond their own expectation (only when their data for the hour is in)
+        extra = 0.0
+        for o in others:
+            if covered.get((o, h), 0.0) < 0.5:
+                continue
+            exp_o = expected_sessions(sessions, covered, o, h, weeks)
+            if exp_o is not None:
+                extra += sessions.get((o, h), 0.0) - abs(exp_o)  # net: noise cancels out
+        taken = min(lost_h, max(0.0, extra))
+        site_absorbed_total += taken * f
+        lost += (lost_h - taken) * f
     site_rows = [r for r in trailing if r.charge_point_id in cps] or trailing
     kwh = median_energy_kwh(site_rows)
     price = price_per_kwh or 0.0
@@ -207,6 +223,11 @@ def estimate_revenue_lost(
             )
         else:
             method += "; connector outage on a single-connector charge point counts in full"
+    if others:
+        method += (
+            f"; minus {site_absorbed_total:.1f} sessions the site's other charge points started"
+            " beyond their own expectation in those hours (drivers who moved over)"
+        )
     if fallback_hours:
         method += (
             f"; {fallback_hours} charger-hours had no same-hour-of-week history and use the same"
