@@ -377,3 +377,17 @@ def test_background_noise_every_site_shares_is_not_a_site_problem_when_compared_
     assert recurring.recurring_decision(f, 20, open_now=True, **noisy) == "clear"  # type: ignore[arg-type]
     flaky = {"site_rate": 25.0, "fleet_rate": 2.0, "min_ratio": 3.0}
     assert recurring.recurring_decision(f, 20, open_now=False, **flaky) == "open"  # type: ignore[arg-type]
+
+
+def test_sessions_the_rest_of_the_site_took_over_are_not_counted_as_lost() -> None:
+    history = usage("a", T0 - WEEK, 7 * 24, {}, connectors=1) + usage(
+        "b", T0 - WEEK, 7 * 24, {}, connectors=1
+    )
+    # during the outage of "a", "b" started 2 sessions instead of its usual 1: one driver moved over
+    history.append(revenue.IntervalUsage("b", T0, T0 + H, 2, 20_000.0, 1))
+    est = revenue.estimate_revenue_lost([revenue.Span(T0, T0 + H)], ["a"], history, 1.0, "EUR")
+    assert est.lost_sessions == pytest.approx(0.0)
+    assert "other charge points" in est.method
+    alone = revenue.estimate_revenue_lost([revenue.Span(T0, T0 + H)], ["a"], history, 1.0, "EUR",
+                                          site_absorption=False)  # fmt: skip
+    assert alone.lost_sessions == pytest.approx(1.0)
