@@ -195,6 +195,11 @@ class RebootingCp:
         )
         await self._report([connector])
 
+    async def repair(self, connector: int) -> None:
+        """A technician fixed it: the fault is gone and the connector says Available."""
+        self.faults.pop(connector, None)
+        await self._report([connector])
+
     async def start_transaction(self, connector: int, id_tag: str = "TAG-1") -> int:
         """A driver plugs in and charges on ``connector``; returns the CSMS's transaction id."""
         await self._status(connector, "Preparing")

@@ -18,15 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from chargesight.common.messages import digests_topic, escalations_topic, state_topic
+from chargesight.common.messages import (
+    Request,
+    digests_topic,
+    escalations_topic,
+    replies_topic,
+    requests_topic,
+    state_topic,
+    utcnow,
+)
 from chargesight.edge.agent import Agent
 from tests.edge.conftest import edge_config
 from tests.edge.recovery_peers import RebootingCp
@@ -63,7 +73,12 @@ class Site:
         self.csms = TestCsms()
         self.observer = observer or Observer(
             broker_port,
-            [escalations_topic(site_id), digests_topic(site_id), state_topic(site_id)],
+            [
+                escalations_topic(site_id),
+                digests_topic(site_id),
+                state_topic(site_id),
+                replies_topic(site_id),
+            ],
         )
         self.agent: Agent | None = None
         self.cps: dict[str, RebootingCp] = {}
@@ -110,8 +125,29 @@ class Site:
         self.cps[cp_id] = cp
         return cp
 
-    def escalations(self) -> list[dict[str, Any]]:
-        return [p for p in self.observer.payloads("/escalations") if p.get("status") == "open"]
+    def escalations(self, status: str = "open") -> list[dict[str, Any]]:
+        return [p for p in self.observer.payloads("/escalations") if p.get("status") == status]
+
+    async def ask(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The cloud sends a request to the site and waits for the reply."""
+        request = Request(
+            request_id=uuid.uuid4().hex,
+            site_id=self.site_id,
+            kind=kind,  # type: ignore[arg-type]
+            expires_at=utcnow() + timedelta(minutes=1),
+            params=params,
+        )
+        self.observer.client.publish(requests_topic(self.site_id), request.model_dump_json(), qos=1)
+
+        def replies() -> list[dict[str, Any]]:
+            return [
+                p
+                for p in self.observer.payloads("/replies")
+                if p["request_id"] == request.request_id
+            ]
+
+        await self.observer.wait_for(lambda _: bool(replies()))
+        return replies()[0]
 
     def digests(self) -> list[dict[str, Any]]:
         return self.observer.payloads("/digests")
@@ -273,6 +309,45 @@ async def broker_down_during_window(root: Path) -> Record:
         broker.cleanup()
 
 
+async def maintenance_requested_by_the_cloud(root: Path, broker: Mosquitto) -> Record:
+    async with Site(root, "rec-maintenance", broker.port) as site:
+        cp = await site.charge_point("CP-1")
+        reply = await site.ask("maintenance", {"charge_point_id": "CP-1", "on": True})
+        fault_at = now()
+        await cp.fault(1, "OtherError", "E-3", cleared_by=("Soft",))
+        await asyncio.sleep(max(0.0, fault_at + WINDOW_S + 2 - now()))  # a whole window
+        return await site.record(fault_at, reply=reply)
+
+
+async def cleared_after_escalation(root: Path, broker: Mosquitto) -> Record:
+    async with Site(root, "rec-cleared", broker.port, flap_period_s=1) as site:
+        cp = await site.charge_point("CP-1")
+        fault_at = now()
+        await cp.fault(1, "OtherError", "E-8")
+        await site.escalated()
+        await cp.repair(1)
+        await site.observer.wait_for(lambda _: bool(site.escalations("cleared")))
+        return await site.record(fault_at, cleared=site.escalations("cleared"))
+
+
+async def two_charge_points_reset_together(root: Path, broker: Mosquitto) -> Record:
+    async with Site(
+        root, "rec-two-resets", broker.port, flap_period_s=1, digest_interval_s=1
+    ) as site:
+        cps = [await site.charge_point(f"CP-{i}", connectors=1) for i in (1, 2)]
+        fault_at = now()
+        await asyncio.gather(
+            *(cp.fault(1, "OtherError", "E-17", cleared_by=("Soft",)) for cp in cps)
+        )
+
+        def fixed() -> int:
+            resolved = [s for d in site.digests() for s in d["self_resolved"]]
+            return sum(1 for s in resolved if s["kind"] == "fault")
+
+        await site.observer.wait_for(lambda _: fixed() == 2, timeout=WINDOW_S)
+        return await site.record(fault_at)
+
+
 SCENARIOS: dict[str, Callable[[Path, Mosquitto], Coroutine[Any, Any, Record]]] = {
     "soft_reset": soft_reset_clears_the_fault,
     "persisting": persisting_fault,
@@ -282,6 +357,9 @@ SCENARIOS: dict[str, Callable[[Path, Mosquitto], Coroutine[Any, Any, Record]]] =
     "budget": reset_budget,
     "site_wide": site_wide_drop,
     "broker_down": lambda r, _b: broker_down_during_window(r),
+    "maintenance": maintenance_requested_by_the_cloud,
+    "cleared": cleared_after_escalation,
+    "two_resets": two_charge_points_reset_together,
 }
 
 
@@ -476,3 +554,34 @@ async def test_escalation_made_while_the_broker_is_down_is_delivered_once_when_i
     ids = [p["message_id"] for t, p in seen.arrivals if t.endswith("/escalations")]
     assert ids == [esc["message_id"]] * len(ids)  # any redelivery under the same id
     assert seen.status["uplink"]["queued"] == 0
+
+
+async def test_charge_point_put_in_maintenance_by_the_cloud_is_left_alone(
+    scenarios: Scenarios,
+) -> None:
+    seen = await scenarios("maintenance")
+    assert seen.extra["reply"]["ok"] is True
+    assert seen.cps["CP-1"].received == []
+    assert seen.escalations == []
+    assert seen.status["recovery"]["maintenance"] == ["CP-1"]
+
+
+async def test_escalated_fault_repaired_later_is_reported_cleared_under_its_incident(
+    scenarios: Scenarios,
+) -> None:
+    seen = await scenarios("cleared")
+    esc = seen.only_escalation()
+    (cleared,) = seen.extra["cleared"]
+    assert cleared["incident_id"] == esc["incident_id"]
+    assert cleared["message_id"] != esc["message_id"]
+    assert cleared["ended_at"] is not None
+    assert cleared["fault"]["vendor_code"] == "E-8"
+
+
+async def test_resets_the_agent_ordered_at_two_charge_points_are_not_a_site_outage(
+    scenarios: Scenarios,
+) -> None:
+    seen = await scenarios("two_resets")
+    assert seen.escalations == []
+    resolved = [s for d in seen.digests for s in d["self_resolved"]]
+    assert [s for s in resolved if s["scope"] == "site"] == []
