@@ -319,6 +319,7 @@ tokens = [{{ token = "{self.token}", role = "operator", name = "demo" }}]
 [analysis]
 recurring_min_incidents = 20
 recurring_window_s = 604800
+recurring_min_ratio_to_fleet = 3.0
 
 [logging]
 format = "json"
@@ -373,6 +374,7 @@ format = "json"
             f"{opts.history_days:g} days of history, then {len(live)} sites ({n_live_cps} charge points) "
             f"live for {opts.duration_s:g}s at {opts.speed:g}x"
         )
+        self.say(f"working directory: {self.workdir}")
         self.say(
             f"recovery window shortened to [bold]{opts.window_s:g}s[/] for the demo (production: 600s); "
             "everything else is the production code path"
@@ -780,7 +782,14 @@ format = "json"
             for t in detected
             if any(i.get("recommended_action") == t.get("fix") for i in matches(t))
         )
-        escalated_fixable = [t for t in fixable if matches(t)]
+        escalated_fixable = [
+            t
+            for t in fixable
+            if any(
+                self._is_live(i) and (i.get("fault") or {}).get("code") == t.get("code")
+                for i in matches(t)
+            )
+        ]
         errors = []
         for t in detected:
             want = float((t.get("revenue_lost") or {}).get("amount") or 0)
