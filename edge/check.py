@@ -122,9 +122,7 @@ async def check_broker(config: EdgeConfig) -> str:
         result["reason"] = reason
         done.set()
 
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"chargesight-check-{os.getpid()}"
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"chargesight-check-{os.getpid()}")
     if config.mqtt.username:
         client.username_pw_set(config.mqtt.username, config.mqtt.password)
     if parts.scheme == "mqtts":

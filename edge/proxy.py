@@ -112,6 +112,12 @@ class UpstreamUnavailable(Protocol):
     async def upstream_restored(self, session: ChargePointSession) -> None:
         """The upstream is back, before live traffic resumes (replay queued messages here)."""
 
+    def rewrite_to_csms(self, session: ChargePointSession, call: ocppj.Call, raw: bytes) -> bytes:
+        """The frame to forward for a charge point's CALL (``raw`` unless ids must be mapped)."""
+
+    def rewrite_to_cp(self, session: ChargePointSession, call: ocppj.Call, raw: bytes) -> bytes:
+        """The frame to forward for a CSMS CALL (``raw`` unless ids must be mapped)."""
+
 
 class LocalAnswers:
     """Default offline policy: answer the common CALLs locally, refuse the rest.
@@ -146,6 +152,12 @@ class LocalAnswers:
 
     async def upstream_restored(self, session: ChargePointSession) -> None:
         return None
+
+    def rewrite_to_csms(self, session: ChargePointSession, call: ocppj.Call, raw: bytes) -> bytes:
+        return raw
+
+    def rewrite_to_cp(self, session: ChargePointSession, call: ocppj.Call, raw: bytes) -> bytes:
+        return raw
 
 
 class CallSlot:
@@ -390,7 +402,9 @@ class ChargePointSession:
                         await asyncio.wait_for(
                             self.first_attempt.wait(), proxy.config.ocpp.open_timeout_s
                         )
-                if self.replaying or not await self.send_upstream(raw):
+                if self.replaying or not await self.send_upstream(
+                    proxy.offline.rewrite_to_csms(self, frame, raw)
+                ):
                     self._record("cp->csms", raw)
                     await proxy.offline.handle_call(self, frame, raw)
                 continue
@@ -573,6 +587,7 @@ class ChargePointSession:
                 continue
             if isinstance(frame, ocppj.Call):
                 proxy.stats.frames_csms_to_cp += 1
+                raw = proxy.offline.rewrite_to_cp(self, frame, raw)
                 if frame.message_type == ocppj.SEND:
                     await self.send_to_cp(raw)
                 elif self.slot.try_acquire():
