@@ -186,3 +186,10 @@ def test_edge_run_opens_its_port_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
             proc.wait()
     res = cli("edge", "status", "--config", str(p))
     assert "NOT running" in res.stdout
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "edge.example.toml"
+    cfg = load_config(EdgeConfig, example, environ={})
+    assert cfg.site.id == "berlin-mitte"
+    assert cfg.mqtt.url.startswith("mqtts://")
