@@ -144,6 +144,9 @@ class AnalysisSection(_Section):
     revenue_trailing_weeks: int = Field(default=4, ge=1, le=52)
     related_window_days: int = Field(default=90, ge=1)
     symptom_lookback_h: int = Field(default=72, ge=1)
+    # new digests move an open issue's running revenue on; under a stream of digests it is
+    # recomputed at most this often per issue (the issue's own escalations always recompute it)
+    running_total_every_s: float = Field(default=10.0, ge=0)
     refresh_interval_s: float = Field(default=300.0, gt=0)  # re-enrich open issues
 
 

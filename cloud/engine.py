@@ -145,6 +145,7 @@ class Engine:
         self.fleet_computed_at = 0.0
         self.timescale = False
         self._fleet_task: asyncio.Task[None] | None = None
+        self._enriched_at: dict[str, float] = {}  # issue id → time.monotonic() of enrichment
 
     async def fleet_view(self, max_age_s: float = 5.0) -> dict[str, Any]:
         """The fleet view: computed on first use, then served from cache and recomputed in the
@@ -216,7 +217,14 @@ class Engine:
                     "SELECT id FROM issues WHERE site_id = ANY(%s) AND status <> 'resolved'",
                     (sites,),
                 )
-                ids = sorted(set(ids) | {str(r["id"]) for r in await cur.fetchall()})
+                now = time.monotonic()
+                stale = {
+                    str(r["id"])
+                    for r in await cur.fetchall()
+                    if now - self._enriched_at.get(str(r["id"]), -1e9)
+                    >= self.config.running_total_every_s
+                }
+                ids = sorted(set(ids) | stale)
         await self.enrich_many(ids)
         return touched
 
@@ -386,6 +394,7 @@ class Engine:
         return len(ids)
 
     async def enrich(self, issue_id: str) -> Issue | None:
+        self._enriched_at[issue_id] = time.monotonic()
         async with self.pool.connection() as conn, conn.transaction():
             issue = await load_issue(conn, issue_id, for_update=True)
             if issue is None:

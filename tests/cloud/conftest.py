@@ -46,7 +46,7 @@ def make_config(db_url: str, mqtt_url: str, **analysis: object) -> CloudConfig:
                     {"token": VIEWER, "role": "viewer"},
                 ],
             },
-            "analysis": {"refresh_interval_s": 3600, **analysis},
+            "analysis": {"refresh_interval_s": 3600, "running_total_every_s": 0, **analysis},
             "ingest": {"batch_delay_s": 0.01},
         }
     )
