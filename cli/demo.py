@@ -327,7 +327,24 @@ format = "json"
         )
         return cfg, api_port
 
-    def write_edge_config(self, site: Any, csms_port: int, mqtt_port: int) -> tuple[Path, int]:
+    def split_history(self, hist_dir: Path, sites: set[str]) -> dict[str, Path]:
+        """This site's past digests for each live agent (``foresight.warm_from``)."""
+        files = {sid: self.workdir / f"digests-{sid}.jsonl" for sid in sites}
+        handles = {sid: p.open("wb") for sid, p in files.items()}
+        try:
+            with (hist_dir / "digests.jsonl").open("rb") as f:
+                for line in f:
+                    sid = orjson.loads(line).get("site_id")
+                    if sid in handles:
+                        handles[sid].write(line)
+        finally:
+            for h in handles.values():
+                h.close()
+        return files
+
+    def write_edge_config(
+        self, site: Any, csms_port: int, mqtt_port: int, warm_from: Path | None = None
+    ) -> tuple[Path, int]:
         port = free_port()
         cfg = self.workdir / f"edge-{site.id}.toml"
         cfg.write_text(
@@ -354,6 +371,9 @@ window_s = {self.opts.window_s}
 digest_interval_s = 15
 max_resets_per_day = 6
 flap_period_s = 20
+
+[foresight]
+{f'warm_from = "{warm_from}"' if warm_from else ""}
 
 [logging]
 format = "json"
@@ -446,8 +466,9 @@ format = "json"
         csms_port = free_port()
         async with Csms("127.0.0.1", csms_port) as _csms:
             urls: dict[str, str] = {}
+            warm = await asyncio.to_thread(self.split_history, hist_dir, {s.id for s in live})
             for site in live:
-                cfg, port = self.write_edge_config(site, csms_port, mqtt_port)
+                cfg, port = self.write_edge_config(site, csms_port, mqtt_port, warm[site.id])
                 child = self.children.start(
                     f"agent {site.id}",
                     chargesight_cmd("edge", "run", "--config", str(cfg)),
@@ -680,6 +701,16 @@ format = "json"
                 console.print(
                     f"      related: {r.get('charge_point_id')} at {r.get('site_id')} — {r.get('reason')}",
                     style="dim",
+                )
+
+        early = [i for i in issues if i.get("kind") == "predictive"]
+        if early:
+            console.print("\nearly warnings (no fault yet; the edge's ONNX models flagged them):")
+            for i in early:
+                console.print(
+                    f"  {i.get('site_id')} / {i.get('charge_point_id')}: "
+                    f"{(i.get('fault') or {}).get('code')} since {str(i.get('started_at'))[:16]} → "
+                    f"{i.get('recommended_action')}, {len(i.get('related') or [])} related unit(s)"
                 )
 
         site_issues = [i for i in issues if i.get("scope") == "site"]

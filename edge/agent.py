@@ -141,6 +141,8 @@ class Agent:
         await self.proxy.start()  # last: the port opens only when everything is ready
         self._spawn(self._status_loop(), "status")
         if self.monitor is not None:
+            if self.config.foresight.warm_from is not None:
+                await self._warm_foresight(self.config.foresight.warm_from)
             self._spawn(self._foresight_loop(), "foresight")
         log.info("edge_agent_ready", site_id=self.config.site.id, port=self.proxy.port)
 
@@ -244,6 +246,29 @@ class Agent:
                 await self.monitor.close_window(utcnow())
             except Exception as exc:  # scoring trouble must never stop the agent
                 log.error("foresight_window_failed", error=repr(exc))
+
+    async def _warm_foresight(self, path: Path) -> None:
+        """Score the site's past digests hour by hour (``foresight.warm_from``)."""
+        assert self.monitor is not None
+        site = self.config.site.id
+
+        def read() -> list[Digest]:
+            out = []
+            with path.open("rb") as f:
+                for line in f:
+                    if site.encode() in line:
+                        digest = Digest.model_validate_json(line)
+                        if digest.site_id == site:
+                            out.append(digest)
+            return out
+
+        try:
+            digests = await asyncio.to_thread(read)
+            hours = await self.monitor.catch_up(digests)
+        except (OSError, ValueError) as exc:
+            log.error("foresight_warm_failed", path=str(path), error=str(exc))
+            return
+        log.info("foresight_warmed", digests=len(digests), hours_scored=hours)
 
     async def _model_update(self, topic: str, payload: bytes) -> None:
         assert self.monitor is not None

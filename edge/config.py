@@ -218,6 +218,9 @@ class ForesightSection(_Section):
     public_key: str | None = None  # Ed25519 (PEM, a path, or raw base64); none: updates refused
     models_dir: Path | None = None  # accepted updates; default: next to storage.path
     window_close_s: float = Field(default=3600, ge=1)  # features are hourly buckets
+    # JSON lines of this site's past digests (e.g. exported from the cloud): scored hour by
+    # hour at start, so a new gateway knows at once which units have been degrading.
+    warm_from: Path | None = None
 
 
 class LoggingSection(_Section):

@@ -183,8 +183,10 @@ async def test_auto_protocol_falls_back_to_mqtt_311_when_broker_refuses_mqtt_5(
 
 
 async def test_subscribed_handler_receives_retained_model_update(
-    mosquitto: Mosquitto, outbox: Outbox
+    mosquitto_private: Mosquitto, outbox: Outbox
 ) -> None:
+    # A broker of its own: other tests leave retained models on the shared one.
+    mosquitto = mosquitto_private
     site = "models"
     got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
