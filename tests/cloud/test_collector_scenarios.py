@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 
@@ -445,3 +446,28 @@ async def test_messages_sent_while_the_collector_is_down_arrive_after_restart(
             await asyncio.wait_for(task, 20)
     finally:
         await asyncio.to_thread(pub.close)
+
+
+async def test_collector_reconnects_and_resubscribes_after_a_broker_restart(
+    database: Database, mosquitto_private: Mosquitto
+) -> None:
+    config = make_config(database.url, mosquitto_private.url)
+    collector, task = await start_collector(config, database)
+    try:
+        await asyncio.to_thread(mosquitto_private.restart)
+        # publish until the collector is back: QoS 1 messages sent before it resubscribed are
+        # not for it (clean session), so each attempt is a new escalation
+        deadline = asyncio.get_running_loop().time() + 30
+        sent = 0
+        while collector.stored_total == 0:
+            assert asyncio.get_running_loop().time() < deadline, "collector did not come back"
+            pub = await asyncio.to_thread(Publisher, mosquitto_private.url)
+            await asyncio.to_thread(pub.send, escalation("back", f"b-{sent}"))
+            sent += 1
+            await asyncio.to_thread(pub.close)
+            with contextlib.suppress(TimeoutError):
+                await collector.wait_until(lambda: collector.stored_total > 0, timeout=1)
+        assert collector.stored_total >= 1
+    finally:
+        collector.stop()
+        await asyncio.wait_for(task, 20)
