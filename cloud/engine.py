@@ -770,7 +770,7 @@ class Engine:
             ]
             cur = await conn.execute(
                 "SELECT doc->'hardware'->>'model' AS model, doc->'hardware'->>'firmware' AS firmware,"
-                " doc->'outages' AS outages FROM issues WHERE scope <> 'site' AND kind <> 'recurring'"
+                " doc->'outages' AS outages FROM issues WHERE scope <> 'site' AND kind NOT IN ('recurring', 'predictive')"
                 " AND last_seen_at >= %s",
                 (since,),
             )
@@ -845,7 +845,7 @@ class Engine:
         cur = await conn.execute(
             "SELECT i.doc, c.connectors FROM issues i LEFT JOIN chargers c"
             " ON c.charge_point_id = i.charge_point_id"
-            " WHERE kind <> 'recurring' AND (%s::text IS NULL OR i.site_id = %s)"
+            " WHERE kind NOT IN ('recurring', 'predictive') AND (%s::text IS NULL OR i.site_id = %s)"
             " AND (%s::text IS NULL OR i.charge_point_id = %s OR i.doc->'chargers' ? %s)",
             (site_id, site_id, charge_point_id, charge_point_id, charge_point_id or ""),
         )
