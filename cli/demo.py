@@ -319,7 +319,7 @@ tokens = [{{ token = "{self.token}", role = "operator", name = "demo" }}]
 [analysis]
 recurring_min_incidents = 20
 recurring_window_s = 604800
-recurring_min_ratio_to_fleet = 3.0
+recurring_min_ratio_to_fleet = 5.0
 
 [logging]
 format = "json"

@@ -325,3 +325,81 @@ async def test_disconnect_mode_refuses_charge_point_while_csms_is_down(tmp_path:
     finally:
         assert s.agent is not None
         await s.agent.close()
+
+
+async def test_ocpp201_transaction_during_outage_is_replayed_in_order(site: Site) -> None:
+    from ocpp.v201 import call as call201
+
+    from tests.peers import boot201
+
+    async with connect_cp(site.url, "CS-201", version="2.0.1") as cp:
+        await cp.call(boot201())
+        await site.csms.stop()
+        for kind, seq in (("Started", 0), ("Updated", 1), ("Ended", 2)):
+            answer = await cp.call(
+                call201.TransactionEvent(
+                    event_type=kind,
+                    timestamp=iso_now(),
+                    trigger_reason="Authorized" if kind == "Started" else "MeterValuePeriodic",
+                    seq_no=seq,
+                    transaction_info={"transaction_id": "tx-201-a"},
+                    id_token={"id_token": "TAG-201", "type": "ISO14443"}
+                    if kind == "Started"
+                    else None,
+                )
+            )
+            if kind == "Started":
+                assert answer.id_token_info["status"] == "Accepted"
+        await cp.call(call201.Heartbeat())  # answered locally, never queued
+        await site.csms_back("CS-201")
+        calls = await site.replayed("CS-201", 4)
+    assert [c[2] for c in calls] == ["BootNotification", *["TransactionEvent"] * 3]
+    assert [c[3]["eventType"] for c in calls[1:]] == ["Started", "Updated", "Ended"]
+    assert {c[3]["transactionInfo"]["transactionId"] for c in calls[1:]} == {"tx-201-a"}
+
+
+async def test_full_queue_thins_meter_values_before_transactions(tmp_path: Path) -> None:
+    s = Site(tmp_path, offline={"queue_max_messages": 100, "replay_backoff_s": 0.01})
+    await s.csms.start()
+    await s.start_agent()
+    try:
+        async with connect_cp(s.url, "CP-FULL") as cp:
+            await cp.call(boot16())
+            await s.csms.stop()
+            tx = (await cp.call(start_tx())).transaction_id
+            for i in range(120):
+                await cp.call(meter(tx, i))
+            await cp.call(stop_tx(tx, 999))
+            assert s.agent is not None
+            status = s.agent.offline.status()
+            assert status["queued"] <= 100
+            assert status["thinned_meter_values"] >= 20
+            assert "90% full" in status["alarms"][0]["message"]
+            await s.csms_back("CP-FULL")
+            calls = await s.replayed("CP-FULL", 3)
+            await s.agent.offline_store.wait_empty("CP-FULL", 10)
+        calls = s.calls_seen("CP-FULL")
+        actions = [c[2] for c in calls]
+        # Both transaction messages arrived; only meter values were thinned.
+        assert actions.count("StartTransaction") == 1
+        assert actions.count("StopTransaction") == 1
+        assert actions[-1] == "StopTransaction"
+        assert actions.count("MeterValues") < 120
+    finally:
+        assert s.agent is not None
+        await s.agent.close()
+        await s.csms.stop()
+
+
+async def test_stop_for_a_start_the_csms_never_saw_is_delivered_with_an_alarm(site: Site) -> None:
+    async with connect_cp(site.url, "CP-LOST") as cp:
+        await cp.call(boot16())
+        await site.csms.stop()
+        await cp.call(stop_tx(-1, 250))  # MicroOcpp#454: the offline start was lost in a reset
+        await site.csms_back("CP-LOST")
+        calls = await site.replayed("CP-LOST", 2)
+    assert calls[1][2] == "StopTransaction"
+    assert calls[1][3]["meterStop"] == 250
+    assert site.agent is not None
+    alarms = site.agent.offline.status()["alarms"]
+    assert any("never saw" in a["message"] for a in alarms)
