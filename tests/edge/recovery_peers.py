@@ -1,12 +1,16 @@
 """Charge points for the recovery scenarios: they react to the agent's calls like real ones.
 
-:class:`RebootingCp` is an OCPP 1.6 charge point (``ocpp`` library) with
-connectors 1..N and faults that only some actions clear:
+:class:`RebootingCp` is an OCPP 1.6 charge point (or, with ``version="2.0.1"``,
+a charging station whose EVSEs 1..N have one connector each; a fault is a
+``StatusNotification Faulted`` followed by a ``NotifyEvent`` Problem with the
+code in ``techInfo`` and the vendor code in ``techCode``), built on the
+``ocpp`` library, with connectors 1..N and faults that only some actions clear:
 
 * ``Reset`` — answers ``Accepted``, drops its socket, "reboots" for
   ``boot_delay_s``, reconnects, sends ``BootNotification`` and a
-  ``StatusNotification`` for connector 0 and every connector; a fault whose
-  ``cleared_by`` holds the reset type (``"Soft"``/``"Hard"``) is gone after it.
+  ``StatusNotification`` for connector 0 (1.6) and every connector; a fault
+  whose ``cleared_by`` holds the reset type (``"Soft"``/``"Hard"``; 2.0.1
+  ``OnIdle`` counts as Soft, ``Immediate`` as Hard) is gone after it.
 * ``ChangeAvailability`` — ``Inoperative`` → the connector reports
   ``Unavailable``; ``Operative`` → it reports its real status again (still
   ``Faulted`` unless ``cleared_by`` holds ``"availability"``).
@@ -33,6 +37,10 @@ from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
 from ocpp.v16.enums import Action
+from ocpp.v201 import ChargePoint as Cp201
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from ocpp.v201.enums import Action as Action201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -113,6 +121,69 @@ class _Firmware(Cp16):
         self.owner._spawn(self.owner._cleared_by(connector_id, "unlock"))
 
 
+class _Firmware201(Cp201):
+    """The 2.0.1 handlers of one connection (EVSE ids stand for connectors)."""
+
+    def __init__(self, owner: RebootingCp, conn: RecordingConnection) -> None:
+        super().__init__(owner.id, conn, response_timeout=10)
+        self.owner = owner
+
+    @on(Action201.reset)
+    def on_reset(self, type: str, call_unique_id: str, **kw: Any) -> result201.Reset:
+        self.owner._record("Reset", {"type": type, **kw}, call_unique_id)
+        return result201.Reset(status="Accepted")
+
+    @after(Action201.reset)
+    def after_reset(self, type: str, **kw: Any) -> None:
+        self.owner._spawn(self.owner._reboot({"OnIdle": "Soft", "Immediate": "Hard"}[type]))
+
+    @on(Action201.change_availability)
+    def on_change_availability(
+        self, operational_status: str, call_unique_id: str, evse: dict[str, Any] | None = None
+    ) -> result201.ChangeAvailability:
+        payload: dict[str, Any] = {"operationalStatus": operational_status}
+        if evse is not None:
+            payload["evse"] = evse
+        self.owner._record("ChangeAvailability", payload, call_unique_id)
+        return result201.ChangeAvailability(status="Accepted")
+
+    @after(Action201.change_availability)
+    def after_change_availability(
+        self, operational_status: str, evse: dict[str, Any] | None = None
+    ) -> None:
+        target = int(evse["id"]) if evse else 0
+        self.owner._spawn(self.owner._availability(target, operational_status))
+
+    @on(Action201.trigger_message)
+    def on_trigger(
+        self, requested_message: str, call_unique_id: str, evse: dict[str, Any] | None = None
+    ) -> result201.TriggerMessage:
+        payload: dict[str, Any] = {"requestedMessage": requested_message}
+        if evse is not None:
+            payload["evse"] = evse
+        self.owner._record("TriggerMessage", payload, call_unique_id)
+        return result201.TriggerMessage(status="Accepted")
+
+    @after(Action201.trigger_message)
+    def after_trigger(self, requested_message: str, evse: dict[str, Any] | None = None) -> None:
+        if requested_message == "StatusNotification":
+            targets = [int(evse["id"])] if evse else self.owner.all_connectors
+            self.owner._spawn(self.owner._report(targets))
+
+    @on(Action201.unlock_connector)
+    def on_unlock(
+        self, evse_id: int, connector_id: int, call_unique_id: str
+    ) -> result201.UnlockConnector:
+        self.owner._record(
+            "UnlockConnector", {"evseId": evse_id, "connectorId": connector_id}, call_unique_id
+        )
+        return result201.UnlockConnector(status="Unlocked")
+
+    @after(Action201.unlock_connector)
+    def after_unlock(self, evse_id: int, connector_id: int) -> None:
+        self.owner._spawn(self.owner._cleared_by(evse_id, "unlock"))
+
+
 class RebootingCp:
     """A 1.6 charge point at ``{url}/{id}``. ``async with RebootingCp(url, "CP-1") as cp:``."""
 
@@ -129,8 +200,11 @@ class RebootingCp:
         firmware: str = "4.2.1",
         serial: str | None = None,
         boot_delay_s: float = 0.3,
+        version: str = "1.6",
     ) -> None:
         self.url = url
+        self.version = version
+        self._events = itertools.count(1)
         self.id = cp_id
         self.connectors = connectors
         self.vendor, self.model, self.firmware = vendor, model, firmware
@@ -144,7 +218,7 @@ class RebootingCp:
         self.boots = 0
         self.connections = 0
         self._ws: ClientConnection | None = None
-        self._fw: _Firmware | None = None
+        self._fw: _Firmware | _Firmware201 | None = None
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
@@ -171,7 +245,9 @@ class RebootingCp:
 
     @property
     def all_connectors(self) -> list[int]:
-        return list(range(self.connectors + 1))
+        """What a boot reports: 1.6 connector 0 and every connector; 2.0.1 every EVSE."""
+        first = 0 if self.version == "1.6" else 1
+        return list(range(first, self.connectors + 1))
 
     @property
     def connected(self) -> bool:
@@ -194,6 +270,8 @@ class RebootingCp:
             error_code, vendor_error_code, vendor_id, info, frozenset(cleared_by)
         )
         await self._report([connector])
+        if self.version != "1.6":
+            await self._notify_problem(connector)
 
     async def repair(self, connector: int) -> None:
         """A technician fixed it: the fault is gone and the connector says Available."""
@@ -201,7 +279,9 @@ class RebootingCp:
         await self._report([connector])
 
     async def start_transaction(self, connector: int, id_tag: str = "TAG-1") -> int:
-        """A driver plugs in and charges on ``connector``; returns the CSMS's transaction id."""
+        """A driver plugs in and charges on ``connector``; returns the CSMS's transaction id (1.6)."""
+        if self.version != "1.6":
+            raise NotImplementedError("sessions are 1.6 only in these peers")
         await self._status(connector, "Preparing")
         res = await self._call(
             call16.StartTransaction(
@@ -300,6 +380,17 @@ class RebootingCp:
         fault = self.faults.get(connector) if status == "Faulted" else None
         error = fault.error_code if fault is not None else "NoError"
         self.reported.append((connector, status, error))
+        if self.version != "1.6":
+            await self._call(
+                call201.StatusNotification(
+                    timestamp=iso_now(),
+                    connector_status="Occupied" if status == "Charging" else status,
+                    evse_id=connector,
+                    connector_id=1,
+                )
+            )
+            self._changed.set()
+            return
         await self._call(
             call16.StatusNotification(
                 connector_id=connector,
@@ -313,7 +404,40 @@ class RebootingCp:
         )
         self._changed.set()
 
+    async def _notify_problem(self, evse: int) -> None:
+        fault = self.faults[evse]
+        event: dict[str, Any] = {
+            "event_id": next(self._events),
+            "timestamp": iso_now(),
+            "trigger": "Delta",
+            "actual_value": "true",
+            "tech_info": fault.error_code,
+            "event_notification_type": "HardWiredNotification",
+            "component": {"name": "Connector", "evse": {"id": evse, "connector_id": 1}},
+            "variable": {"name": "Problem"},
+        }
+        if fault.vendor_error_code:
+            event["tech_code"] = fault.vendor_error_code
+        await self._call(
+            call201.NotifyEvent(generated_at=iso_now(), seq_no=0, event_data=[event])  # type: ignore[list-item]
+        )
+
     async def _boot(self) -> None:
+        if self.version != "1.6":
+            await self._call(
+                call201.BootNotification(
+                    charging_station={
+                        "vendor_name": self.vendor,
+                        "model": self.model,
+                        "firmware_version": self.firmware,
+                        "serial_number": self.serial,
+                    },  # type: ignore[arg-type]
+                    reason="PowerUp" if self.boots == 0 else "RemoteReset",
+                )
+            )
+            self.boots += 1
+            await self._report(self.all_connectors)
+            return
         await self._call(
             call16.BootNotification(
                 charge_point_vendor=self.vendor,
@@ -331,16 +455,21 @@ class RebootingCp:
         return await self._fw.call(payload, suppress=False)
 
     async def _connect(self) -> None:
+        sub = "ocpp1.6" if self.version == "1.6" else "ocpp2.0.1"
         ws = await connect(
-            f"{self.url}/{self.id}", subprotocols=["ocpp1.6"], compression=None, open_timeout=10
-        )  # type: ignore[list-item]
+            f"{self.url}/{self.id}",
+            subprotocols=[sub],  # type: ignore[list-item]
+            compression=None,
+            open_timeout=10,
+        )
         self._ws = ws
-        self._fw = _Firmware(self, RecordingConnection(ws))
+        conn = RecordingConnection(ws)
+        self._fw = _Firmware(self, conn) if self.version == "1.6" else _Firmware201(self, conn)
         self._reader = asyncio.get_running_loop().create_task(self._read(self._fw))
         self.connections += 1
         self._changed.set()
 
-    async def _read(self, fw: _Firmware) -> None:
+    async def _read(self, fw: _Firmware | _Firmware201) -> None:
         with contextlib.suppress(ConnectionClosed):
             await fw.start()
 

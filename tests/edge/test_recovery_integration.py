@@ -362,6 +362,24 @@ async def two_charge_points_reset_together(root: Path, broker: Mosquitto) -> Rec
         return await site.record(fault_at)
 
 
+async def ocpp201_station(root: Path, broker: Mosquitto) -> Record:
+    async with Site(root, "rec-201", broker.port, flap_period_s=1, digest_interval_s=1) as site:
+        cs1 = await site.charge_point("CS-1", version="2.0.1", model="DC50", serial="V-1")
+        cs2 = await site.charge_point("CS-2", version="2.0.1", model="DC50", serial="V-2")
+        fault_at = now()
+        await cs1.fault(1, "OtherError", "E-17", cleared_by=("Soft",))
+        await cs2.fault(2, "OtherError", "CX002", cleared_by=("Soft", "Hard"))
+
+        def fixed() -> list[dict[str, Any]]:
+            return [s for d in site.digests() for s in d["self_resolved"] if s["kind"] == "fault"]
+
+        await site.escalated()
+        escalated_after = now() - fault_at
+        await site.observer.wait_for(lambda _: bool(fixed()), timeout=WINDOW_S)
+        await asyncio.sleep(max(0.0, fault_at + WINDOW_S - now()))  # nothing more comes
+        return await site.record(fault_at, escalated_after=escalated_after, fixed=fixed())
+
+
 SCENARIOS: dict[str, Callable[[Path, Mosquitto], Coroutine[Any, Any, Record]]] = {
     "soft_reset": soft_reset_clears_the_fault,
     "persisting": persisting_fault,
@@ -374,6 +392,7 @@ SCENARIOS: dict[str, Callable[[Path, Mosquitto], Coroutine[Any, Any, Record]]] =
     "maintenance": maintenance_requested_by_the_cloud,
     "cleared": cleared_after_escalation,
     "two_resets": two_charge_points_reset_together,
+    "ocpp201": ocpp201_station,
 }
 
 
@@ -599,3 +618,36 @@ async def test_resets_the_agent_ordered_at_two_charge_points_are_not_a_site_outa
     assert seen.escalations == []
     resolved = [s for d in seen.digests for s in d["self_resolved"]]
     assert [s for s in resolved if s["scope"] == "site"] == []
+
+
+async def test_ocpp201_station_soft_reset_clears_one_fault_and_cx002_is_escalated_untouched(
+    scenarios: Scenarios,
+) -> None:
+    seen = await scenarios("ocpp201")
+    cs1, cs2 = seen.cps["CS-1"], seen.cps["CS-2"]
+    # CS-1: the 2.0.1 steps reached the station, were schema-valid (accepted), and fixed it
+    assert cs1.calls("TriggerMessage")[0] == {
+        "requestedMessage": "StatusNotification",
+        "evse": {"id": 1, "connector_id": 1},
+    }
+    assert cs1.calls("ChangeAvailability")[:2] == [
+        {"operationalStatus": "Inoperative", "evse": {"id": 1}},
+        {"operationalStatus": "Operative", "evse": {"id": 1}},
+    ]
+    assert cs1.calls("Reset") == [{"type": "OnIdle"}]
+    assert [
+        (s["charge_point_id"], s["connector_id"], s["fixed_by"]) for s in seen.extra["fixed"]
+    ] == [("CS-1", 1, "soft_reset")]
+    actions = [
+        a for a in seen.status["recovery"]["recent_actions"] if a["charge_point_id"] == "CS-1"
+    ]
+    assert [a["result"] for a in actions if a["request"]] == ["accepted"] * 4
+    # CS-2: the NotifyEvent's techCode CX002 makes it a ground fault: no reset, escalated at once
+    esc = seen.only_escalation()
+    assert (esc["charge_point_id"], esc["connector_id"]) == ("CS-2", 2)
+    assert esc["fault"]["chargex_code"] == "CX002"
+    assert esc["fault"]["vendor_code"] == "CX002"
+    assert esc["fault"]["safety_critical"] is True
+    assert esc["hardware"]["serial"] == "V-2"
+    assert seen.extra["escalated_after"] < 5
+    assert cs2.calls("Reset") == [] and cs2.calls("ChangeAvailability") == []
