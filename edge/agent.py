@@ -210,6 +210,16 @@ class Agent:
         await self.outbox.put(escalations_topic(self.config.site.id), escalation)
 
     async def publish_digest(self, digest: Digest) -> None:
+        """Commit a digest; each charge point carries its latest anomaly score, features and health."""
+        if self.monitor is not None:
+            digest = digest.model_copy(
+                update={
+                    "chargers": [
+                        c.model_copy(update=self.monitor.digest_fields(c.charge_point_id))
+                        for c in digest.chargers
+                    ]
+                }
+            )
         await self.outbox.put(digests_topic(self.config.site.id), digest)
 
     async def _offline_alarm(
