@@ -18,6 +18,7 @@ from datetime import datetime
 
 import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from chargesight.common.messages import (
@@ -136,6 +137,8 @@ INTERVAL_COLS = (
     "resets",
     "health_score",
     "anomaly_score",
+    "faults_by_category",
+    "features",
 )
 
 
@@ -265,7 +268,7 @@ async def _write_escalations(
 INTERVAL_TYPES = (
     "text", "text", "timestamptz", "timestamptz", "text", "text", "text", "text", "int4", "float8",
     "int4", "int4", "int4", "int4", "int4", "int4", "float8", "float8", "float8", "float8", "float8",
-    "int4", "float8", "float8",
+    "int4", "float8", "float8", "jsonb", "jsonb",
 )  # fmt: skip
 
 _STAGE = (
@@ -424,6 +427,8 @@ async def _write_digests(
                             c.resets,
                             c.health_score,
                             c.anomaly_score,
+                            Jsonb(c.faults_by_category),
+                            Jsonb(c.features) if c.features else None,
                         )
                     )
                     meta = (d.site_id, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)

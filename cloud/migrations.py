@@ -222,6 +222,15 @@ SELECT day, coalesce(vendor, ''), coalesce(model, ''), coalesce(firmware, ''), s
 FROM charger_daily GROUP BY 1, 2, 3, 4;
 """,
     ),
+    (
+        4,
+        "fault categories and Foresight features per charger interval (training/edge parity)",
+        """
+ALTER TABLE charger_intervals ADD COLUMN IF NOT EXISTS faults_by_category jsonb NOT NULL
+    DEFAULT '{}';
+ALTER TABLE charger_intervals ADD COLUMN IF NOT EXISTS features jsonb;
+""",
+    ),
 ]
 
 PLAIN_VIEWS = """

@@ -251,3 +251,43 @@ def test_a_hardware_model_whose_units_degrade_together_stands_out_from_its_peers
     assert worst.elevated == 3 and worst.units == 4
     assert "3 of 4 units show early symptoms" in worst.evidence
     assert not any(g.faster_than_peers for g in groups[1:])
+
+
+@pytest.mark.postgres
+async def test_a_digests_fault_categories_and_features_round_trip_into_training_from_the_database(
+    database: Database,
+) -> None:
+    from chargesight.cloud.ingest import store_batch
+    from chargesight.common.messages import ChargerCounters, Digest
+
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    counters = ChargerCounters(
+        charge_point_id="parity-01",
+        model="DC150",
+        faults=3,
+        faults_by_category={"power_electronics": 2, "connector": 1},
+        features={"power_ratio_max_7d": 0.82, "offline_share": 0.0},
+    )
+    digest = Digest(
+        message_id="parity-digest-1",
+        site_id="parity-site",
+        sent_at=start + timedelta(hours=1),
+        interval_start=start,
+        interval_end=start + timedelta(hours=1),
+        chargers=[counters, ChargerCounters(charge_point_id="parity-02", faults=0)],
+    )
+    async with database.pool.connection() as conn:
+        await store_batch(conn, [digest])
+    rebuilt = await asyncio.to_thread(lambda: list(read_digests_from_database(database.url)))
+    assert len(rebuilt) == 1
+    by_cp = {c.charge_point_id: c for c in rebuilt[0].chargers}
+    assert by_cp["parity-01"].faults_by_category == {"power_electronics": 2, "connector": 1}
+    assert by_cp["parity-01"].features == {"power_ratio_max_7d": 0.82, "offline_share": 0.0}
+    assert by_cp["parity-02"].faults_by_category == {}
+    direct, stored = FeatureBank(), FeatureBank()
+    direct.add_digest(digest)
+    stored.add_digest(rebuilt[0])
+    a = features_dict(direct.windows["parity-01"].features())
+    b = features_dict(stored.windows["parity-01"].features())
+    assert a == b
+    assert any(n.startswith("faults_") and n != "faults_48h" and a[n] > 0 for n in FEATURE_NAMES)
