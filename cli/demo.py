@@ -749,9 +749,9 @@ format = "json"
             for sid, s_ in report["sites"].items():
                 avail = s_.get("availability") or {}
                 nevi = avail.get("nevi_monthly") or []
-                latest = nevi[-1] if isinstance(nevi, list) and nevi else {}
+                latest = nevi[0] if isinstance(nevi, list) and nevi else {}  # newest first
                 nevi_text = (
-                    f", NEVI {latest.get('uptime_pct')}% ({latest.get('as_of') or latest.get('month', '')})"
+                    f", NEVI trailing year {latest.get('uptime_pct')}%"
                     if isinstance(latest, dict) and latest
                     else ""
                 )
