@@ -98,7 +98,7 @@ async def answer(conn: Conn, engine: Engine, question: str) -> dict[str, Any]:
             open_ = [Issue.model_validate(x) for x in ch["open_issues"]]
             text = (
                 f"Charge point {ch['charge_point_id']} at site {ch['site_id']}: health {ch['health_score']} "
-                f"({ch['health_basis']}), availability {ch['availability_30d_pct']}% over 30 days, "
+                f"({ch['health_band']}: {'; '.join(ch['health']['explanation'][:3])}), availability {ch['availability_30d_pct']}% over 30 days, "
                 f"{len(open_)} open issue(s)"
                 + (": " + "; ".join(_summary(i) for i in open_) if open_ else ".")
             )

@@ -9,6 +9,7 @@ import orjson
 
 from chargesight.cloud import fleet
 from chargesight.cloud.engine import Conn, Engine, _doc
+from chargesight.cloud.health import WINDOW_DAYS, ChargerEvidence, ShortFault, charger_health
 from chargesight.cloud.model import Issue
 
 STATUSES = ("open", "acknowledged", "resolved", "active", "all")
@@ -87,6 +88,8 @@ async def site_summary(conn: Conn, engine: Engine, site_id: str) -> dict[str, An
         (site_id, as_of - timedelta(days=7)),
     )
     usage = await cur.fetchone() or {"s": 0, "e": 0}
+    health = await _health_scores(conn, chargers, spans, as_of)
+    scored = [h["score"] for h in health.values()]
     return {
         "site_id": site_id,
         "name": site["name"],
@@ -95,9 +98,31 @@ async def site_summary(conn: Conn, engine: Engine, site_id: str) -> dict[str, An
         "price_per_kwh": site["price_per_kwh"],
         "as_of": as_of,
         "chargers": [
-            {**dict(c.items()), "availability_30d_pct": avail[c["charge_point_id"]]}
+            {
+                **dict(c.items()),
+                "availability_30d_pct": avail[c["charge_point_id"]],
+                "health": health[c["charge_point_id"]],
+            }
             for c in chargers
         ],
+        "health": {
+            "min_score": min(scored) if scored else None,
+            "mean_score": round(sum(scored) / len(scored), 1) if scored else None,
+            "by_band": {
+                b: sum(1 for h in health.values() if h["band"] == b)
+                for b in ("healthy", "watch", "degrading", "at risk", "critical")
+            },
+            "worst": [
+                {
+                    "charge_point_id": cp,
+                    "score": h["score"],
+                    "band": h["band"],
+                    "explanation": h["explanation"],
+                }
+                for cp, h in sorted(health.items(), key=lambda kv: kv[1]["score"])[:5]
+                if h["band"] != "healthy"
+            ],
+        },
         "availability": {
             "trailing_30d_pct": round(sum(avail.values()) / n, 3) if avail else None,
             "nevi_monthly": nevi,
@@ -136,12 +161,6 @@ async def charger_summary(conn: Conn, engine: Engine, cp: str) -> dict[str, Any]
     )
     days = await cur.fetchall()
     cur = await conn.execute(
-        "SELECT health_score, anomaly_score, interval_end FROM charger_intervals"
-        " WHERE charge_point_id = %s AND health_score IS NOT NULL ORDER BY interval_start DESC LIMIT 1",
-        (cp,),
-    )
-    latest = await cur.fetchone()
-    cur = await conn.execute(
         "SELECT doc FROM issues WHERE charge_point_id = %s OR doc->'chargers' ? %s"
         " ORDER BY started_at DESC LIMIT 50",
         (cp, cp),
@@ -153,15 +172,17 @@ async def charger_summary(conn: Conn, engine: Engine, cp: str) -> dict[str, Any]
     as_of = (site_row["last_data_at"] if site_row else None) or max(
         (i.last_seen_at for i in issues), default=datetime.now(UTC)
     )
-    health, basis = _health(latest, days, issues)
+    health = (await _health_scores(conn, [ch], {cp: spans}, as_of))[cp]
     return {
         "charge_point_id": cp,
         "site_id": ch["site_id"],
         "hardware": {
             k: ch.get(k) for k in ("vendor", "model", "firmware", "connectors", "rated_power_w")
         },
-        "health_score": health,
-        "health_basis": basis,
+        "health_score": health["score"],
+        "health_band": health["band"],
+        "health_basis": health["basis"],
+        "health": health,
         "availability_30d_pct": round(
             fleet.availability(spans, as_of - timedelta(days=30), as_of) * 100, 3
         ),
@@ -184,25 +205,86 @@ async def charger_summary(conn: Conn, engine: Engine, cp: str) -> dict[str, Any]
     }
 
 
-def _health(
-    latest: dict[str, Any] | None, days: list[dict[str, Any]], issues: list[Issue]
-) -> tuple[float, str]:
-    if latest is not None and latest["health_score"] is not None:
-        return round(float(latest["health_score"]), 3), "the edge's latest health score"
-    score = 1.0
-    open_ = [i for i in issues if i.status != "resolved"]
-    if any(i.scope in ("charge_point", "site") for i in open_):
-        score -= 0.6
-    elif open_:
-        score -= 0.3
-    recent = days[:7]
-    faults = sum(int(d["faults"]) for d in recent)
-    disc = sum(int(d["disconnects"]) for d in recent)
-    started = sum(int(d["sessions_started"]) for d in recent)
-    failed = sum(int(d["sessions_failed"]) for d in recent)
-    score -= min(0.2, faults * 0.02) + min(0.1, disc * 0.01)
-    if started + failed:
-        score -= 0.2 * failed / (started + failed)
-    return round(
-        max(0.0, score), 3
-    ), "computed: open issues, faults, disconnects and failed starts in 7 days"
+async def _health_scores(
+    conn: Conn,
+    chargers: list[dict[str, Any]],
+    spans: dict[str, list[fleet.OutageSpan]],
+    as_of: datetime,
+) -> dict[str, dict[str, Any]]:
+    """Health of each charge point in ``chargers`` (rows with ``charge_point_id``, ``model``,
+    ``connectors``) as of ``as_of``: a few grouped queries, however many chargers."""
+    cps = [str(c["charge_point_id"]) for c in chargers]
+    if not cps:
+        return {}
+    start = as_of - timedelta(days=WINDOW_DAYS)
+    start30 = as_of - timedelta(days=30)
+    cur = await conn.execute(
+        "SELECT charge_point_id, max(max_power_w) AS peak, sum(resets) AS resets,"
+        " sum(extract(epoch FROM interval_end - interval_start)) AS covered_s,"
+        " (array_agg(anomaly_score ORDER BY interval_start DESC)"
+        "   FILTER (WHERE anomaly_score IS NOT NULL))[1] AS anomaly,"
+        " (array_agg(health_score ORDER BY interval_start DESC)"
+        "   FILTER (WHERE health_score IS NOT NULL))[1] AS edge_score"
+        " FROM charger_intervals WHERE charge_point_id = ANY(%s) AND interval_start >= %s"
+        " AND interval_start < %s GROUP BY charge_point_id",
+        (cps, start, as_of),
+    )
+    stats = {str(r["charge_point_id"]): r for r in await cur.fetchall()}
+    models = sorted({str(c["model"]) for c in chargers if c.get("model")})
+    typical: dict[str, float] = {}
+    if models:
+        cur = await conn.execute(
+            "SELECT model, percentile_cont(0.5) WITHIN GROUP (ORDER BY peak) AS typical FROM"
+            " (SELECT model, charge_point_id, max(max_power_w) AS peak FROM charger_intervals"
+            "  WHERE model = ANY(%s) AND interval_start >= %s AND interval_start < %s"
+            "  AND max_power_w IS NOT NULL GROUP BY model, charge_point_id) t GROUP BY model",
+            (models, start, as_of),
+        )
+        typical = {str(r["model"]): float(r["typical"]) for r in await cur.fetchall()}
+    cur = await conn.execute(
+        "SELECT doc FROM issues WHERE charge_point_id = ANY(%s)"
+        " AND kind NOT IN ('predictive', 'recurring')"
+        " AND (status <> 'resolved' OR last_seen_at >= %s"
+        "      OR coalesce((doc->'fault'->>'safety_critical')::boolean, false))",
+        (cps, start30),
+    )
+    issues: dict[str, list[Issue]] = {cp: [] for cp in cps}
+    for r in await cur.fetchall():
+        i = _doc(r)
+        issues.setdefault(i.charge_point_id or "", []).append(i)
+    cur = await conn.execute(
+        "SELECT charge_point_id, started_at, category, fault_code, connector_id FROM self_resolved"
+        " WHERE charge_point_id = ANY(%s) AND started_at >= %s AND started_at < %s"
+        " AND kind <> 'connectivity'",
+        (cps, start30, as_of),
+    )
+    short: dict[str, list[ShortFault]] = {cp: [] for cp in cps}
+    for r in await cur.fetchall():
+        short[str(r["charge_point_id"])].append(
+            ShortFault(r["started_at"], str(r["category"]), str(r["fault_code"]), r["connector_id"])
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for c in chargers:
+        cp = str(c["charge_point_id"])
+        st = stats.get(cp)
+        covered = float(st["covered_s"]) / 86400 if st and st["covered_s"] else None
+        out[cp] = charger_health(
+            ChargerEvidence(
+                now=as_of,
+                connectors=c.get("connectors"),
+                availability=fleet.availability(spans.get(cp, []), start, as_of),
+                issues=issues.get(cp, []),
+                short_faults=short.get(cp, []),
+                anomaly_score=_opt(st["anomaly"]) if st else None,
+                peak_power_w=_opt(st["peak"]) if st else None,
+                typical_peak_power_w=typical.get(str(c.get("model"))),
+                resets=int(st["resets"]) if st and st["resets"] is not None else None,
+                covered_days=covered,
+                edge_score=_opt(st["edge_score"]) if st else None,
+            )
+        )
+    return out
+
+
+def _opt(v: Any) -> float | None:
+    return None if v is None else float(v)
