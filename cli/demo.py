@@ -263,6 +263,29 @@ def pick_live_sites(scenario: Scenario, n: int) -> list[str]:
     return sorted(score, key=lambda sid: -score[sid])[:n]
 
 
+def merge_truth(history_file: Path, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live run's faults, with what each already cost during the history added in.
+
+    A fault the live run carried over from the history has the same ``fault_id``
+    in both; its revenue lost is the sum of the two periods.
+    """
+    past: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(OSError), history_file.open("rb") as f:
+        for line in f:
+            rec = orjson.loads(line)
+            past[rec["fault_id"]] = rec
+    out = []
+    for rec in live:
+        before = past.get(rec.get("fault_id", ""))
+        if before is not None:
+            amount = float((before.get("revenue_lost") or {}).get("amount") or 0) + float(
+                (rec.get("revenue_lost") or {}).get("amount") or 0
+            )
+            rec = {**rec, "revenue_lost": {**(rec.get("revenue_lost") or {}), "amount": amount}}
+        out.append(rec)
+    return out
+
+
 @dataclass
 class DemoRun:
     opts: Options
@@ -275,6 +298,7 @@ class DemoRun:
     agents: dict[str, Path] = field(default_factory=dict)  # site → status file
     first_escalation_s: float | None = None
     baseline_issue_ids: set[str] = field(default_factory=set)  # issues the history alone made
+    sim_now: datetime | None = None  # the simulation's clock when the live run ended
     t0: float = field(default_factory=time.monotonic)
 
     def say(self, text: str) -> None:
@@ -503,7 +527,8 @@ format = "json"
                 await self.watch(sim, opts.duration_s, len(only))
                 # Let every open incident finish its window and reach the cloud.
                 await self.settle(timeout=opts.window_s + 45)
-                truth = sim.ground_truth()
+                truth = merge_truth(hist_dir / "ground_truth.jsonl", sim.ground_truth())
+                self.sim_now = sim.clock.now()
             self.mark("live")
             report = await self.fetch_report(live)
             self.print_report(report, truth, live, summary)
@@ -777,9 +802,18 @@ format = "json"
         console.print(
             "\nscorecard against the simulator's ground truth (faults still present at the end)"
         )
-        active = [t for t in truth if not t.get("ended_at")]
+        now = self.sim_now or datetime.now(UTC)
+
+        def past(value: Any) -> bool:  # the truth also holds planned, future times
+            if not value:
+                return False
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")) <= now
+
+        active = [t for t in truth if not past(t.get("ended_at"))]
         # A PSU that only degrades has not failed: that is foresight's job, scored apart.
-        early = [t for t in active if t.get("kind") == "psu_degradation" and not t.get("failed_at")]
+        early = [
+            t for t in active if t.get("kind") == "psu_degradation" and not past(t.get("failed_at"))
+        ]
         needs_person = [
             t for t in active if t.get("kind") not in ("transient", "stuck") and t not in early
         ]
@@ -788,22 +822,28 @@ format = "json"
         def cps(t: dict[str, Any]) -> set[str]:
             return set(t.get("charge_points") or [t.get("charge_point_id")])
 
+        def same_problem(i: dict[str, Any], t: dict[str, Any]) -> bool:
+            if t.get("scope") == "site":
+                return i.get("scope") == "site"
+            if t.get("kind") == "psu_degradation" and i.get("kind") == "predictive":
+                return True
+            return (i.get("fault") or {}).get("code") == t.get("code")
+
         def matches(t: dict[str, Any]) -> list[dict[str, Any]]:
             return [
                 i
                 for i in issues
-                if i.get("charge_point_id") in cps(t)
-                or cps(t) & set(i.get("chargers") or [])
-                or (
-                    t.get("scope") == "site"
-                    and i.get("site_id") == t.get("site_id")
-                    and i.get("scope") == "site"
+                if same_problem(i, t)
+                and (
+                    i.get("charge_point_id") in cps(t)
+                    or cps(t) & set(i.get("chargers") or [])
+                    or (t.get("scope") == "site" and i.get("site_id") == t.get("site_id"))
                 )
             ]
 
         detected = [t for t in needs_person if matches(t)]
         missed = [t for t in needs_person if not matches(t)]
-        used = {i["id"] for t in needs_person for i in matches(t)}
+        used = {i["id"] for t in [*needs_person, *early] for i in matches(t)}
         false = [i for i in issues if i["id"] not in used]
         scope_ok = sum(
             1 for t in detected if any(i.get("scope") == t.get("scope") for i in matches(t))
@@ -821,12 +861,17 @@ format = "json"
                 for i in matches(t)
             )
         ]
-        errors = []
+        errors: list[float] = []
+        details: list[str] = []
         for t in detected:
             want = float((t.get("revenue_lost") or {}).get("amount") or 0)
             got = max(float((i.get("revenue_lost") or {}).get("amount") or 0) for i in matches(t))
             if want > 0:
                 errors.append(abs(got - want) / want)
+                details.append(
+                    f"  revenue {t.get('kind')} on {', '.join(sorted(cps(t)))}: estimated "
+                    f"{got:.2f}, simulated {want:.2f}"
+                )
         n = len(detected) or 1
         console.print(
             f"  faults needing a person: {len(needs_person)} — became issues: {len(detected)}, "
@@ -845,6 +890,8 @@ format = "json"
                 f"  revenue estimate error (median over {len(errors)} faults with a cost so far): "
                 f"{100 * errors[len(errors) // 2]:.0f}%"
             )
+        for line in details:
+            console.print(line, style="dim")
         if early:
             flagged = [t for t in early if matches(t)]
             console.print(
