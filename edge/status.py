@@ -32,7 +32,47 @@ def status(config: EdgeConfig) -> int:
     for cp in connected:
         up = "CSMS connected" if cp.get("upstream_connected") else "CSMS UNREACHABLE"
         print(f"  {cp['charge_point_id']:<24} OCPP {cp['ocpp']:<6} {up}")
-    for section in ("recovery", "uplink", "offline"):
-        if section in data:
-            print(f"{section}: {orjson.dumps(data[section]).decode()}")
+    rec = data.get("recovery") or {}
+    incidents = rec.get("open_incidents") or []
+    print(f"open incidents: {len(incidents)}")
+    for inc in incidents:
+        where = (
+            inc.get("charge_point_id") or f"site ({len(inc.get('chargers') or [])} charge points)"
+        )
+        if inc.get("connector_id") is not None:
+            where += f" connector {inc['connector_id']}"
+        fault = inc.get("fault") or {}
+        steps = (
+            ", ".join(f"{s['action']}→{s['result']}" for s in inc.get("steps") or []) or "none yet"
+        )
+        print(
+            f"  {where}: {fault.get('code')} ({fault.get('category')}) since {inc.get('started_at')}"
+            f" — {inc.get('outcome')}, {inc.get('window_left_s')}s of window left; steps: {steps}"
+        )
+    actions = rec.get("recent_actions") or []
+    print(f"recent actions: {len(actions)}")
+    for a in actions[-10:]:
+        print(
+            f"  {a.get('at')} {a.get('charge_point_id') or ''} {a.get('action')} → {a.get('result')}"
+        )
+    if rec.get("maintenance"):
+        print(f"in maintenance (never acted on): {', '.join(rec['maintenance'])}")
+    uplink = data.get("uplink") or {}
+    if uplink:
+        state = "connected" if uplink.get("connected") else "NOT connected"
+        print(
+            f"uplink: {state} to {uplink.get('broker')} (MQTT {uplink.get('protocol')}), "
+            f"{uplink.get('queued')} queued, {uplink.get('delivered')} delivered"
+            + (f", last error: {uplink['last_error']}" if uplink.get("last_error") else "")
+        )
+        for alarm in uplink.get("alarms") or []:
+            print(f"  ALARM {alarm}")
+    off = data.get("offline") or {}
+    if off:
+        print(
+            f"offline mode {off.get('mode')}: {off.get('queued', 0)} messages queued for the CSMS, "
+            f"{off.get('parked', 0)} parked"
+        )
+        for alarm in off.get("alarms") or []:
+            print(f"  ALARM {alarm.get('charge_point_id')}: {alarm.get('message')}")
     return 0 if running else 1

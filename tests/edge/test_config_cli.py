@@ -193,3 +193,68 @@ def test_shipped_example_config_is_valid() -> None:
     cfg = load_config(EdgeConfig, example, environ={})
     assert cfg.site.id == "berlin-mitte"
     assert cfg.mqtt.url.startswith("mqtts://")
+
+
+def test_edge_status_says_what_the_agent_is_doing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import orjson
+
+    from chargesight.edge.agent import status_path
+    from chargesight.edge.status import status
+
+    cfg = load_config(EdgeConfig, write(tmp_path), environ={})
+    status_path(cfg).write_bytes(
+        orjson.dumps(
+            {
+                "site_id": "berlin-mitte",
+                "pid": 1,
+                "running": True,
+                "updated_at": time.time(),
+                "ocpp": {
+                    "listen": "127.0.0.1:9000",
+                    "connected": [
+                        {"charge_point_id": "CP-1", "ocpp": "1.6", "upstream_connected": False}
+                    ],
+                },
+                "recovery": {
+                    "open_incidents": [
+                        {
+                            "charge_point_id": "CP-1",
+                            "connector_id": 2,
+                            "fault": {"code": "ConnectorLockFailure", "category": "connector_lock"},
+                            "started_at": "2026-11-24T10:00:00Z",
+                            "outcome": "running",
+                            "window_left_s": 412.0,
+                            "steps": [{"action": "unlock", "result": "rejected"}],
+                        }
+                    ],
+                    "recent_actions": [
+                        {
+                            "at": "2026-11-24T10:00:05Z",
+                            "charge_point_id": "CP-1",
+                            "action": "unlock",
+                            "result": "rejected",
+                        }
+                    ],
+                },
+                "uplink": {
+                    "connected": False,
+                    "broker": "127.0.0.1:1883",
+                    "protocol": "5",
+                    "queued": 3,
+                    "delivered": 0,
+                    "last_error": "connection refused",
+                    "alarms": [],
+                },
+                "offline": {"mode": "serve", "queued": 7, "parked": 0, "alarms": []},
+            }
+        )
+    )
+    assert status(cfg) == 0
+    out = capsys.readouterr().out
+    assert "CP-1" in out and "CSMS UNREACHABLE" in out
+    assert "CP-1 connector 2: ConnectorLockFailure" in out
+    assert "unlock→rejected" in out
+    assert "uplink: NOT connected" in out and "3 queued" in out and "connection refused" in out
+    assert "7 messages queued for the CSMS" in out
