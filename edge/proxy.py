@@ -39,10 +39,10 @@ import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, unquote
 
 import structlog
@@ -352,6 +352,30 @@ class ChargePointSession:
                     )
             self.outstanding.clear()
 
+    async def _reject(
+        self,
+        frame: ocppj.FrameError,
+        raw: bytes,
+        direction: Literal["cp->csms", "csms->cp"],
+        answer: Callable[[bytes, str], Awaitable[None]],
+    ) -> None:
+        """A malformed frame: log, count, record, never forward; answer its sender with a CALLERROR."""
+        self._record(direction, raw)
+        if direction == "cp->csms":
+            self.proxy.stats.malformed_from_cp += 1
+        else:
+            self.proxy.stats.malformed_from_csms += 1
+        self._log.warning(
+            "malformed_frame", direction=direction, code=frame.error_code, why=frame.description
+        )
+        self.proxy.emit(
+            FrameRejected(
+                self.charge_point_id, now_utc(), direction, frame.error_code, frame.description
+            )
+        )
+        with contextlib.suppress(ConnectionClosed):
+            await answer(frame.reply(), "agent->cp" if direction == "cp->csms" else "agent->csms")
+
     # ------------------------------------------------------------ charge point side
 
     async def _read_cp(self) -> None:
@@ -364,25 +388,7 @@ class ChargePointSession:
                 return
             frame = ocppj.parse_frame(raw, self.version)
             if isinstance(frame, ocppj.FrameError):
-                self._record("cp->csms", raw)
-                proxy.stats.malformed_from_cp += 1
-                self._log.warning(
-                    "malformed_frame",
-                    direction="cp->csms",
-                    code=frame.error_code,
-                    why=frame.description,
-                )
-                proxy.emit(
-                    FrameRejected(
-                        self.charge_point_id,
-                        now_utc(),
-                        "cp->csms",
-                        frame.error_code,
-                        frame.description,
-                    )
-                )
-                with contextlib.suppress(ConnectionClosed):
-                    await self.send_to_cp(frame.reply(), "agent->cp")
+                await self._reject(frame, raw, "cp->csms", self.send_to_cp)
                 continue
             if isinstance(frame, ocppj.Call):
                 proxy.stats.frames_cp_to_csms += 1
@@ -563,27 +569,14 @@ class ChargePointSession:
                 return
             frame = ocppj.parse_frame(raw, self.version)
             if isinstance(frame, ocppj.FrameError):
-                self._record("csms->cp", raw)
-                proxy.stats.malformed_from_csms += 1
-                self._log.warning(
-                    "malformed_frame",
-                    direction="csms->cp",
-                    code=frame.error_code,
-                    why=frame.description,
-                )
-                proxy.emit(
-                    FrameRejected(
-                        self.charge_point_id,
-                        now_utc(),
-                        "csms->cp",
-                        frame.error_code,
-                        frame.description,
-                    )
-                )
-                with contextlib.suppress(ConnectionClosed):
-                    reply = frame.reply()
-                    self._record("agent->csms", reply)
+
+                async def answer_csms(
+                    reply: bytes, direction: str, up: ClientConnection = up
+                ) -> None:
+                    self._record(direction, reply)
                     await up.send(reply, text=True)
+
+                await self._reject(frame, raw, "csms->cp", answer_csms)
                 continue
             if isinstance(frame, ocppj.Call):
                 proxy.stats.frames_csms_to_cp += 1
