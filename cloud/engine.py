@@ -22,7 +22,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -146,6 +146,7 @@ class Engine:
         self.timescale = False
         self._fleet_task: asyncio.Task[None] | None = None
         self._enriched_at: dict[str, float] = {}  # issue id → time.monotonic() of enrichment
+        self._early_rates: dict[tuple[date, date], tuple[float, float | None]] = {}
 
     async def fleet_view(self, max_age_s: float = 5.0) -> dict[str, Any]:
         """The fleet view: computed on first use, then served from cache and recomputed in the
@@ -443,7 +444,8 @@ class Engine:
     ) -> list[revenue.IntervalUsage]:
         cur = await conn.execute(
             "SELECT charge_point_id, interval_start, interval_end, sessions_started, energy_wh,"
-            " connectors FROM charger_intervals WHERE site_id = %s AND interval_start >= %s"
+            " connectors, sessions_ended_early FROM charger_intervals WHERE site_id = %s"
+            " AND interval_start >= %s"
             " AND interval_start < %s",
             (site_id, since, until),
         )
@@ -465,6 +467,9 @@ class Engine:
             cps = issue.chargers or sorted({r.charge_point_id for r in history})
         else:
             cps = [issue.charge_point_id] if issue.charge_point_id else []
+        early_rate = None
+        if issue.scope != "site" and issue.kind in ("fault", "performance"):
+            early_rate = await self._fleet_early_rate(conn, first - timedelta(weeks=weeks), first)
         est = revenue.estimate_revenue_lost(
             spans,
             cps,
@@ -473,8 +478,28 @@ class Engine:
             site["currency"],
             connector_scope=issue.scope == "connector",
             weeks=weeks,
+            fleet_early_rate=early_rate,
         )
         return est.as_model(as_of)
+
+    async def _fleet_early_rate(self, conn: Conn, since: datetime, until: datetime) -> float | None:
+        """A healthy charge point's early-end rate over whole days in [since, until)."""
+        key = (since.date(), until.date())
+        hit = self._early_rates.get(key)
+        if hit is not None and time.monotonic() - hit[0] < 600.0:
+            return hit[1]
+        cur = await conn.execute(
+            "SELECT sum(sessions_started) AS s, sum(sessions_ended_early) AS e FROM charger_daily"
+            " WHERE day >= %s AND day < %s GROUP BY charge_point_id",
+            key,
+        )
+        rate = revenue.typical_early_rate(
+            (int(r["s"] or 0), int(r["e"] or 0)) for r in await cur.fetchall()
+        )
+        if len(self._early_rates) > 1000:
+            self._early_rates.clear()
+        self._early_rates[key] = (time.monotonic(), rate)  # a fleet median: stable for minutes
+        return rate
 
     async def _recurring_revenue(
         self, conn: Conn, issue: Issue, site: dict[str, Any]
@@ -505,11 +530,11 @@ class Engine:
             amount += est.amount
             sessions += est.lost_sessions
             hours += est.outage_hours
-            kwh = est.median_kwh if est.median_kwh is not None else kwh
+            kwh = est.kwh_per_session if est.kwh_per_session is not None else kwh
         n = sum(len(v) for v in by_cp.values())
         price = site["price_per_kwh"] or 0.0
         if kwh is None:
-            kwh = revenue.median_energy_kwh(history)
+            kwh = revenue.mean_energy_kwh(history)
         # sessions the blips cut short or stopped from starting, beyond the fleet's normal rate
         cur = await conn.execute(
             "SELECT site_id = %s AS mine, sum(sessions_started) AS started,"
@@ -518,27 +543,33 @@ class Engine:
             (issue.site_id, since.date(), r.window_end.date()),
         )
         totals = {bool(x["mine"]): x for x in await cur.fetchall()}
-        excess = 0.0
+        excess = {"early": 0.0, "failed": 0.0}
         mine, rest = totals.get(True), totals.get(False)
         if mine is not None and rest is not None:
+            healthy = await self._fleet_early_rate(conn, since, r.window_end + timedelta(days=1))
             for col in ("early", "failed"):
                 rate = float(rest[col] or 0) / max(1.0, float(rest["started"] or 0))
+                if col == "early" and healthy is not None:
+                    rate = healthy
                 normal = rate * float(mine["started"] or 0)
-                excess += max(0.0, float(mine[col] or 0) - normal)
-        interrupted = excess * (kwh or 0.0) * price
+                excess[col] = max(0.0, float(mine[col] or 0) - normal)
+        interrupted = excess["early"] / 2.0 * (kwh or 0.0) * price
         method = (
             f"sum over the {n} self-resolved incidents with a known duration since the problem began "
-            f"({hours:.1f} charger-hours out): {sessions:.2f} sessions expected in those hours "
-            f"(same hour of week, trailing {weeks} weeks) × median {kwh or 0.0:.1f} kWh per session "
-            f"× {price:g} {site['currency'] or ''}/kWh; plus {excess:.1f} sessions that ended early "
-            "or failed to start beyond the rest of the fleet's rate over the same days, each "
-            "counted as one median session lost"
+            f"({hours:.1f} charger-hours out): {sessions:.2f} sessions lost in those hours "
+            f"(same hour of week, trailing {weeks} weeks, less what the site's other charge points "
+            f"absorbed) × mean {kwh or 0.0:.1f} kWh per session "
+            f"× {price:g} {site['currency'] or ''}/kWh; plus {excess['early']:.1f} sessions cut "
+            "short beyond a healthy unit's early-end rate (the fleet's lower quartile) over the "
+            "same days, each at half "
+            f"a mean session ({excess['failed']:.1f} failed starts beyond the fleet's rate are "
+            "drivers who had to retry, not counted again)"
         )
         return RevenueLost(
             amount=round(amount + interrupted, 2),
             currency=site["currency"],
             method=method,
-            lost_sessions=round(sessions + excess, 2),
+            lost_sessions=round(sessions + excess["early"] / 2.0, 2),
             outage_hours=round(hours, 2),
             as_of=r.window_end,
         )

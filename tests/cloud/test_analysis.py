@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -121,7 +122,7 @@ def test_expected_sessions_come_from_the_same_hour_of_week_over_trailing_weeks()
     outage = [revenue.Span(T0 + 18 * H, T0 + 19 * H)]  # Monday 18:00-19:00, the busy hour
     est = revenue.estimate_revenue_lost(outage, ["cp"], history, 0.5, "EUR", weeks=4)
     assert est.lost_sessions == pytest.approx(4.0)
-    assert est.median_kwh == pytest.approx(10.0)
+    assert est.kwh_per_session == pytest.approx(10.0)
     assert est.amount == pytest.approx(4 * 10 * 0.5)
     quiet = revenue.estimate_revenue_lost(
         [revenue.Span(T0 + 3 * H, T0 + 4 * H)], ["cp"], history, 0.5, "EUR"
@@ -391,3 +392,56 @@ def test_sessions_the_rest_of_the_site_took_over_are_not_counted_as_lost() -> No
     alone = revenue.estimate_revenue_lost([revenue.Span(T0, T0 + H)], ["a"], history, 1.0, "EUR",
                                           site_absorption=False)  # fmt: skip
     assert alone.lost_sessions == pytest.approx(1.0)
+
+
+def test_a_long_outage_expects_what_the_weeks_before_it_began_saw_not_its_own_empty_weeks() -> None:
+    before = usage("cp", T0 - 4 * WEEK, 4 * 7 * 24, {18: 4})
+    during = [  # the charger is down for three weeks: its digests report nothing started
+        revenue.IntervalUsage("cp", T0 + h * H, T0 + (h + 1) * H, 0, 0.0, 2) for h in range(21 * 24)
+    ]
+    est = revenue.estimate_revenue_lost(
+        [revenue.Span(T0, T0 + 21 * WEEK / 7)], ["cp"], before + during, 1.0, "EUR"
+    )
+    # 21 days × (23 quiet hours × 1 + the busy hour × 4) = 21 × 27 sessions
+    assert est.lost_sessions == pytest.approx(21 * 27)
+
+
+def test_energy_per_session_is_the_sites_total_energy_over_its_sessions() -> None:
+    # one 30 kWh session spread over three hourly digests: per-interval ratios would say 10 kWh
+    rows = [
+        revenue.IntervalUsage("cp", T0, T0 + H, 1, 10_000.0),
+        revenue.IntervalUsage("cp", T0 + H, T0 + 2 * H, 0, 10_000.0),
+        revenue.IntervalUsage("cp", T0 + 2 * H, T0 + 3 * H, 0, 10_000.0),
+        revenue.IntervalUsage("cp", T0 + 3 * H, T0 + 4 * H, 1, 6_000.0),
+    ]
+    assert revenue.mean_energy_kwh(rows) == pytest.approx(18.0)
+
+
+def test_what_the_rest_of_the_site_absorbed_is_netted_over_the_outage_not_clipped_hourly() -> None:
+    history = usage("a", T0 - WEEK, 7 * 24, {}, connectors=1) + usage(
+        "b", T0 - WEEK, 7 * 24, {}, connectors=1
+    )
+    # "b" started 2 then 0 sessions in the two outage hours (usually 1 and 1): noise, no one moved
+    history += [
+        revenue.IntervalUsage("b", T0, T0 + H, 2, 20_000.0, 1),
+        revenue.IntervalUsage("b", T0 + H, T0 + 2 * H, 0, 0.0, 1),
+    ]
+    est = revenue.estimate_revenue_lost([revenue.Span(T0, T0 + 2 * H)], ["a"], history, 1.0, "EUR")
+    assert est.lost_sessions == pytest.approx(2.0)
+
+
+def test_sessions_a_degrading_unit_cut_short_before_it_failed_count_half_a_session_each() -> None:
+    history = usage("cp", T0 - WEEK, 7 * 24, {})  # 168 sessions of 10 kWh
+    history = [
+        dataclasses.replace(r, sessions_ended_early=1) if i % 8 == 0 else r
+        for i, r in enumerate(history)
+    ]  # 21 early ends: 12.5 % of its sessions
+    rate = revenue.typical_early_rate([(200, 2), (200, 1), (200, 3), (168, 21), (10, 9)])
+    # a healthy unit's rate: the lower quartile of 0.5, 1, 1.5 and 12.5 % (tiny units left out)
+    assert rate == pytest.approx(0.00875)
+    outage = [revenue.Span(T0, T0 + H)]
+    plain = revenue.estimate_revenue_lost(outage, ["cp"], history, 1.0, "EUR")
+    est = revenue.estimate_revenue_lost(outage, ["cp"], history, 1.0, "EUR", fleet_early_rate=rate)
+    cut = 21 - 0.00875 * 168
+    assert est.amount - plain.amount == pytest.approx(cut / 2 * 10.0)
+    assert "cut short" in est.method
