@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chargesight.cloud import ask, queries
 from chargesight.cloud.config import TokenEntry
+from chargesight.cloud.console import mount_console
 from chargesight.cloud.engine import Engine, Pool, load_issue, save_issue
 from chargesight.cloud.issues import IssueStateError, acknowledge, resolve
 from chargesight.cloud.metrics import Metrics
@@ -111,6 +112,7 @@ def create_app(state: ApiState) -> FastAPI:
         default_response_class=OrjsonResponse,
     )
     app.state.cs = state
+    mount_console(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
