@@ -534,6 +534,7 @@ format = "json"
             self.print_report(report, truth, live, summary)
             if opts.serve:
                 self.say(
+                    f"\n[bold]console[/] {self.api_url}/console#token={self.token}"
                     f"\n[bold]API[/] {self.api_url}/api/v1  token: [bold]{self.token}[/]  "
                     f"(try: curl -H 'Authorization: Bearer {self.token}' {self.api_url}/api/v1/issues)\n"
                     "Ctrl-C to stop."
