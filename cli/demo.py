@@ -533,6 +533,11 @@ format = "json"
             report = await self.fetch_report(live)
             self.print_report(report, truth, live, summary)
             if opts.serve:
+                # The simulated chargers are gone: stop their agents too, or they would rightly
+                # report the whole site as lost. The cloud, its database and the API stay up.
+                for child in list(self.children.items):
+                    if child.name.startswith("agent "):
+                        self.children.stop(child)
                 self.say(
                     f"\n[bold]console[/] {self.api_url}/console#token={self.token}"
                     f"\n[bold]API[/] {self.api_url}/api/v1  token: [bold]{self.token}[/]  "
