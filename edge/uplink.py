@@ -157,6 +157,7 @@ class Uplink:
 
         # asyncio-side state (touched only on the event loop)
         self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()  # SUBACK for this connection's subscriptions
         self._room = asyncio.Event()
         self._ack_ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -284,8 +285,11 @@ class Uplink:
         return self._connected.is_set()
 
     async def wait_connected(self) -> None:
-        """Return once connected to the broker. Cancel-safe."""
+        """Return once connected to the broker and, when it subscribes to anything (requests,
+        models), once the broker has acknowledged those subscriptions. Cancel-safe."""
         await self._connected.wait()
+        if self._subscriptions:
+            await self._subscribed.wait()
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         """Route messages on ``topic_filter`` (QoS 1, wildcards allowed) to
@@ -349,6 +353,7 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _start_client(self) -> None:
@@ -424,6 +429,16 @@ class Uplink:
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         self._call(self._on_connected, gen, receive_max, flags.session_present)
 
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._call(self._subscribed.set)
+
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this inside its ``except OSError`` block: the cause is still at hand
         exc = sys.exc_info()[1]
@@ -495,6 +510,7 @@ class Uplink:
     def _on_disconnected(self, reason: str) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         self._changed.set()
         if self._state == "running" and was:  # a refused CONNECT keeps its own error
             self._last_error = f"disconnected: {reason}"
