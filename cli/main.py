@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", metavar="FILE", help="train from the collector's database")
     c.add_argument("--history", metavar="DIR", help="train from a simulator history instead")
     c.add_argument("--out", metavar="DIR", default="models")
+    c = cloud_sub.add_parser(
+        "publish-models", help="sign trained models and publish them (retained) to the gateways"
+    )
+    c.add_argument("--models", required=True, metavar="DIR", help="*.onnx with *.card.json")
+    c.add_argument("--mqtt", required=True, metavar="URL", help="mqtt://HOST:PORT")
+    c.add_argument("--key", required=True, metavar="FILE", help="Ed25519 private key (PEM)")
 
     sim = sub.add_parser("sim", help="the fleet simulator", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
@@ -128,6 +134,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     if args.half == "ask":
         return int(fn(args.question, args.api, args.token))
+    if args.half == "cloud" and args.command == "publish-models":
+        publish = _entry("chargesight.cloud.foresight", "run_publish", "model publishing")
+        if publish is None:
+            return EXIT_FAILURE
+        return int(publish(models=args.models, mqtt_url=args.mqtt, key=args.key))
     if args.half == "cloud":
         return int(fn(args))
     return int(fn(args.args))
