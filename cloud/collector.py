@@ -49,9 +49,9 @@ RETRYABLE = (
     psycopg.errors.DeadlockDetected,
     psycopg.errors.SerializationFailure,
 )
-MAX_INFLIGHT_BATCHES = (
-    2  # batches being stored at once: overlaps validation with database round trips
-)
+MAX_INFLIGHT_BATCHES = 4  # batches being stored at once: overlaps validation with round trips
+
+ANALYSIS_MAX_DEFER_S = 2.0  # while ingest has a backlog, analysis waits at most this long
 
 KIND_OF = {"escalations": "escalation", "digests": "digest", "state": "state", "replies": "reply"}
 
@@ -150,6 +150,7 @@ class Collector:
         self._analysis_idle.set()
         self.server: ApiServer | None = None
         self._progress = asyncio.Condition()
+        self._inflight = 0  # batches taken from the buffer and not yet acknowledged
         self.api_port: int | None = None
 
     # -------------------------------------------------------------- ingest
@@ -237,14 +238,18 @@ class Collector:
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if get in done:
                     items = get.result()
-                    msgs, dead = self._classify(items)
+                    # validation off the event loop, so database round trips and the MQTT
+                    # socket are served while a batch is parsed (it yields the GIL every few ms)
+                    msgs, dead = await asyncio.to_thread(self._classify, items)
                     inflight.append((items, asyncio.create_task(self.store(msgs, dead))))
+                    self._inflight = len(inflight)
                 else:
                     get.cancel()  # cancel-safe: nothing was taken from the buffer
                     with contextlib.suppress(asyncio.CancelledError):
                         await get
                 while inflight and (inflight[0][1].done() or len(inflight) > MAX_INFLIGHT_BATCHES):
                     items, task = inflight.popleft()
+                    self._inflight = len(inflight)
                     await self._after_store(items, await task)
             # store and acknowledge what the broker already handed us
             while self.source.depth:
@@ -255,6 +260,7 @@ class Collector:
                 items, task = inflight.popleft()
                 await self._after_store(items, await task)
         finally:
+            self._inflight = 0
             stop.cancel()
             for _, task in inflight:
                 task.cancel()
@@ -286,6 +292,11 @@ class Collector:
                 waiter.cancel()
                 stop.cancel()
                 continue
+            # ingest first: while messages are waiting or being stored, let more results
+            # coalesce (one analysis over many batches) — for at most ANALYSIS_MAX_DEFER_S
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ANALYSIS_MAX_DEFER_S), self._progress:
+                    await self._progress.wait_for(self._ingest_quiet)
             batch, self._pending = self._pending, Pending()
             t0 = time.perf_counter()
             try:
@@ -295,6 +306,9 @@ class Collector:
             self.metrics.analysis_seconds.observe(time.perf_counter() - t0)
             self.analysed_batches += 1
             await self._update_issue_gauges()
+
+    def _ingest_quiet(self) -> bool:
+        return not (self.source.depth or self._inflight) or self._stopping.is_set()
 
     async def _update_issue_gauges(self) -> None:
         async with self.db.pool.connection() as conn:

@@ -5,7 +5,10 @@ dead letter with its reason. ``store_batch`` writes a batch in one
 transaction: the ``messages`` table is the idempotency ledger (``message_id``
 primary key, ``ON CONFLICT DO NOTHING RETURNING``), and only messages it did
 not hold before are expanded into the escalation, digest, charger-interval
-(COPY) and roll-up tables — so a re-delivery never duplicates anything.
+and roll-up tables — so a re-delivery never duplicates anything. Digests
+travel to the server as one JSON document per batch (serialised by
+pydantic-core from the validated models) and are unpacked there with
+``jsonb_to_recordset``: no per-row work in Python on the hot path.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from chargesight.common.messages import (
     SCHEMA_VERSION,
@@ -169,13 +172,13 @@ async def store_batch(
         ids = list(unique)
         cur = await conn.execute(
             "INSERT INTO messages (message_id, site_id, kind, sent_at)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])"
+            " SELECT m->>0, m->>1, m->>2, (m->>3)::timestamptz"
+            " FROM jsonb_array_elements(%s::text::jsonb) AS m"
             " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
             (
-                ids,
-                [unique[i].site_id for i in ids],
-                [_kind(unique[i]) for i in ids],
-                [unique[i].sent_at for i in ids],
+                orjson.dumps(
+                    [[i, unique[i].site_id, _kind(unique[i]), unique[i].sent_at] for i in ids]
+                ).decode(),
             ),
         )
         fresh = {str(r["message_id"]) for r in await cur.fetchall()}
@@ -191,21 +194,23 @@ async def store_batch(
                 result.states += 1
             else:
                 result.replies += 1
-        await _write_escalations(conn, result.escalations)
-        charger_updates = await _write_digests(conn, result.digests)
-        await _write_states(conn, [m for m in new if isinstance(m, SiteState)])
-        replies = [m for m in new if isinstance(m, Reply)]
-        if replies:
-            async with conn.cursor() as c:
-                await c.executemany(
-                    "INSERT INTO replies (message_id, site_id, request_id, body)"
-                    " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
-                    [
-                        (r.message_id, r.site_id, r.request_id, r.to_json().decode())
-                        for r in replies
-                    ],
-                )
-        await _touch_sites(conn, new)
+        # everything below depends only on ``fresh``: sent in one pipeline, one round trip
+        async with conn.pipeline():
+            await _write_escalations(conn, result.escalations)
+            charger_updates = await _write_digests(conn, result.digests)
+            await _write_states(conn, [m for m in new if isinstance(m, SiteState)])
+            replies = [m for m in new if isinstance(m, Reply)]
+            if replies:
+                async with conn.cursor() as c:
+                    await c.executemany(
+                        "INSERT INTO replies (message_id, site_id, request_id, body)"
+                        " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+                        [
+                            (r.message_id, r.site_id, r.request_id, r.to_json().decode())
+                            for r in replies
+                        ],
+                    )
+            await _touch_sites(conn, new)
     if charger_updates:
         _known_chargers.setdefault(_db_key(conn), {}).update(charger_updates)
     result.escalations.sort(key=lambda e: (e.sent_at, e.message_id))
@@ -265,11 +270,49 @@ async def _write_escalations(
             )
 
 
-INTERVAL_TYPES = (
-    "text", "text", "timestamptz", "timestamptz", "text", "text", "text", "text", "int4", "float8",
-    "int4", "int4", "int4", "int4", "int4", "int4", "float8", "float8", "float8", "float8", "float8",
-    "int4", "float8", "float8", "jsonb", "jsonb",
-)  # fmt: skip
+_CHARGER_JSON_COLS = (
+    "charge_point_id text, vendor text, model text, firmware text, connectors int,"
+    " connected_s float8, disconnects int, faults int, faults_by_category jsonb,"
+    " self_resolved int, sessions_started int, sessions_failed int, sessions_ended_early int,"
+    " energy_wh float8, max_power_w float8, rated_power_w float8, max_temperature_c float8,"
+    " mean_temperature_c float8, resets int, health_score float8, anomaly_score float8,"
+    " features jsonb"
+)
+_DIGEST_JSON_COLS = (
+    "message_id text, site_id text, interval_start timestamptz, interval_end timestamptz,"
+    " currency text, price_per_kwh float8"
+)
+_DIGEST_FIELDS: Any = {
+    "__all__": {
+        "message_id": True,
+        "site_id": True,
+        "interval_start": True,
+        "interval_end": True,
+        "currency": True,
+        "price_per_kwh": True,
+        "chargers": {"__all__": {c.split()[0] for c in _CHARGER_JSON_COLS.split(",")}},
+    }
+}
+_DIGEST_HEAD: Any = {"__all__": {k for k in _DIGEST_FIELDS["__all__"] if k != "chargers"}}
+_DIGEST_LIST: TypeAdapter[list[Digest]] = TypeAdapter(list[Digest])
+
+_DIGESTS = (
+    "INSERT INTO digests (message_id, site_id, interval_start, interval_end, currency,"
+    " price_per_kwh) SELECT message_id, site_id, interval_start, interval_end, currency,"
+    f" price_per_kwh FROM json_to_recordset(%s::text::json) AS d({_DIGEST_JSON_COLS})"
+)
+
+_STAGE_FROM_JSON = (
+    f"INSERT INTO stage_intervals ({', '.join(INTERVAL_COLS)})"
+    " SELECT d.site_id, c.charge_point_id, d.interval_start, d.interval_end, d.message_id,"
+    " c.vendor, c.model, c.firmware, c.connectors, c.connected_s, c.disconnects, c.faults,"
+    " c.self_resolved, c.sessions_started, c.sessions_failed, c.sessions_ended_early,"
+    " c.energy_wh, c.max_power_w, c.rated_power_w, c.max_temperature_c, c.mean_temperature_c,"
+    " c.resets, c.health_score, c.anomaly_score, c.faults_by_category,"
+    " nullif(c.features, '{}'::jsonb)"
+    f" FROM json_to_recordset(%s::text::json) AS d({_DIGEST_JSON_COLS}, chargers json)"
+    f" CROSS JOIN LATERAL json_to_recordset(d.chargers) AS c({_CHARGER_JSON_COLS})"
+)
 
 _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_intervals"
@@ -345,26 +388,19 @@ def _db_key(conn: psycopg.AsyncConnection[dict[str, object]]) -> tuple[str, ...]
 async def _write_digests(
     conn: psycopg.AsyncConnection[dict[str, object]], digests: list[Digest]
 ) -> dict[str, tuple[object, ...]]:
-    """Digest rows, self-resolved incidents, charger intervals (binary COPY into a staging
-    table, then one INSERT … SELECT), the daily roll-up and changed charger metadata."""
+    """Digest rows, self-resolved incidents, charger intervals (unpacked from one JSON
+    document into a staging table, then one INSERT … SELECT), the daily roll-up and changed
+    charger metadata."""
     if not digests:
         return {}
     known = _known_chargers.get(_db_key(conn), {})
     updates: dict[str, tuple[object, ...]] = {}
     async with conn.cursor() as cur:
-        await cur.execute(
-            "INSERT INTO digests (message_id, site_id, interval_start, interval_end, currency,"
-            " price_per_kwh) SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[],"
-            " %s::timestamptz[], %s::text[], %s::float8[])",
-            (
-                [d.message_id for d in digests],
-                [d.site_id for d in digests],
-                [d.interval_start for d in digests],
-                [d.interval_end for d in digests],
-                [d.currency for d in digests],
-                [d.price_per_kwh for d in digests],
-            ),
-        )
+        # the validated digests, serialised once (in pydantic-core) and unpacked by the server:
+        # no per-row work in Python on the hot path
+        payload = _DIGEST_LIST.dump_json(digests, include=_DIGEST_FIELDS).decode()
+        heads = _DIGEST_LIST.dump_json(digests, include=_DIGEST_HEAD).decode()
+        await cur.execute(_DIGESTS, (heads,))
         with_cleared = [d for d in digests if d.cleared_incidents]
         if with_cleared:
             await cur.executemany(
@@ -396,44 +432,13 @@ async def _write_digests(
                 ],
             )
         await cur.execute(_STAGE)
+        await cur.execute(_STAGE_FROM_JSON, (payload,))
+        for d in digests:
+            for c in d.chargers:
+                meta = (d.site_id, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
+                if known.get(c.charge_point_id) != meta:
+                    updates[c.charge_point_id] = meta
         cols = ", ".join(INTERVAL_COLS)
-        async with cur.copy(f"COPY stage_intervals ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(list(INTERVAL_TYPES))
-            for d in digests:
-                for c in d.chargers:
-                    await copy.write_row(
-                        (
-                            d.site_id,
-                            c.charge_point_id,
-                            d.interval_start,
-                            d.interval_end,
-                            d.message_id,
-                            c.vendor,
-                            c.model,
-                            c.firmware,
-                            c.connectors,
-                            c.connected_s,
-                            c.disconnects,
-                            c.faults,
-                            c.self_resolved,
-                            c.sessions_started,
-                            c.sessions_failed,
-                            c.sessions_ended_early,
-                            c.energy_wh,
-                            c.max_power_w,
-                            c.rated_power_w,
-                            c.max_temperature_c,
-                            c.mean_temperature_c,
-                            c.resets,
-                            c.health_score,
-                            c.anomaly_score,
-                            Jsonb(c.faults_by_category),
-                            Jsonb(c.features) if c.features else None,
-                        )
-                    )
-                    meta = (d.site_id, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
-                    if known.get(c.charge_point_id) != meta:
-                        updates[c.charge_point_id] = meta
         await cur.execute(
             f"INSERT INTO charger_intervals ({cols}) SELECT {cols} FROM stage_intervals"
         )
