@@ -5,10 +5,11 @@ dead letter with its reason. ``store_batch`` writes a batch in one
 transaction: the ``messages`` table is the idempotency ledger (``message_id``
 primary key, ``ON CONFLICT DO NOTHING RETURNING``), and only messages it did
 not hold before are expanded into the escalation, digest, charger-interval
-and roll-up tables — so a re-delivery never duplicates anything. Digests
-travel to the server as one JSON document per batch (serialised by
-pydantic-core from the validated models) and are unpacked there with
-``jsonb_to_recordset``: no per-row work in Python on the hot path.
+and roll-up tables — so a re-delivery never duplicates anything. Per batch:
+one round trip for the ledger, one binary COPY of the charger rows into a
+staging table, then everything else in one pipeline (one more round trip);
+small per-message rows (ledger, digests) travel as one JSON document
+unpacked by the server, not as Python-built arrays.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter, ValidationError
 
 from chargesight.common.messages import (
@@ -194,10 +196,11 @@ async def store_batch(
                 result.states += 1
             else:
                 result.replies += 1
+        charger_updates = await _stage_intervals(conn, result.digests)
         # everything below depends only on ``fresh``: sent in one pipeline, one round trip
         async with conn.pipeline():
             await _write_escalations(conn, result.escalations)
-            charger_updates = await _write_digests(conn, result.digests)
+            await _write_digests(conn, result.digests, charger_updates)
             await _write_states(conn, [m for m in new if isinstance(m, SiteState)])
             replies = [m for m in new if isinstance(m, Reply)]
             if replies:
@@ -270,30 +273,20 @@ async def _write_escalations(
             )
 
 
-_CHARGER_JSON_COLS = (
-    "charge_point_id text, vendor text, model text, firmware text, connectors int,"
-    " connected_s float8, disconnects int, faults int, faults_by_category jsonb,"
-    " self_resolved int, sessions_started int, sessions_failed int, sessions_ended_early int,"
-    " energy_wh float8, max_power_w float8, rated_power_w float8, max_temperature_c float8,"
-    " mean_temperature_c float8, resets int, health_score float8, anomaly_score float8,"
-    " features jsonb"
-)
 _DIGEST_JSON_COLS = (
     "message_id text, site_id text, interval_start timestamptz, interval_end timestamptz,"
     " currency text, price_per_kwh float8"
 )
-_DIGEST_FIELDS: Any = {
+_DIGEST_HEAD: Any = {
     "__all__": {
-        "message_id": True,
-        "site_id": True,
-        "interval_start": True,
-        "interval_end": True,
-        "currency": True,
-        "price_per_kwh": True,
-        "chargers": {"__all__": {c.split()[0] for c in _CHARGER_JSON_COLS.split(",")}},
+        "message_id",
+        "site_id",
+        "interval_start",
+        "interval_end",
+        "currency",
+        "price_per_kwh",
     }
 }
-_DIGEST_HEAD: Any = {"__all__": {k for k in _DIGEST_FIELDS["__all__"] if k != "chargers"}}
 _DIGEST_LIST: TypeAdapter[list[Digest]] = TypeAdapter(list[Digest])
 
 _DIGESTS = (
@@ -302,17 +295,23 @@ _DIGESTS = (
     f" price_per_kwh FROM json_to_recordset(%s::text::json) AS d({_DIGEST_JSON_COLS})"
 )
 
-_STAGE_FROM_JSON = (
-    f"INSERT INTO stage_intervals ({', '.join(INTERVAL_COLS)})"
-    " SELECT d.site_id, c.charge_point_id, d.interval_start, d.interval_end, d.message_id,"
-    " c.vendor, c.model, c.firmware, c.connectors, c.connected_s, c.disconnects, c.faults,"
-    " c.self_resolved, c.sessions_started, c.sessions_failed, c.sessions_ended_early,"
-    " c.energy_wh, c.max_power_w, c.rated_power_w, c.max_temperature_c, c.mean_temperature_c,"
-    " c.resets, c.health_score, c.anomaly_score, c.faults_by_category,"
-    " nullif(c.features, '{}'::jsonb)"
-    f" FROM json_to_recordset(%s::text::json) AS d({_DIGEST_JSON_COLS}, chargers json)"
-    f" CROSS JOIN LATERAL json_to_recordset(d.chargers) AS c({_CHARGER_JSON_COLS})"
-)
+INTERVAL_TYPES = (
+    "text", "text", "timestamptz", "timestamptz", "text", "text", "text", "text", "int4", "float8",
+    "int4", "int4", "int4", "int4", "int4", "int4", "float8", "float8", "float8", "float8", "float8",
+    "int4", "float8", "float8", "jsonb", "jsonb",
+)  # fmt: skip
+
+
+def _raw(b: bytes) -> bytes:
+    return b
+
+
+def _jsonb(obj: object) -> Jsonb:
+    """Serialised by orjson, handed to the binary jsonb dumper as is."""
+    return Jsonb(orjson.dumps(obj), dumps=_raw)
+
+
+_EMPTY = Jsonb(b"{}", dumps=_raw)
 
 _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_intervals"
@@ -385,20 +384,52 @@ def _db_key(conn: psycopg.AsyncConnection[dict[str, object]]) -> tuple[str, ...]
     return (str(info.host), str(info.port), str(info.dbname))
 
 
-async def _write_digests(
+async def _stage_intervals(
     conn: psycopg.AsyncConnection[dict[str, object]], digests: list[Digest]
 ) -> dict[str, tuple[object, ...]]:
-    """Digest rows, self-resolved incidents, charger intervals (unpacked from one JSON
-    document into a staging table, then one INSERT … SELECT), the daily roll-up and changed
-    charger metadata."""
+    """Binary COPY of the digests' charger rows into the session's staging table (before the
+    pipeline: COPY cannot run in one); returns the charger metadata that changed."""
     if not digests:
         return {}
     known = _known_chargers.get(_db_key(conn), {})
     updates: dict[str, tuple[object, ...]] = {}
     async with conn.cursor() as cur:
-        # the validated digests, serialised once (in pydantic-core) and unpacked by the server:
-        # no per-row work in Python on the hot path
-        payload = _DIGEST_LIST.dump_json(digests, include=_DIGEST_FIELDS).decode()
+        await cur.execute(_STAGE)
+        cols = ", ".join(INTERVAL_COLS)
+        async with cur.copy(f"COPY stage_intervals ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(INTERVAL_TYPES))
+            write = copy.write_row
+            for d in digests:
+                span = (d.interval_start, d.interval_end, d.message_id)
+                for c in d.chargers:
+                    await write(
+                        (
+                            d.site_id, c.charge_point_id, *span, c.vendor, c.model, c.firmware,
+                            c.connectors, c.connected_s, c.disconnects, c.faults,
+                            c.self_resolved, c.sessions_started, c.sessions_failed,
+                            c.sessions_ended_early, c.energy_wh, c.max_power_w, c.rated_power_w,
+                            c.max_temperature_c, c.mean_temperature_c, c.resets,
+                            c.health_score, c.anomaly_score,
+                            _jsonb(c.faults_by_category) if c.faults_by_category else _EMPTY,
+                            _jsonb(c.features) if c.features else None,
+                        )
+                    )  # fmt: skip
+                    meta = (d.site_id, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
+                    if known.get(c.charge_point_id) != meta:
+                        updates[c.charge_point_id] = meta
+    return updates
+
+
+async def _write_digests(
+    conn: psycopg.AsyncConnection[dict[str, object]],
+    digests: list[Digest],
+    updates: dict[str, tuple[object, ...]],
+) -> None:
+    """Digest rows, self-resolved incidents, charger intervals (the staging table, then one
+    INSERT … SELECT), the daily roll-ups and changed charger metadata."""
+    if not digests:
+        return
+    async with conn.cursor() as cur:
         heads = _DIGEST_LIST.dump_json(digests, include=_DIGEST_HEAD).decode()
         await cur.execute(_DIGESTS, (heads,))
         with_cleared = [d for d in digests if d.cleared_incidents]
@@ -431,13 +462,6 @@ async def _write_digests(
                     for d, s in blips
                 ],
             )
-        await cur.execute(_STAGE)
-        await cur.execute(_STAGE_FROM_JSON, (payload,))
-        for d in digests:
-            for c in d.chargers:
-                meta = (d.site_id, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
-                if known.get(c.charge_point_id) != meta:
-                    updates[c.charge_point_id] = meta
         cols = ", ".join(INTERVAL_COLS)
         await cur.execute(
             f"INSERT INTO charger_intervals ({cols}) SELECT {cols} FROM stage_intervals"
@@ -446,7 +470,6 @@ async def _write_digests(
         await cur.execute(_MODEL_ROLLUP)
         if updates:
             await cur.execute(_CHARGERS, (sorted(updates),))
-    return updates
 
 
 async def _write_states(
