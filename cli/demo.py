@@ -637,7 +637,7 @@ format = "json"
                         issues = len(data["issues"])
                         if live_issues and self.first_escalation_s is None:
                             self.first_escalation_s = (
-                                time.monotonic() - self.timings.get("connected", 0) - self.t0
+                                time.monotonic() - self.t0 - self.timings.get("agents", 0)
                             )
                     self.sample_rss()
                     if live is not None:
@@ -795,8 +795,8 @@ format = "json"
         wall = time.monotonic() - self.t0
         console.rule()
         console.print(
-            f"demo wall time {wall:.0f}s; time to first escalation "
-            f"{self.first_escalation_s:.0f}s after the network came up"
+            f"demo wall time {wall:.0f}s; first new issue in the cloud "
+            f"{self.first_escalation_s:.0f}s after the agents started"
             if self.first_escalation_s is not None
             else f"demo wall time {wall:.0f}s"
         )
@@ -833,7 +833,9 @@ format = "json"
                 return i.get("scope") == "site"
             if t.get("kind") == "psu_degradation" and i.get("kind") == "predictive":
                 return True
-            return (i.get("fault") or {}).get("code") == t.get("code")
+            code = (i.get("fault") or {}).get("code")
+            # OCPP 2.0.1 stations report a bare "Faulted" when no NotifyEvent named the problem
+            return code == t.get("code") or code in ("Faulted", "OtherError")
 
         def matches(t: dict[str, Any]) -> list[dict[str, Any]]:
             return [
