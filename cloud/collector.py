@@ -32,13 +32,14 @@ import psycopg
 import uvicorn
 
 from chargesight.cloud.api import ApiState, create_app
-from chargesight.cloud.config import CloudConfig, parse_host_port
+from chargesight.cloud.config import CloudConfig
 from chargesight.cloud.db import Database, open_database
 from chargesight.cloud.embedded import EmbeddedPostgres, start_embedded
 from chargesight.cloud.engine import Engine
 from chargesight.cloud.ingest import DeadLetter, StoreResult, classify, store_batch
 from chargesight.cloud.metrics import Metrics
 from chargesight.cloud.mqttsource import Inbound, MqttSource
+from chargesight.common.configload import parse_host_port
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
 

@@ -13,29 +13,21 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from chargesight.common.configload import ConfigError, format_validation_error, load_config
+from chargesight.common.configload import (
+    ConfigError,
+    MqttClientSection,
+    Section,
+    format_validation_error,
+    load_config,
+    parse_host_port,
+)
 
 Role = Literal["operator", "viewer"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (IPv6 as ``[::1]:8080``); raise ValueError with a readable message."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:8080")
-    try:
-        port_no = int(port)
-    except ValueError:
-        raise ValueError(f"port {port!r} is not a number") from None
-    if not 0 <= port_no <= 65535:
-        raise ValueError(f"port {port_no} is out of range 0-65535")
-    return host.strip("[]"), port_no
+_Section = Section
 
 
 class DatabaseSection(_Section):
@@ -65,23 +57,8 @@ class DatabaseSection(_Section):
         return self
 
 
-class MqttSection(_Section):
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password: str | None = None
-    client_id: str | None = None
-    cafile: Path | None = None
-    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+class MqttSection(MqttClientSection):
     shared_group: str | None = "chargesight-collector"  # MQTT 5 $share group; None: plain
-    keepalive_s: int = Field(default=30, ge=5)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must be mqtt://HOST:PORT or mqtts://HOST:PORT")
-        return v
 
     @field_validator("shared_group")
     @classmethod

@@ -18,9 +18,10 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "CHARGESIGHT_"
 
@@ -115,3 +116,46 @@ def validate_config(
         return model.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(f"{source} is invalid:\n{format_validation_error(exc)}") from exc
+
+
+# ---------------------------------------------------------------- shared config pieces
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:9000``); raise ValueError with a readable message."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:9000")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ValueError(f"port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ValueError(f"port {port_no} is out of range 0-65535")
+    return host.strip("[]"), port_no
+
+
+class MqttClientSection(Section):
+    """``[mqtt]``: what both halves need to reach the broker."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    cafile: Path | None = None
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    keepalive_s: int = Field(default=30, ge=5)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must be mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return v

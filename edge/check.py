@@ -22,7 +22,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from chargesight.edge.config import EdgeConfig, parse_host_port
+from chargesight.common.configload import parse_host_port
+from chargesight.edge.config import EdgeConfig
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
 

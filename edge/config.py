@@ -11,31 +11,20 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from chargesight.common.configload import load_config
+from chargesight.common.configload import (
+    MqttClientSection,
+    Section,
+    load_config,
+    parse_host_port,
+)
 
 SITE_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 SUBPROTOCOLS = ("ocpp1.6", "ocpp2.0.1", "ocpp2.1")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (IPv6 as ``[::1]:9000``); raise ValueError with a readable message."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:9000")
-    host = host.strip("[]")
-    try:
-        port_no = int(port)
-    except ValueError:
-        raise ValueError(f"port {port!r} is not a number") from None
-    if not 0 <= port_no <= 65535:
-        raise ValueError(f"port {port_no} is out of range 0-65535")
-    return host, port_no
+_Section = Section
 
 
 class SiteSection(_Section):
@@ -146,23 +135,8 @@ class OcppSection(_Section):
         return self
 
 
-class MqttSection(_Section):
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password: str | None = None
-    client_id: str | None = None
-    cafile: Path | None = None
-    protocol: Literal["auto", "5", "3.1.1"] = "auto"
-    keepalive_s: int = Field(default=30, ge=5)
+class MqttSection(MqttClientSection):
     max_inflight: int = Field(default=100, ge=1, le=65000)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must be mqtt://HOST:PORT or mqtts://HOST:PORT")
-        return v
 
 
 class StorageSection(_Section):

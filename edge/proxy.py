@@ -54,6 +54,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from chargesight.common import ocppj
+from chargesight.common.configload import parse_host_port
 from chargesight.common.events import (
     ConnectionDown,
     ConnectionUp,
@@ -63,7 +64,7 @@ from chargesight.common.events import (
 )
 from chargesight.common.logs import get_logger
 from chargesight.common.normalise import events_from_call, events_from_result
-from chargesight.edge.config import EdgeConfig, parse_host_port
+from chargesight.edge.config import EdgeConfig
 from chargesight.edge.errors import (
     CallRejected,
     CallTimeout,
