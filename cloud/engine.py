@@ -29,7 +29,7 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from chargesight.cloud import diagnosis, fleet, recurring, related, revenue
+from chargesight.cloud import diagnosis, fleet, foresight, recurring, related, revenue
 from chargesight.cloud.config import AnalysisSection
 from chargesight.cloud.issues import (
     IssueKey,
@@ -839,9 +839,54 @@ class Engine:
             ),
             "models": [dataclasses.asdict(m) for m in models],
             "availability": await self._fleet_availability(as_of),
+            "degradation": await self._fleet_degradation(),
         }
         self.fleet_cache = result
         return result
+
+    async def _fleet_degradation(self) -> dict[str, Any]:
+        """Which hardware model and firmware degrade faster than their peers (issue 7).
+
+        A unit counts as showing early symptoms while it has an open predictive
+        issue (the edge's ONNX model crossed its threshold for long enough); the
+        features of its latest digest add the power evidence.
+        """
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT c.charge_point_id, c.vendor, c.model, c.firmware, ci.features,"
+                " EXISTS (SELECT 1 FROM issues i WHERE i.charge_point_id = c.charge_point_id"
+                "  AND i.kind = 'predictive' AND i.status <> 'resolved') AS early"
+                " FROM chargers c LEFT JOIN LATERAL (SELECT features FROM charger_intervals x"
+                "  WHERE x.charge_point_id = c.charge_point_id AND x.features IS NOT NULL"
+                "  ORDER BY x.interval_end DESC LIMIT 1) ci ON TRUE"
+            )
+            rows = await cur.fetchall()
+        units = []
+        for r in rows:
+            feats = r["features"]
+            if isinstance(feats, str | bytes):
+                feats = orjson.loads(feats)
+            units.append(
+                foresight.UnitState(
+                    charge_point_id=str(r["charge_point_id"]),
+                    vendor=r["vendor"] or None,
+                    model=r["model"] or None,
+                    firmware=r["firmware"] or None,
+                    anomaly_score=1.0 if r["early"] else 0.0,
+                    features={k: float(v) for k, v in (feats or {}).items()},
+                    threshold=0.5,
+                )
+            )
+        groups = foresight.degradation_by_model(units)
+        return {
+            "groups": [dataclasses.asdict(g) for g in groups],
+            "faster_than_peers": [g.evidence for g in groups if g.faster_than_peers],
+            "method": (
+                "share of each model and firmware's units with an open predictive issue, against"
+                " the rest of the fleet; faster than its peers at ≥ 2 × the rest's share, with at"
+                " least 3 units and 2 showing symptoms"
+            ),
+        }
 
     async def _fleet_availability(self, as_of: datetime) -> dict[str, Any]:
         """NEVI uptime and the UK rapid-charger reliability figure over the whole fleet."""

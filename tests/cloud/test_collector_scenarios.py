@@ -471,3 +471,37 @@ async def test_collector_reconnects_and_resubscribes_after_a_broker_restart(
     finally:
         collector.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_fleet_view_names_the_model_whose_units_show_early_symptoms(
+    running: Running,
+) -> None:
+    r = running
+    dc = ["dg-dc-1", "dg-dc-2", "dg-dc-3"]
+    ac = ["dg-ac-1", "dg-ac-2", "dg-ac-3"]
+    await send(r, *usage_history("dg", dc, T0 - WEEK, 24, model="DC150", firmware="5.2.3"))
+    await send(r, *usage_history("dg", ac, T0 - WEEK, 24, model="AC22", firmware="3.4.1"))
+    await send(
+        r,
+        *(
+            escalation(
+                "dg",
+                cp,
+                kind="predictive",
+                code="PredictedFailure",
+                vendor_code=None,
+                category="performance",
+                model="DC150",
+                firmware="5.2.3",
+                attempts=(),
+            )
+            for cp in dc[:2]
+        ),
+    )
+    r.collector.engine.fleet_dirty = True
+    body = (await r.get("/fleet/models")).json()
+    groups = {(g["model"], g["firmware"]): g for g in body["degradation"]["groups"]}
+    assert groups[("DC150", "5.2.3")]["elevated"] == 2
+    assert groups[("DC150", "5.2.3")]["faster_than_peers"] is True
+    assert groups[("AC22", "3.4.1")]["faster_than_peers"] is False
+    assert any("DC150" in e for e in body["degradation"]["faster_than_peers"])
