@@ -773,6 +773,12 @@ format = "json"
                     f" — {m.get('verdict', '')}"
                 )
 
+        degradation = fleet.get("degradation") if isinstance(fleet, dict) else None
+        if degradation and degradation.get("faster_than_peers"):
+            console.print("\nhardware that degrades faster than its peers (early symptoms):")
+            for evidence in degradation["faster_than_peers"]:
+                console.print(f"  {evidence}")
+
         if report["sites"]:
             console.print(
                 "\navailability per live site (trailing 30 days; NEVI monthly, 23 CFR 680.116(b))"
