@@ -797,6 +797,24 @@ format = "json"
                     f"({len(s_.get('chargers') or [])} charge points)"
                 )
 
+        if report["sites"]:
+            console.print(
+                "\nhealth per live site (0–100; the charge point's score is its worst connector's)"
+            )
+            for sid, s_ in report["sites"].items():
+                h = s_.get("health") or {}
+                bands = ", ".join(f"{n} {b}" for b, n in (h.get("by_band") or {}).items() if n)
+                console.print(
+                    f"  {sid}: lowest {h.get('min_score')}, mean {h.get('mean_score')} ({bands})"
+                )
+                for w in (h.get("worst") or [])[:2]:
+                    why = w.get("explanation")
+                    why = "; ".join(why) if isinstance(why, list) else why
+                    console.print(
+                        f"      {w.get('charge_point_id')} {w.get('score')} ({w.get('band')}): {why}",
+                        style="dim",
+                    )
+
         self.print_scorecard(report, truth)
         wall = time.monotonic() - self.t0
         console.rule()
