@@ -10,12 +10,41 @@ vector is a pure function of those buckets and the window's end
 Two ways to fill a :class:`FeatureWindow`, one result:
 
 * the **edge** feeds normalised events (:meth:`FeatureWindow.feed`) plus what
-  its recovery engine decides (:meth:`~FeatureWindow.record_reset`,
-  :meth:`~FeatureWindow.record_self_resolved`,
-  :meth:`~FeatureWindow.record_session_failed`) and calls
-  :meth:`~FeatureWindow.close` at each interval end; the closed bucket is also
-  what the digest should carry (:meth:`HourBucket.to_counters`);
+  its recovery engine decides (:meth:`~FeatureWindow.record_fault`,
+  :meth:`~FeatureWindow.record_reset`, :meth:`~FeatureWindow.record_self_resolved`,
+  :meth:`~FeatureWindow.record_session_failed`, and ``ordered_reboot`` on the
+  disconnect a reset it sent caused) and calls :meth:`~FeatureWindow.close`
+  at each interval end. The agent's digest builder
+  (:class:`chargesight.edge.digest.DigestCollector`) *is* that feeder: its
+  counters are the closed buckets (:meth:`HourBucket.to_counters`), so what the
+  cloud stores is exactly what the edge scores;
 * the **cloud** feeds stored digests (:meth:`FeatureWindow.add_counters`).
+
+One definition per counter (what a digest carries, what the simulator's
+history counts, so what the models learn):
+
+* ``disconnects`` — lost connections, *except* one the agent caused with a
+  reset it ordered (``feed(..., ordered_reboot=True)``): a reboot we asked
+  for is no symptom of the charger (its time offline still counts);
+* ``faults`` / ``faults_by_category`` — fault incidents the edge's detection
+  opened (:meth:`~FeatureWindow.record_fault`), one per incident however often
+  the charger repeats it. A window created with ``infer_faults=True`` (the
+  default, for a bank without a recovery engine: tools, tests) counts each
+  connector's transition to ``Faulted`` instead;
+* ``sessions_failed``, ``resets``, ``self_resolved`` — the engine's decisions;
+* ``sessions_started``, ``sessions_ended_early`` (:data:`EARLY_END_REASONS`),
+  ``energy_wh``, ``max_power_w`` (> 0 only), temperatures, ``connected_s`` —
+  from the events.
+
+Per connector (:data:`CONNECTOR_FEATURE_NAMES`, :meth:`FeatureWindow.connector_features`)
+the same window keeps the connector-relevant figures — faults on that
+connector, session starts that failed and sessions that ended early, energy
+per session, peak power against rated, time Faulted or Unavailable — for the
+health score per connector (:func:`chargesight.common.health.window_health`).
+They are no model input: the ONNX input schema (:data:`FEATURE_NAMES`) is unchanged.
+An engine decision made while it handles an event (a fault opened, a session
+failed) belongs to the connector that event concerned (:attr:`FeatureWindow.last_connector`);
+connector 0 is the charge point as a whole.
 
 Buckets are quantised when they close to the precision a digest carries, so
 a bucket that travels edge → JSON digest → cloud gives bit-identical features.
@@ -27,10 +56,9 @@ rather than NaN, so every model sees finite numbers.
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
@@ -44,6 +72,7 @@ from chargesight.common.events import (
     ConnectorStatus,
     Event,
     MeterSample,
+    ProblemReport,
     TransactionEnded,
     TransactionStarted,
 )
@@ -404,6 +433,119 @@ def features_dict(values: Sequence[float]) -> dict[str, float]:
     return dict(zip(FEATURE_NAMES, values, strict=True))
 
 
+# ---------------------------------------------------------------- per connector
+
+CONNECTOR_FEATURE_NAMES: Final[tuple[str, ...]] = (
+    "faults_per_day",  # fault incidents on this connector (0 = the charge point as a whole)
+    "faults_48h",
+    "sessions_per_day",
+    "start_failure_ratio",
+    "early_end_ratio",
+    "energy_per_session_kwh",
+    "power_ratio_max_48h",
+    "power_ratio_max_7d",
+    "power_ratio_drop",
+    "unavailable_share",  # share of the connected time spent Faulted or Unavailable
+)
+
+CONNECTOR_FEATURE_DESCRIPTIONS: Final[Mapping[str, str]] = {
+    "faults_per_day": "faults per day on this connector",
+    "faults_48h": "faults in the last 48 h on this connector",
+    "sessions_per_day": "sessions per day on this connector",
+    "start_failure_ratio": "share of session starts on this connector that failed",
+    "early_end_ratio": "share of sessions on this connector that ended early",
+    "energy_per_session_kwh": "energy per session on this connector (kWh)",
+    "power_ratio_max_48h": "peak power on this connector in the last 48 h as a share of rated",
+    "power_ratio_max_7d": "peak power on this connector over 7 days as a share of rated",
+    "power_ratio_drop": "drop of this connector's peak power share in the last 48 h",
+    "unavailable_share": "share of the time this connector was faulted or unavailable",
+}
+
+UNAVAILABLE_STATUSES: Final = frozenset({"Faulted", "Unavailable"})
+
+# Columns of a connector bucket's row (integer-valued like bucket_row). Only
+# buckets where something happened on the connector are kept; the time a
+# connector's window covers is its charge point's.
+_C_T0, _C_T1, _C_STARTED, _C_FAILED, _C_EARLY, _C_ENERGY, _C_RATIO, _C_FAULTS, _C_UNAVAIL = range(9)
+_C_NCOLS: Final = 9
+
+
+def _covered_s(cp_rows: npt.NDArray[np.float64], now: float) -> float:
+    lo = now - WINDOW.total_seconds()
+    t0, t1 = cp_rows[:, _T0], cp_rows[:, _T1]
+    valid = (t1 > lo) & (t1 <= now)
+    return float(np.where(valid, np.maximum(0.0, t1 - np.maximum(t0, lo)), 0.0).sum())
+
+
+def compute_connector_features(
+    rows: npt.NDArray[np.float64], cp_rows: npt.NDArray[np.float64], now: datetime
+) -> tuple[float, ...]:
+    """One connector's features (:data:`CONNECTOR_FEATURE_NAMES` order) over ``(now - WINDOW, now]``.
+
+    ``rows`` are the connector's buckets, ``cp_rows`` its charge point's
+    (:func:`rows_array`): rates are per day of the time the charge point's
+    window covers, ``unavailable_share`` a share of its connected time.
+    """
+    end = float(round(now.timestamp()))
+    covered = _covered_s(cp_rows, end)
+    lo, recent_lo = end - WINDOW.total_seconds(), end - RECENT.total_seconds()
+    cv = (cp_rows[:, _T1] > lo) & (cp_rows[:, _T1] <= end)
+    connected = float(cp_rows[cv, _CONNECTED].sum()) / 10.0
+    t1 = rows[:, _C_T1]
+    valid = (t1 > lo) & (t1 <= end)
+    recent = valid & (t1 > recent_lo)
+    before = valid & ~recent
+    days = covered / 86400.0
+
+    def tot(col: int, mask: npt.NDArray[np.bool_] = valid) -> float:
+        return float(rows[mask, col].sum())
+
+    def per_day(v: float) -> float:
+        return v / days if days > 0 else 0.0
+
+    ratio = rows[:, _C_RATIO]
+    r_recent = float(ratio[recent].max()) if recent.any() else NO_POWER
+    r_before = float(ratio[before].max()) if before.any() else NO_POWER
+    started, failed, early = tot(_C_STARTED), tot(_C_FAILED), tot(_C_EARLY)
+    attempts = started + failed
+    unavailable = tot(_C_UNAVAIL) / 10.0
+    out = (
+        per_day(tot(_C_FAULTS)),
+        tot(_C_FAULTS, recent),
+        per_day(started),
+        failed / attempts if attempts > 0 else 0.0,
+        early / started if started > 0 else 0.0,
+        tot(_C_ENERGY) / 10.0 / 1000.0 / started if started > 0 else 0.0,
+        r_recent,
+        max(r_recent, r_before),
+        r_before - r_recent if r_recent > NO_POWER and r_before > NO_POWER else 0.0,
+        min(1.0, unavailable / connected) if connected > 0 else 0.0,
+    )
+    return tuple(round(float(v), 6) for v in out)
+
+
+@dataclass(slots=True)
+class _ConnOpen:
+    started: int = 0
+    failed: int = 0
+    early: int = 0
+    energy_wh: float = 0.0
+    max_power_w: float | None = None
+    faults: int = 0
+    unavailable_s: float = 0.0
+
+    def empty(self) -> bool:
+        return not (
+            self.started
+            or self.failed
+            or self.early
+            or self.energy_wh
+            or self.max_power_w
+            or self.faults
+            or self.unavailable_s
+        )
+
+
 # ---------------------------------------------------------------- the accumulator
 
 
@@ -422,30 +564,36 @@ class FeatureWindow:
         model: str | None = None,
         firmware: str | None = None,
         rated_power_w: float | None = None,
+        infer_faults: bool = True,
     ) -> None:
         self.charge_point_id = charge_point_id
         self.vendor, self.model, self.firmware = vendor, model, firmware
         self.rated_power_w = rated_power_w
-        self._buckets: deque[HourBucket] = deque()
+        self.infer_faults = infer_faults
+        self._now: datetime | None = None
         self._rows: npt.NDArray[np.float64] = np.zeros((0, _NCOLS), dtype=np.float64)
         self._open_start: datetime | None = None
         self._open = _Open()
         self._connected_since: datetime | None = None
         self._faulted: set[int] = set()
         self._tx: dict[str, float | None] = {}  # transaction id → meter start (Wh)
+        # per connector
+        self.connector_ids: set[int] = set()  # > 0, as the charge point reported them
+        self.last_connector: int | None = None
+        """The connector the last event concerned (0: the charge point); None when it named none."""
+        self._tx_connector: dict[str, int] = {}
+        self._unavailable_since: dict[int, datetime] = {}
+        self._conn_open: dict[int, _ConnOpen] = {}
+        self._conn_rows: dict[int, npt.NDArray[np.float64]] = {}
 
     @property
     def family(self) -> str:
         return model_family(self.vendor, self.model)
 
     @property
-    def buckets(self) -> tuple[HourBucket, ...]:
-        return tuple(self._buckets)
-
-    @property
     def now(self) -> datetime | None:
         """The end of the last closed bucket (the window's end)."""
-        return self._buckets[-1].end if self._buckets else None
+        return self._now
 
     # -- cloud path
 
@@ -475,16 +623,36 @@ class FeatureWindow:
         self.firmware = firmware or self.firmware
         self.rated_power_w = rated_power_w or self.rated_power_w
 
-    def _bucket(self, at: datetime) -> _Open:
-        if self._open_start is None:
+    def _bucket(self, at: datetime | None) -> _Open:
+        if self._open_start is None and at is not None:
             self._open_start = at
         return self._open
 
-    def feed(self, event: Event) -> None:
-        """One normalised event of this charge point (events of others are ignored)."""
+    def _conn(self, connector_id: int) -> _ConnOpen:
+        c = self._conn_open.get(connector_id)
+        if c is None:
+            c = self._conn_open[connector_id] = _ConnOpen()
+        return c
+
+    def _tx_key(self, transaction_id: str | None, connector_id: int | None) -> str:
+        return transaction_id or f"c{connector_id}"
+
+    def _unavailable_until(self, connector_id: int, at: datetime) -> None:
+        since = self._unavailable_since.pop(connector_id, None)
+        if since is not None:
+            begin = max(since, self._open_start or since)
+            self._conn(connector_id).unavailable_s += max(0.0, (at - begin).total_seconds())
+
+    def feed(self, event: Event, *, ordered_reboot: bool = False) -> None:
+        """One normalised event of this charge point (events of others are ignored).
+
+        ``ordered_reboot``: this ``ConnectionDown`` is the reboot of a reset the
+        agent sent — its offline time counts, a disconnect does not.
+        """
         if event.charge_point_id != self.charge_point_id:
             return
         o = self._bucket(event.at)
+        self.last_connector = None
         if isinstance(event, ConnectionUp):
             self._connected_since = event.at
         elif isinstance(event, ConnectionDown):
@@ -496,65 +664,111 @@ class FeatureWindow:
                     ).total_seconds(),
                 )
             self._connected_since = None
-            o.disconnects += 1
+            if not ordered_reboot:
+                o.disconnects += 1
+            for cid in list(self._unavailable_since):  # unknown while it is away
+                self._unavailable_until(cid, event.at)
         elif isinstance(event, Boot):
             self.set_hardware(vendor=event.vendor, model=event.model, firmware=event.firmware)
             if self._connected_since is None:
                 self._connected_since = event.at
         elif isinstance(event, ConnectorStatus):
+            cid = event.connector_id
+            self.last_connector = cid
+            if cid > 0:
+                self.connector_ids.add(cid)
+            if event.status in UNAVAILABLE_STATUSES:
+                self._unavailable_since.setdefault(cid, event.at)
+            else:
+                self._unavailable_until(cid, event.at)
             if event.faulted:
-                if event.connector_id not in self._faulted:
-                    self._faulted.add(event.connector_id)
-                    fault = taxonomy.classify(
-                        event.error_code, event.vendor_id, event.vendor_error_code, event.info
-                    )
-                    o.faults += 1
-                    o.by_cat[fault.category] = o.by_cat.get(fault.category, 0) + 1
+                if cid not in self._faulted:
+                    self._faulted.add(cid)
+                    if self.infer_faults:
+                        fault = taxonomy.classify(
+                            event.error_code, event.vendor_id, event.vendor_error_code, event.info
+                        )
+                        self._count_fault(o, fault.category, cid)
             elif event.healthy:
-                self._faulted.discard(event.connector_id)
-                if event.connector_id == 0:
+                self._faulted.discard(cid)
+                if cid == 0:
                     self._faulted.clear()
+        elif isinstance(event, ProblemReport):
+            self.last_connector = event.evse_id or 0
         elif isinstance(event, TransactionStarted):
+            cid = event.connector_id
+            self.last_connector = cid
+            if cid > 0:
+                self.connector_ids.add(cid)
             o.started += 1
-            self._tx[event.transaction_id or f"c{event.connector_id}"] = event.meter_start_wh
+            self._conn(cid).started += 1
+            key = self._tx_key(event.transaction_id, cid)
+            self._tx[key] = event.meter_start_wh
+            self._tx_connector[key] = cid
         elif isinstance(event, TransactionEnded):
-            key = event.transaction_id or f"c{event.connector_id}"
+            key = self._tx_key(event.transaction_id, event.connector_id)
+            if key not in self._tx and event.connector_id is not None:
+                key = self._tx_key(None, event.connector_id)  # started before its id came
             start = self._tx.pop(key, None)
+            ended: int | None = self._tx_connector.pop(key, None)
+            if ended is None:
+                ended = event.connector_id
+            self.last_connector = ended
+            c = self._conn(ended) if ended is not None else None
             if start is not None and event.meter_stop_wh is not None:
-                o.energy_wh += max(0.0, event.meter_stop_wh - start)
+                energy = max(0.0, event.meter_stop_wh - start)
+                o.energy_wh += energy
+                if c is not None:
+                    c.energy_wh += energy
             if event.reason in EARLY_END_REASONS:
                 o.early += 1
+                if c is not None:
+                    c.early += 1
         elif isinstance(event, MeterSample):
+            cid = event.connector_id or self._tx_connector.get(event.transaction_id or "", 0)
             power = event.values.get("Power.Active.Import")
             if power is not None and power > 0:
                 o.max_power_w = max(o.max_power_w or 0.0, power)
+                if cid > 0:
+                    c = self._conn(cid)
+                    c.max_power_w = max(c.max_power_w or 0.0, power)
             temp = event.values.get("Temperature")
             if temp is not None:
                 o.temp_max = temp if o.temp_max is None else max(o.temp_max, temp)
                 o.temp_sum += temp
                 o.temp_n += 1
 
-    def record_reset(self, at: datetime) -> None:
+    def _count_fault(self, o: _Open, category: str, connector_id: int | None) -> None:
+        o.faults += 1
+        o.by_cat[category] = o.by_cat.get(category, 0) + 1
+        self._conn(connector_id or 0).faults += 1
+
+    def record_reset(self, at: datetime | None = None) -> None:
         """The recovery engine sent a Reset (soft or hard)."""
         self._bucket(at).resets += 1
 
-    def record_self_resolved(self, at: datetime) -> None:
+    def record_self_resolved(self, at: datetime | None = None) -> None:
         self._bucket(at).self_resolved += 1
 
-    def record_session_failed(self, at: datetime) -> None:
-        """Detection decided a session failed to start."""
+    def record_session_failed(
+        self, at: datetime | None = None, *, connector_id: int | None = None
+    ) -> None:
+        """Detection decided a session failed to start (on ``connector_id``, when known)."""
         self._bucket(at).failed += 1
+        if connector_id is not None:
+            self._conn(connector_id).failed += 1
 
-    def record_fault(self, at: datetime, category: str) -> None:
-        """A fault the engine inferred that no ConnectorStatus reported (don't double count)."""
-        o = self._bucket(at)
-        o.faults += 1
-        o.by_cat[category] = o.by_cat.get(category, 0) + 1
+    def record_fault(
+        self, category: str, at: datetime | None = None, *, connector_id: int | None = None
+    ) -> None:
+        """Detection opened a fault incident (connector 0 / None: the charge point as a whole)."""
+        self._count_fault(self._bucket(at), category, connector_id)
 
     def close(self, end: datetime, start: datetime | None = None) -> HourBucket:
         """Close the open interval at ``end`` (quantised like a digest) and slide the window."""
         o = self._open
         begin = start or self._open_start or (end - timedelta(hours=1))
+        self._open_start = self._open_start or begin
         connected = o.connected_s
         if self._connected_since is not None:
             connected += max(0.0, (end - max(self._connected_since, begin)).total_seconds())
@@ -577,20 +791,61 @@ class FeatureWindow:
             mean_temperature_c=_q(o.temp_sum / o.temp_n, 2) if o.temp_n else None,
             resets=o.resets,
         )
+        self._close_connectors(begin, end)
         self._open = _Open()
         self._open_start = end
         self._append(b)
         return b
 
+    def _close_connectors(self, begin: datetime, end: datetime) -> None:
+        for cid in list(self._unavailable_since):
+            self._unavailable_until(cid, end)
+            self._unavailable_since[cid] = end
+        t0, t1 = float(round(begin.timestamp())), float(round(end.timestamp()))
+        rated = self.rated_power_w
+        for cid, c in self._conn_open.items():
+            if c.empty():
+                continue
+            ratio = NO_POWER
+            energy = _q(c.energy_wh, 1)
+            if c.max_power_w and rated and rated > 0 and energy > 0:
+                ratio = _q(c.max_power_w, 1) / rated
+            row = np.array(
+                [
+                    [
+                        t0,
+                        t1,
+                        float(c.started),
+                        float(c.failed),
+                        float(c.early),
+                        float(round(energy * 10)),
+                        ratio,
+                        float(c.faults),
+                        float(round(min(c.unavailable_s, max(0.0, t1 - t0)) * 10)),
+                    ]
+                ],
+                dtype=np.float64,
+            )
+            prev = self._conn_rows.get(cid)
+            self._conn_rows[cid] = row if prev is None else np.vstack([prev, row])
+        self._conn_open = {}
+        lo = t1 - WINDOW.total_seconds()
+        for cid, rows in list(self._conn_rows.items()):
+            if len(rows) and rows[0, _C_T1] <= lo:
+                rows = rows[rows[:, _C_T1] > lo]
+                if len(rows):
+                    self._conn_rows[cid] = rows
+                else:
+                    del self._conn_rows[cid]
+
     def _append(self, b: HourBucket) -> None:
-        self._buckets.append(b)
-        lo = b.end - WINDOW
-        drop = 0
-        while self._buckets and self._buckets[0].end <= lo:
-            self._buckets.popleft()
-            drop += 1
+        """Keep the bucket as a row (the window holds rows only: ~23 KiB per charge point)."""
+        self._now = b.end
+        row = np.array([bucket_row(b)], dtype=np.float64)
+        lo = row[0, _T1] - WINDOW.total_seconds()
+        keep = self._rows[self._rows[:, _T1] > lo] if len(self._rows) else self._rows
         # a new array each time: snapshots handed to other threads stay valid
-        self._rows = np.vstack([self._rows[drop:], np.array([bucket_row(b)], dtype=np.float64)])
+        self._rows = np.vstack([keep, row])
 
     # -- output
 
@@ -599,6 +854,47 @@ class FeatureWindow:
         if end is None:
             raise ValueError(f"{self.charge_point_id}: no closed interval yet")
         return tuple(float(v) for v in compute_features_batch([self._rows], [end])[0])
+
+    @property
+    def rows(self) -> npt.NDArray[np.float64]:
+        """The closed buckets as :func:`rows_array` rows (read-only use)."""
+        return self._rows
+
+    def connector_rows(self, connector_id: int) -> npt.NDArray[np.float64]:
+        """One connector's kept buckets (those where something happened on it)."""
+        return self._conn_rows.get(connector_id, np.zeros((0, _C_NCOLS), dtype=np.float64))
+
+    def connector_features(self, now: datetime | None = None) -> dict[int, tuple[float, ...]]:
+        """``{connector: features}`` (:data:`CONNECTOR_FEATURE_NAMES`) for every connector known.
+
+        Connector 0 (the charge point as a whole) is included when something
+        happened on it in the window.
+        """
+        end = now or self.now
+        if end is None:
+            return {}
+        ids = sorted(self.connector_ids | {c for c in self._conn_rows if c == 0})
+        return {
+            cid: compute_connector_features(self.connector_rows(cid), self._rows, end)
+            for cid in ids
+        }
+
+    def connector_fault_times(self, connector_id: int) -> list[tuple[datetime, int]]:
+        """``(bucket end, faults)`` for each closed bucket with faults on the connector."""
+        rows = self.connector_rows(connector_id)
+        return [
+            (datetime.fromtimestamp(float(r[_C_T1]), tz=UTC), int(r[_C_FAULTS]))
+            for r in rows
+            if r[_C_FAULTS] > 0
+        ]
+
+    def fault_times(self) -> list[tuple[datetime, int]]:
+        """``(bucket end, faults)`` for each closed bucket of the charge point with faults."""
+        return [
+            (datetime.fromtimestamp(float(r[_T1]), tz=UTC), int(r[_FTOTAL]))
+            for r in self._rows
+            if r[_FTOTAL] > 0
+        ]
 
     def snapshot(self) -> WindowSnapshot:
         """An immutable copy to score in another thread."""
@@ -652,23 +948,30 @@ def snapshot_features(snapshots: Sequence[WindowSnapshot]) -> npt.NDArray[np.flo
 
 
 class FeatureBank:
-    """The windows of every charge point of a site (edge) or of a fleet history (cloud)."""
+    """The windows of every charge point of a site (edge) or of a fleet history (cloud).
 
-    def __init__(self) -> None:
+    ``infer_faults=False`` for a bank fed by a recovery engine (faults are the
+    incidents its detection opens, :meth:`FeatureWindow.record_fault`).
+    """
+
+    def __init__(self, *, infer_faults: bool = True) -> None:
         self.windows: dict[str, FeatureWindow] = {}
+        self.infer_faults = infer_faults
 
     def window(self, charge_point_id: str) -> FeatureWindow:
         w = self.windows.get(charge_point_id)
         if w is None:
-            w = self.windows[charge_point_id] = FeatureWindow(charge_point_id)
+            w = self.windows[charge_point_id] = FeatureWindow(
+                charge_point_id, infer_faults=self.infer_faults
+            )
         return w
 
-    def feed(self, event: Event) -> None:
-        self.window(event.charge_point_id).feed(event)
+    def feed(self, event: Event, *, ordered_reboot: bool = False) -> None:
+        self.window(event.charge_point_id).feed(event, ordered_reboot=ordered_reboot)
 
-    def close(self, end: datetime) -> dict[str, HourBucket]:
-        """Close every window's interval at ``end``; the buckets are the digest's counters."""
-        return {cp: w.close(end) for cp, w in self.windows.items()}
+    def close(self, end: datetime, start: datetime | None = None) -> dict[str, HourBucket]:
+        """Close every window's interval ``[start, end)``; the buckets are the digest's counters."""
+        return {cp: w.close(end, start) for cp, w in self.windows.items()}
 
     def add_digest(self, digest: Digest) -> None:
         """Feed one :class:`~chargesight.common.messages.Digest` (cloud path)."""

@@ -18,6 +18,12 @@ A safety-critical fault that no operator has acknowledged holds the score at
 :data:`SAFETY_CAP` or below however old it is. A charge point's score is the
 minimum of its connectors' (faults on connector 0 count for every connector).
 
+At the edge, :func:`window_health` builds both from a Foresight window
+(:class:`~chargesight.common.features.FeatureWindow`): each connector's own
+faults, time Faulted or Unavailable and peak power against rated
+(:data:`~chargesight.common.features.CONNECTOR_FEATURE_NAMES`), the charge
+point's offline time, charge-point-wide faults, resets and risk score.
+
 Bands: ``healthy`` ≥ 85 > ``watch`` ≥ 70 > ``degrading`` ≥ 50 > ``at risk`` ≥ 30 > ``critical``.
 """
 
@@ -28,6 +34,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
+
+from chargesight.common.features import (
+    CONNECTOR_FEATURE_NAMES,
+    FeatureWindow,
+    features_dict,
+)
 
 BANDS: Final[tuple[tuple[float, str], ...]] = (
     (85.0, "healthy"),
@@ -239,3 +251,77 @@ def health_from_features(
             resets_per_day=features.get("resets_per_day"),
         )
     )
+
+
+def _records(
+    times: Sequence[tuple[datetime, int]], connector_id: int | None
+) -> tuple[FaultRecord, ...]:
+    return tuple(
+        FaultRecord(at=at, category="fault", connector_id=connector_id)
+        for at, n in times
+        for _ in range(n)
+    )
+
+
+def window_health(
+    window: FeatureWindow,
+    now: datetime | None = None,
+    *,
+    features: Mapping[str, float] | None = None,
+    anomaly_score: float | None = None,
+    faults: Sequence[FaultRecord] = (),
+    typical_power_ratio: float | None = None,
+) -> tuple[Health, dict[int, Health]]:
+    """``(charge point, {connector: health})`` from one Foresight window, the charge point the minimum.
+
+    Per connector: its faults (hour by hour, recent weigh more), the share of
+    the connected time it was Faulted or Unavailable, its peak power against
+    ``typical_power_ratio`` (the model card's typical ``power_ratio_max_7d``);
+    for the whole unit (merged into every connector): the time offline and on
+    connector 0's statuses, faults not on one connector (connector 0, or
+    hours a digest carried without connectors), ``faults`` given by the
+    caller, the risk score and resets per day. ``features`` are the charge
+    point's (:data:`~chargesight.common.features.FEATURE_NAMES`), computed when not given.
+    """
+    end = now or window.now
+    if end is None:
+        return Health(100.0, "healthy"), {}
+    feats = features if features is not None else features_dict(window.features(end))
+    conn = window.connector_features(end)
+    online = 1.0 - feats.get("offline_share", 0.0)
+
+    def perf(ratio: float | None) -> float | None:
+        if typical_power_ratio and typical_power_ratio > 0 and ratio is not None and ratio >= 0:
+            return ratio / typical_power_ratio
+        return None
+
+    def unavailable(cid: int) -> float:
+        f = conn.get(cid)
+        return f[CONNECTOR_FEATURE_NAMES.index("unavailable_share")] if f else 0.0
+
+    on_connectors: dict[datetime, int] = {}
+    for cid in conn:
+        if cid > 0:
+            for at, n in window.connector_fault_times(cid):
+                on_connectors[at] = on_connectors.get(at, 0) + n
+    whole_unit = [(at, n - on_connectors.get(at, 0)) for at, n in window.fault_times()]
+    ratio_i = CONNECTOR_FEATURE_NAMES.index("power_ratio_max_7d")
+    whole = HealthInputs(
+        now=end,
+        availability=online * (1.0 - unavailable(0)),
+        faults=tuple(faults) + _records([(a, n) for a, n in whole_unit if n > 0], None),
+        anomaly_score=anomaly_score,
+        performance_ratio=perf(feats.get("power_ratio_max_7d")),
+        resets_per_day=feats.get("resets_per_day"),
+    )
+    per = {
+        cid: HealthInputs(
+            now=end,
+            availability=online * (1.0 - unavailable(0)) * (1.0 - unavailable(cid)),
+            faults=_records(window.connector_fault_times(cid), cid),
+            performance_ratio=perf(f[ratio_i]),
+        )
+        for cid, f in conn.items()
+        if cid > 0
+    }
+    return charge_point_health(per, whole)

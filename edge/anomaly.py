@@ -15,6 +15,16 @@ features and, in words, the features that drove the score (occlusion: each
 feature replaced by the family's typical value, the score drop is its
 contribution).
 
+One set of windows with the digests: :meth:`AnomalyMonitor.attach` makes the
+monitor score the windows of the agent's digest builder
+(:class:`~chargesight.edge.digest.DigestCollector`), which the recovery engine
+feeds with the events *and* its decisions (faults it opened, resets it sent,
+the disconnect of a reboot it ordered, sessions that failed, incidents that
+resolved themselves); the digest cut closes them. The features scored at the
+edge are then those the cloud computes from the stored digests. A monitor
+not attached counts the events it is fed itself (faults inferred from
+``Faulted`` statuses, no engine decisions).
+
 Cancel-safety: cancelling :meth:`close_window` while it waits for the
 executor leaves the buckets closed and the incident state untouched (the
 next close scores again).
@@ -47,8 +57,9 @@ from chargesight.common.features import (
     features_dict,
     snapshot_features,
 )
-from chargesight.common.health import FaultRecord, health_from_features
+from chargesight.common.health import FaultRecord, Health, window_health
 from chargesight.common.messages import Digest, Escalation, Fault, Hardware
+from chargesight.edge.digest import DigestCollector
 from chargesight.edge.modelstore import LoadedModel, ModelStore
 
 log = structlog.get_logger(__name__)
@@ -265,11 +276,26 @@ class AnomalyMonitor:
         self.bank = bank or FeatureBank()
         self.tracker = IncidentTracker()
         self.last_scores: dict[str, Score] = {}
+        self._digest: DigestCollector | None = None
 
     # -- inputs (event loop)
 
+    def attach(self, digest: DigestCollector) -> None:
+        """Score ``digest``'s windows from now on (call before any event; see the module doc).
+
+        The engine feeds them and each digest cut closes them, so :meth:`feed`
+        does nothing and :meth:`close_window` scores what the last cut closed.
+        """
+        self._digest = digest
+        self.bank = digest.bank
+
+    @property
+    def attached(self) -> bool:
+        return self._digest is not None
+
     def feed(self, event: Event) -> None:
-        self.bank.feed(event)
+        if self._digest is None:
+            self.bank.feed(event)
 
     def warm(self, digests: Iterable[Digest]) -> int:
         """Refill the windows from this site's own recent digests (oldest first) after a restart.
@@ -334,19 +360,39 @@ class AnomalyMonitor:
         s = self.last_scores.get(charge_point_id)
         if s is None:
             return {}
-        feats = features_dict(s.features)
-        model = self.store.get(self.bank.window(charge_point_id).family)
+        health, _ = self.health(charge_point_id, faults)
+        assert health is not None
+        return {
+            "anomaly_score": s.score,
+            "features": features_dict(s.features),
+            "health_score": health.score,
+        }
+
+    def health(
+        self, charge_point_id: str, faults: Sequence[FaultRecord] = ()
+    ) -> tuple[Health | None, dict[int, Health]]:
+        """The charge point's health and each connector's, as of its last score (None before).
+
+        The charge point's is the minimum of its connectors'
+        (:func:`~chargesight.common.health.window_health`); performance is
+        measured against the model card's typical peak power share.
+        """
+        s = self.last_scores.get(charge_point_id)
+        if s is None:
+            return None, {}
+        w = self.bank.window(charge_point_id)
+        model = self.store.get(w.family)
         typical = None
         if model is not None:
             typical = float(model.baseline[0][FEATURE_NAMES.index("power_ratio_max_7d")])
-        health = health_from_features(
-            feats,
+        return window_health(
+            w,
             s.at,
+            features=features_dict(s.features),
             anomaly_score=s.score,
             faults=faults,
             typical_power_ratio=typical if typical and typical > 0 else None,
         )
-        return {"anomaly_score": s.score, "features": feats, "health_score": health.score}
 
     # -- the interval close
 
@@ -356,9 +402,23 @@ class AnomalyMonitor:
         Returns the closed buckets: what the digest should carry per charge point
         (``ChargerCounters(**bucket.to_counters(), ...)``), with
         :meth:`anomaly_score` for its ``anomaly_score``.
+
+        Attached to a digest builder (:meth:`attach`) the last digest cut has
+        closed the windows: this scores those not scored since, and returns
+        their buckets (empty when there is nothing new).
         """
-        buckets = self.bank.close(end)
-        snaps = self.bank.snapshots()
+        if self._digest is not None:
+            buckets = self._digest.last_cut
+            snaps = [
+                s
+                for s in self.bank.snapshots()
+                if (last := self.last_scores.get(s.charge_point_id)) is None or last.at < s.now
+            ]
+            if not snaps:
+                return {}
+        else:
+            buckets = self.bank.close(end)
+            snaps = self.bank.snapshots()
         loop = asyncio.get_running_loop()
         scores = await loop.run_in_executor(self.executor, score_snapshots, snaps, self.store.get)
         for s in scores:

@@ -214,7 +214,7 @@ def test_counters_older_than_the_window_are_forgotten() -> None:
             b.start,
             b.end,
         )
-    assert len(w.buckets) == 168
+    assert len(w.rows) == 168
 
 
 def test_faults_are_counted_by_category_family_and_uncategorised_ones_as_other() -> None:
