@@ -115,9 +115,15 @@ def load_tokens_file(path: Path) -> list[TokenEntry]:
 class AnalysisSection(_Section):
     recurring_min_incidents: int = Field(default=20, ge=1)
     recurring_window_s: int = Field(default=604_800, ge=60)
-    # > 0: a site must also have this many times the median site's small incidents per charge
-    # point in the window (background noise every site shares is not a site problem); 0: off
+    # > 0: a site must also have this many times the small incidents per charge point of the
+    # fleet's upper-quartile site in the window (background noise many sites share is not a
+    # site problem); 0: off
     recurring_min_ratio_to_fleet: float = Field(default=0.0, ge=0)
+    # one charge point whose same fault (category, code, vendor code) cleared by itself or by a
+    # reset this many times within repeat_window_s gets a charge-point issue of its own; it
+    # clears after a whole repeat_window_s without the fault
+    repeat_min_incidents: int = Field(default=4, ge=2)
+    repeat_window_s: int = Field(default=1_209_600, ge=60)
     revenue_trailing_weeks: int = Field(default=4, ge=1, le=52)
     related_window_days: int = Field(default=90, ge=1)
     symptom_lookback_h: int = Field(default=72, ge=1)

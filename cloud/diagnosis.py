@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from chargesight.cloud.model import Issue
+from chargesight.cloud.model import Issue, RepeatSummary
 from chargesight.cloud.recurring import is_connectivity
 from chargesight.common.messages import RecommendedAction
 
@@ -139,6 +139,8 @@ def recommend(
             f"{conc[1]:.0%} of its units"
         )
     words = _words(issue)
+    if issue.repeats is not None and not issue.fault.safety_critical:
+        return _recommend_repeat(issue, issue.repeats, firmware, words)
     if issue.fault.safety_critical:
         return "field_technician", "a safety-critical fault that no remote step can fix"
     if any(w in words for w in COMPONENT_WORDS):
@@ -155,6 +157,31 @@ def recommend(
     if not any(a in RESET_ACTIONS for a in tried):
         return "reboot", "no reset could be tried yet at the edge"
     return "field_technician", "resets were tried and the fault stayed"
+
+
+def _recommend_repeat(
+    issue: Issue, r: RepeatSummary, firmware: FirmwareEvidence | None, words: str
+) -> tuple[RecommendedAction, str]:
+    """A fault on one unit that clears (by a reset or by itself) and keeps coming back."""
+    if any(w in words for w in COMPONENT_WORDS):
+        return "component_replacement", (
+            "a power component trips again and again; each trip clears, the part is wearing out"
+        )
+    resets = sum(n for a, n in r.fixed_by.items() if a in RESET_ACTIONS)
+    fw = issue.hardware.firmware
+    model = issue.hardware.model or "this model"
+    units = firmware.failures_by_firmware.get(fw or "?", 0) if firmware else 0
+    if units >= 3 and resets * 2 >= r.episodes:
+        return "firmware_update", (
+            f"the same fault keeps returning on {units} units of {model} on firmware {fw} and a "
+            "reset clears it every time: a software defect, not worn hardware"
+        )
+    if any(w in words for w in HARDWARE_WORDS):
+        return "field_technician", "a hardware fault keeps returning; a reset only hides it"
+    return "field_technician", (
+        f"this unit alone needed {resets} reset(s) for the same fault in {_span(r.window_s)}; "
+        "the cause is on site"
+    )
 
 
 def _span(seconds: int) -> str:
@@ -174,7 +201,16 @@ def diagnosis_text(issue: Issue, action: RecommendedAction, why: str) -> str:
     hw = issue.hardware
     model = " ".join(x for x in (hw.vendor, hw.model) if x) or "unknown hardware"
     fw = f", firmware {hw.firmware}" if hw.firmware else ""
-    if issue.recurring is not None:
+    if issue.repeats is not None:
+        p = issue.repeats
+        vc = f" (vendor code {f.vendor_code})" if f.vendor_code else ""
+        how = ", ".join(f"{n}× by {a.replace('_', ' ')}" for a, n in sorted(p.fixed_by.items()))
+        head = (
+            f"{where} ({model}{fw}) had {f.code}{vc} {p.episodes} times in the last "
+            f"{_span(p.window_s)} ({p.total_episodes} since {issue.started_at:%Y-%m-%d}); each "
+            f"episode cleared ({how}) and the fault came back. None was escalated alone."
+        )
+    elif issue.recurring is not None:
         r = issue.recurring
         cats = ", ".join(f"{n} {c}" for c, n in sorted(r.by_category.items(), key=lambda x: -x[1]))
         head = (
@@ -190,10 +226,10 @@ def diagnosis_text(issue: Issue, action: RecommendedAction, why: str) -> str:
             f"since {issue.started_at:%Y-%m-%d %H:%M} UTC."
         )
     tried = [a for a in issue.recovery_attempts if a.action != "wait"]
-    if tried:
+    if tried and issue.repeats is None:
         steps = "; ".join(f"{a.action} → {a.result}" for a in tried[-6:])
         attempts = f" The edge tried: {steps}, without lasting success."
-    elif issue.recurring is None:
+    elif issue.recurring is None and issue.repeats is None:
         attempts = " The edge did not try any recovery step (safety rules or a session running)."
     else:
         attempts = ""

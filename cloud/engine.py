@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import statistics
 import time
 import zlib
 from collections import defaultdict
@@ -38,9 +37,17 @@ from chargesight.cloud.issues import (
     issue_key,
     new_issue_id,
 )
-from chargesight.cloud.model import Issue, IssueEvent, Outage, RecurringSummary, RevenueLost
+from chargesight.cloud.issues import fault_signature as issues_fault_signature
+from chargesight.cloud.model import (
+    Issue,
+    IssueEvent,
+    Outage,
+    RecurringSummary,
+    RepeatSummary,
+    RevenueLost,
+)
 from chargesight.common.logs import get_logger
-from chargesight.common.messages import Digest, Escalation, Fault
+from chargesight.common.messages import Digest, Escalation, Fault, Hardware, RecoveryAttempt
 
 log = get_logger(__name__)
 
@@ -209,6 +216,13 @@ class Engine:
                 iid = await self.check_recurring(site)
                 if iid:
                     touched.add(iid)
+            # one charge point's same fault, cleared again and again
+            repeat = {
+                d.site_id for d in digests if any(b.kind != "connectivity" for b in d.self_resolved)
+            }
+            repeat |= await self.repeat_sites({d.site_id for d in digests})
+            for site in sorted(repeat):
+                touched |= await self.check_repeats(site)
         ids = await self._with_signature_peers(touched) if touched else []
         sites = sorted({d.site_id for d in digests})
         if sites:
@@ -343,7 +357,7 @@ class Engine:
     async def _small_incident_rates(
         self, conn: Conn, site_id: str, start: datetime, end: datetime
     ) -> tuple[float | None, float | None]:
-        """Small incidents per charge point in the window: this site's, and the median site's."""
+        """Small incidents per charge point in the window: this site's, and the fleet's reference."""
         cur = await conn.execute(
             "SELECT site_id, sum(greatest(disconnects, self_resolved))::float8"
             " / count(DISTINCT charge_point_id) AS rate FROM charger_daily"
@@ -353,7 +367,7 @@ class Engine:
         rates = {str(r["site_id"]): float(r["rate"] or 0.0) for r in await cur.fetchall()}
         if not rates:
             return None, None
-        return rates.get(site_id), statistics.median(rates.values())
+        return rates.get(site_id), recurring.fleet_reference_rate(list(rates.values()))
 
     async def recurring_open(self, site_id: str) -> bool:
         async with self.pool.connection() as conn:
@@ -362,6 +376,90 @@ class Engine:
                 (site_id, RECURRING_SIGNATURE),
             )
             return await cur.fetchone() is not None
+
+    async def check_repeats(self, site_id: str, window_end: datetime | None = None) -> set[str]:
+        """Charge points at ``site_id`` whose same fault keeps coming back (see ``repeat_issue``)."""
+        cfg = self.config
+        touched: set[str] = set()
+        async with self.pool.connection() as conn, conn.transaction():
+            if window_end is None:
+                cur = await conn.execute(
+                    "SELECT last_data_at FROM sites WHERE site_id = %s", (site_id,)
+                )
+                row = await cur.fetchone()
+                if row is None or row["last_data_at"] is None:
+                    return touched
+                window_end = row["last_data_at"]
+            assert window_end is not None
+            start = window_end - timedelta(seconds=cfg.repeat_window_s)
+            cur = await conn.execute(
+                "SELECT charge_point_id, incident_id, fault_code, vendor_code, category, started_at,"
+                " ended_at, fixed_by, connector_id FROM self_resolved WHERE site_id = %s"
+                " AND started_at > %s AND started_at <= %s AND charge_point_id IS NOT NULL"
+                " AND kind <> 'connectivity'",
+                (site_id, start, window_end),
+            )
+            episodes = [recurring.Episode(**r) for r in await cur.fetchall()]
+            findings = {
+                (
+                    f.charge_point_id,
+                    issues_fault_signature(f.category, f.fault_code, f.vendor_code),
+                ): f
+                for f in recurring.find_repeats(episodes, window_end, cfg.repeat_window_s)
+            }
+            cur = await conn.execute(
+                "SELECT doc FROM issues WHERE site_id = %s AND kind = 'repeat'"
+                " AND status <> 'resolved'",
+                (site_id,),
+            )
+            open_keys = {
+                (i.charge_point_id or "", i.signature) for i in map(_doc, await cur.fetchall())
+            }
+            for cp, sig in sorted(set(findings) | open_keys):
+                finding = findings.get((cp, sig))
+                count = finding.count if finding else 0
+                key = IssueKey(site_id, "charge_point", cp, None, sig)
+                await _lock(conn, key)
+                current = await load_for_key(conn, key)
+                if (
+                    current is not None
+                    and current.status != "resolved"
+                    and current.kind != "repeat"
+                ):
+                    continue  # escalated: the edge's escalations and clears own that issue now
+                open_now = current is not None and current.status != "resolved"
+                decision = recurring.repeat_decision(count, cfg.repeat_min_incidents, open_now)
+                if decision == "none":
+                    continue
+                if decision == "clear":
+                    assert current is not None
+                    new = apply_cleared(current, f"repeat:{window_end.isoformat()}", window_end)
+                    if new is not None:
+                        new.detail = f"no episode in the last {cfg.repeat_window_s / 86400:g} days"
+                        new.history[-1].detail = new.detail
+                        await save_issue(conn, new)
+                        touched.add(new.id)
+                    continue
+                assert finding is not None
+                cur = await conn.execute(
+                    "SELECT vendor, model, firmware FROM chargers WHERE charge_point_id = %s",
+                    (cp,),
+                )
+                hw = await cur.fetchone()
+                issue = repeat_issue(current, site_id, sig, finding, cfg.repeat_window_s, hw or {})
+                await save_issue(conn, issue)
+                touched.add(issue.id)
+        return touched
+
+    async def repeat_sites(self, sites: Iterable[str]) -> set[str]:
+        """Of ``sites``, those with a repeating-fault issue still open (it may clear)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT site_id FROM issues WHERE kind = 'repeat'"
+                " AND status <> 'resolved' AND site_id = ANY(%s)",
+                (sorted(sites),),
+            )
+            return {str(r["site_id"]) for r in await cur.fetchall()}
 
     # ---------------------------------------------------------------- enrichment
 
@@ -429,6 +527,9 @@ class Engine:
         out.related = await self._related(conn, out, as_of) if out.scope != "site" else []
         # ---- action and diagnosis
         fw_evidence = await self._firmware_evidence(conn, out)
+        if out.repeats is not None and fw_evidence is not None:
+            same = fw_evidence.failures_by_firmware.get(out.hardware.firmware or "?", 0)
+            out.repeats.units_same_fault = max(0, same - 1)
         prior = await self._prior_fixes(conn, out)
         action, why = diagnosis.recommend(out, fw_evidence, prior)
         out.recommended_action = action
@@ -596,6 +697,8 @@ class Engine:
             ),
         )
         hits = [related.SignatureHit(**r) for r in await cur.fetchall()]
+        if issue.kind == "repeat":
+            hits.extend(await self._repeat_hits(conn, issue, since))
         out = related.related_by_signature(
             issue.charge_point_id, hw.firmware, f.code, f.vendor_code, hw.model, hits
         )
@@ -604,6 +707,32 @@ class Engine:
                 await self._related_symptoms(conn, issue, as_of, {r.charge_point_id for r in out})
             )
         return out
+
+    async def _repeat_hits(
+        self, conn: Conn, issue: Issue, since: datetime
+    ) -> list[related.SignatureHit]:
+        """Other charge points of the model where the same fault cleared again and again."""
+        f = issue.fault
+        cur = await conn.execute(
+            "SELECT s.charge_point_id, s.site_id, c.firmware, max(s.started_at) AS started_at,"
+            " (SELECT i.id FROM issues i WHERE i.charge_point_id = s.charge_point_id"
+            "  AND i.signature = %s ORDER BY i.last_seen_at DESC LIMIT 1) AS issue_id"
+            " FROM self_resolved s JOIN chargers c ON c.charge_point_id = s.charge_point_id"
+            " WHERE s.category = %s AND s.fault_code = %s AND s.vendor_code IS NOT DISTINCT FROM %s"
+            " AND c.model IS NOT DISTINCT FROM %s AND s.started_at >= %s AND s.charge_point_id <> %s"
+            " GROUP BY 1, 2, 3 HAVING count(*) >= %s",
+            (
+                issue.signature,
+                f.category,
+                f.code,
+                f.vendor_code,
+                issue.hardware.model,
+                since,
+                issue.charge_point_id or "",
+                self.config.repeat_min_incidents,
+            ),
+        )
+        return [related.SignatureHit(**r) for r in await cur.fetchall()]
 
     async def _window_stats(
         self,
@@ -720,12 +849,38 @@ class Engine:
         units = {str(x["fw"]): int(x["n"]) for x in await cur.fetchall()}
         return diagnosis.FirmwareEvidence(failures, units, model=model, focus=focus)
 
+    async def _repeat_firmware_evidence(
+        self, conn: Conn, issue: Issue
+    ) -> diagnosis.FirmwareEvidence:
+        """Units of the model where this fault keeps returning, by firmware."""
+        f = issue.fault
+        since = issue.last_seen_at - timedelta(days=self.config.related_window_days)
+        cur = await conn.execute(
+            "SELECT coalesce(c.firmware, '?') AS fw, count(*) AS n FROM (SELECT charge_point_id"
+            " FROM self_resolved WHERE category = %s AND fault_code = %s"
+            " AND vendor_code IS NOT DISTINCT FROM %s AND started_at >= %s"
+            " GROUP BY 1 HAVING count(*) >= %s) s"
+            " JOIN chargers c ON c.charge_point_id = s.charge_point_id WHERE c.model = %s GROUP BY 1",
+            (f.category, f.code, f.vendor_code, since, self.config.repeat_min_incidents,
+             issue.hardware.model),
+        )  # fmt: skip
+        failures = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
+        cur = await conn.execute(
+            "SELECT coalesce(firmware, '?') AS fw, count(*) AS n FROM chargers WHERE model = %s"
+            " GROUP BY 1",
+            (issue.hardware.model,),
+        )
+        units = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
+        return diagnosis.FirmwareEvidence(failures, units, model=issue.hardware.model)
+
     async def _firmware_evidence(
         self, conn: Conn, issue: Issue
     ) -> diagnosis.FirmwareEvidence | None:
         f, hw = issue.fault, issue.hardware
         if issue.recurring is not None:
             return await self._recurring_firmware_evidence(conn, issue)
+        if issue.kind == "repeat" and hw.model:
+            return await self._repeat_firmware_evidence(conn, issue)
         if not hw.model or issue.scope == "site":
             return None
         cur = await conn.execute(
@@ -1004,4 +1159,95 @@ def recurring_issue(
     return issue
 
 
-__all__ = ["Cleared", "Engine", "Outage", "recurring_issue"]
+MAX_REPEAT_OUTAGES = 200  # episodes kept on a repeating-fault issue (the newest)
+
+
+def repeat_issue(
+    current: Issue | None,
+    site_id: str,
+    signature: str,
+    finding: recurring.RepeatFinding,
+    window_s: int,
+    hardware: dict[str, Any],
+) -> Issue:
+    """Open, update or reopen one charge point's repeating-fault issue from ``finding``.
+
+    Each episode is an outage of the charge point (it was faulted until the reset or the
+    fault cleared), so revenue and availability count them like any other outage.
+    """
+    fresh = current is None or current.status == "resolved"
+    known = set() if fresh or current is None else set(current.incident_ids)
+    prev = None if fresh or current is None else current.repeats
+    new_eps = [e for e in finding.episodes if e.incident_id not in known]
+    at = finding.window_end
+    summary = RepeatSummary(
+        episodes=finding.count,
+        window_s=window_s,
+        window_start=finding.window_start,
+        window_end=finding.window_end,
+        fixed_by=finding.fixed_by,
+        total_episodes=len(new_eps) + (prev.total_episodes if prev else 0),
+        units_same_fault=prev.units_same_fault if prev else 0,
+    )
+    outages = [Outage(started_at=e.started_at, ended_at=e.ended_at) for e in new_eps]
+    attempts = [
+        RecoveryAttempt(action=e.fixed_by, at=e.ended_at, result="recovered")
+        for e in new_eps
+        if e.fixed_by not in ("self", "itself")
+    ]
+    detail = f"{finding.count} episodes of {finding.fault_code} in {window_s // 3600} h"
+    connectors = {e.connector_id for e in finding.episodes}
+    if fresh:
+        reopened = current is not None
+        first = finding.episodes[0]
+        return Issue(
+            id=current.id if current else new_issue_id(),
+            site_id=site_id,
+            charge_point_id=finding.charge_point_id,
+            connector_id=None,
+            scope="charge_point",
+            kind="repeat",
+            signature=signature,
+            fault=Fault(
+                code=finding.fault_code,
+                vendor_code=finding.vendor_code,
+                category=finding.category,
+            ),
+            hardware=Hardware(
+                vendor=hardware.get("vendor"),
+                model=hardware.get("model"),
+                firmware=hardware.get("firmware"),
+            ),
+            started_at=first.started_at,
+            first_seen_at=current.first_seen_at if current else at,
+            last_seen_at=at,
+            outages=outages[-MAX_REPEAT_OUTAGES:],
+            recovery_attempts=attempts[-50:],
+            incident_ids=[e.incident_id for e in new_eps][-MAX_REPEAT_OUTAGES:],
+            repeats=summary,
+            detail=detail
+            + (f" on connector(s) {sorted(c for c in connectors if c)}" if any(connectors) else ""),
+            reopened=(current.reopened + 1) if current else 0,
+            operator_actions=current.operator_actions if current else [],
+            history=[
+                *(current.history if current else []),
+                IssueEvent(at=at, event="reopened" if reopened else "opened", detail=detail),
+            ],
+        )
+    assert current is not None
+    issue = current.model_copy(deep=True)
+    issue.repeats = summary
+    issue.outages = (issue.outages + outages)[-MAX_REPEAT_OUTAGES:]
+    issue.recovery_attempts = (issue.recovery_attempts + attempts)[-50:]
+    issue.incident_ids = (issue.incident_ids + [e.incident_id for e in new_eps])[
+        -MAX_REPEAT_OUTAGES:
+    ]
+    issue.last_seen_at = max(issue.last_seen_at, at)
+    issue.detail = detail
+    if new_eps:
+        issue.history.append(IssueEvent(at=at, event="updated", detail=detail))
+        del issue.history[:-50]
+    return issue
+
+
+__all__ = ["Cleared", "Engine", "Outage", "recurring_issue", "repeat_issue"]

@@ -149,6 +149,7 @@ async def import_dir(
     touched = await engine.apply_events(escalations, cleared)
     for site in sorted(report.sites):
         touched |= await recurring_sweep(engine, site)
+        touched |= await repeat_sweep(engine, site)
     ids = await engine._with_signature_peers(touched)
     await engine.enrich_many(ids)
     report.issues_touched = len(touched)
@@ -208,4 +209,32 @@ async def recurring_sweep(engine: Engine, site_id: str) -> set[str]:
     iid = await engine.check_recurring(site_id)
     if iid:
         touched.add(iid)
+    return touched
+
+
+async def repeat_sweep(engine: Engine, site_id: str) -> set[str]:
+    """Evaluate the repeating-fault rule over a site's history, day by day.
+
+    Only sites where one charge point had the same fault at least ``repeat_min_incidents``
+    times in all are walked, from the day of that fault's first episode.
+    """
+    cfg = engine.config
+    async with engine.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT min(started_at) AS first, max(last_data_at) AS last FROM ("
+            " SELECT charge_point_id, min(started_at) AS started_at FROM self_resolved"
+            " WHERE site_id = %s AND kind <> 'connectivity' AND charge_point_id IS NOT NULL"
+            " GROUP BY charge_point_id, category, fault_code, vendor_code HAVING count(*) >= %s"
+            ") s, sites WHERE sites.site_id = %s",
+            (site_id, cfg.repeat_min_incidents, site_id),
+        )
+        row = await cur.fetchone()
+    if row is None or row["first"] is None or row["last"] is None:
+        return set()
+    touched: set[str] = set()
+    day: datetime = row["first"].replace(hour=0, minute=0, second=0, microsecond=0)
+    last: datetime = row["last"]
+    while day < last:
+        day += timedelta(days=1)
+        touched |= await engine.check_repeats(site_id, window_end=min(day, last))
     return touched

@@ -442,8 +442,8 @@ async def _write_digests(
         if blips:
             await cur.executemany(
                 "INSERT INTO self_resolved (site_id, incident_id, message_id, charge_point_id,"
-                " connector_id, scope, kind, fault_code, category, started_at, ended_at, fixed_by)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                " connector_id, scope, kind, fault_code, category, started_at, ended_at, fixed_by,"
+                " vendor_code) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
                 [
                     (
                         d.site_id,
@@ -458,6 +458,7 @@ async def _write_digests(
                         s.started_at,
                         s.ended_at,
                         s.fixed_by,
+                        s.vendor_code,
                     )
                     for d, s in blips
                 ],

@@ -231,6 +231,14 @@ ALTER TABLE charger_intervals ADD COLUMN IF NOT EXISTS faults_by_category jsonb 
 ALTER TABLE charger_intervals ADD COLUMN IF NOT EXISTS features jsonb;
 """,
     ),
+    (
+        5,
+        "vendor codes of self-resolved incidents; per-charger lookups (repeating faults)",
+        """
+ALTER TABLE self_resolved ADD COLUMN IF NOT EXISTS vendor_code text;
+CREATE INDEX IF NOT EXISTS self_resolved_charger ON self_resolved (charge_point_id, started_at);
+""",
+    ),
 ]
 
 PLAIN_VIEWS = """

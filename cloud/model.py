@@ -78,6 +78,18 @@ class RecurringSummary(_Model):
     second_half: int
 
 
+class RepeatSummary(_Model):
+    """One charge point's fault that a reset (or time) clears, coming back within the window."""
+
+    episodes: int
+    window_s: int
+    window_start: UtcDatetime
+    window_end: UtcDatetime
+    fixed_by: dict[str, int]
+    total_episodes: int = 0  # since the issue opened
+    units_same_fault: int = 0  # other units of this model and firmware with the same repeats
+
+
 class Issue(_Model):
     id: str
     site_id: str
@@ -113,6 +125,7 @@ class Issue(_Model):
     related: list[RelatedUnit] = Field(default_factory=list)
     priority: float = 0.0
     recurring: RecurringSummary | None = None
+    repeats: RepeatSummary | None = None
     operator_actions: list[OperatorAction] = Field(default_factory=list)
     history: list[IssueEvent] = Field(default_factory=list)
 

@@ -11,6 +11,7 @@ issue clears when the count in the window falls below half the threshold.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,6 +152,21 @@ def count_recurring(
     )
 
 
+def fleet_reference_rate(site_rates: Sequence[float]) -> float | None:
+    """What a site must stand out from: the upper quartile of the sites' rates.
+
+    The upper quartile, not the median: when a fleet mixes wired and Wi-Fi sites the
+    median is a wired site's rate, and every Wi-Fi site would stand out from it. A site
+    several times above what one site in four sees is unusual for any uplink. Fewer than
+    four sites: the median.
+    """
+    if not site_rates:
+        return None
+    if len(site_rates) < 4:
+        return float(statistics.median(site_rates))
+    return float(statistics.quantiles(site_rates, n=4, method="inclusive")[2])
+
+
 def recurring_decision(
     finding: RecurringFinding,
     min_incidents: int,
@@ -163,8 +179,9 @@ def recurring_decision(
     """``"open"`` (raise or update the site issue), ``"clear"`` or ``"none"``.
 
     With ``min_ratio > 0`` the site must also see at least ``min_ratio`` times the fleet's
-    typical rate of small incidents per charge point (``site_rate`` vs ``fleet_rate``, the
-    median over sites), so background noise shared by every site is not a site problem.
+    reference rate of small incidents per charge point (``site_rate`` vs ``fleet_rate``, see
+    :func:`fleet_reference_rate`), so background noise shared by many sites is not a site
+    problem.
     """
     unusual = True
     if min_ratio > 0 and site_rate is not None and fleet_rate is not None and fleet_rate > 0:
@@ -172,5 +189,77 @@ def recurring_decision(
     if finding.incidents >= min_incidents and unusual:
         return "open"
     if open_now and (finding.incidents < min_incidents / 2 or not unusual):
+        return "clear"
+    return "none"
+
+
+# ------------------------------------------------------------ one unit, the same fault again
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """One self-resolved fault on one charge point (not a disconnect)."""
+
+    charge_point_id: str
+    incident_id: str
+    fault_code: str
+    vendor_code: str | None
+    category: str
+    started_at: datetime
+    ended_at: datetime
+    fixed_by: str
+    connector_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatFinding:
+    """The same fault on one charge point, cleared again and again, within the window."""
+
+    charge_point_id: str
+    fault_code: str
+    vendor_code: str | None
+    category: str
+    window_start: datetime
+    window_end: datetime
+    episodes: list[Episode]
+
+    @property
+    def count(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def fixed_by(self) -> dict[str, int]:
+        return dict(Counter(e.fixed_by for e in self.episodes))
+
+
+def find_repeats(
+    episodes: Sequence[Episode], window_end: datetime, window_s: int
+) -> list[RepeatFinding]:
+    """Group the faults in ``(window_end - window_s, window_end]`` by charge point and signature.
+
+    Disconnects are left out: a site's connectivity is the site rule's business.
+    """
+    start = window_end - timedelta(seconds=window_s)
+    groups: dict[tuple[str, str, str | None, str], list[Episode]] = defaultdict(list)
+    for e in episodes:
+        if not start < e.started_at <= window_end or is_connectivity("", e.category):
+            continue
+        groups[(e.charge_point_id, e.fault_code, e.vendor_code, e.category)].append(e)
+    return [
+        RepeatFinding(cp, code, vc, cat, start, window_end, sorted(eps, key=lambda e: e.started_at))
+        for (cp, code, vc, cat), eps in sorted(groups.items(), key=lambda kv: kv[0][:2])
+    ]
+
+
+def repeat_decision(count: int, min_repeats: int, open_now: bool) -> str:
+    """``"open"`` (raise or update), ``"clear"`` or ``"none"``.
+
+    Raised at ``min_repeats`` episodes in the window; once raised it stays open while any
+    episode is left in the window (a fault that returns twice a week would otherwise flap),
+    and clears after a whole window without one.
+    """
+    if count >= min_repeats or (open_now and count > 0):
+        return "open"
+    if open_now and count == 0:
         return "clear"
     return "none"

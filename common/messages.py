@@ -211,6 +211,7 @@ class SelfResolved(_Model):
     started_at: UtcDatetime
     ended_at: UtcDatetime
     fixed_by: str  # the action after which it recovered, or "self" when it cleared on its own
+    vendor_code: str | None = None  # the fault's vendorErrorCode / techCode, when it had one
 
 
 class Digest(EdgeMessage):

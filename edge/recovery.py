@@ -475,6 +475,7 @@ class RecoveryEngine:
                     scope=incident.scope,
                     kind=incident.kind,
                     fault_code=incident.fault.code,
+                    vendor_code=incident.fault.vendor_code,
                     category=incident.fault.category,
                     started_at=incident.started_at,
                     ended_at=incident.recovered_at or self.clock.now(),

@@ -180,6 +180,7 @@ class _Gen:
         t1: float,
         fixed_by: str,
         incident: str,
+        vendor_code: str | None = None,
     ) -> None:
         if t1 >= self.T:
             return
@@ -202,6 +203,7 @@ class _Gen:
                 "started_at": iso(self.ts(t0)),
                 "ended_at": iso(self.ts(t1)),
                 "fixed_by": fixed_by,
+                "vendor_code": vendor_code,
             }
         )
 
@@ -236,6 +238,7 @@ class _Gen:
                         t1,
                         "soft_reset" if f.kind == "transient" else "hard_reset",
                         self.incident_id(f),
+                        ft.vendor_code,
                     )
                     f.first_symptom_s = f.start_s
                 elif f.kind in ("connector_lock", "ground_failure"):
@@ -271,6 +274,7 @@ class _Gen:
                             t1,
                             "hard_reset",
                             self.incident_id(f, str(k)),
+                            ft.vendor_code,
                         )
                     if f.episodes:
                         f.first_symptom_s = f.episodes[0]

@@ -1,0 +1,204 @@
+"""One charge point's fault that a reset clears every time, coming back: an issue of its own.
+
+End to end through real Mosquitto and PostgreSQL (the ``running`` collector), plus the
+pure rule in ``cloud/recurring.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+
+from chargesight.cloud import recurring
+from chargesight.common.messages import SelfResolved
+from tests.cloud.conftest import Running
+from tests.cloud.helpers import T0, counters, digest, usage_history
+
+H = timedelta(hours=1)
+DAY = timedelta(days=1)
+HPC = {"vendor": "Helion", "model": "HPC-300"}
+
+
+def episode(
+    cp: str,
+    at: datetime,
+    code: str = "InternalError",
+    vendor_code: str = "FW-0x3E7",
+    category: str = "internal",
+    fixed_by: str = "hard_reset",
+) -> SelfResolved:
+    return SelfResolved(
+        incident_id=uuid.uuid4().hex[:16],
+        charge_point_id=cp,
+        connector_id=None,
+        scope="charge_point",
+        kind="fault",
+        fault_code=code,
+        vendor_code=vendor_code,
+        category=category,
+        started_at=at,
+        ended_at=at + timedelta(minutes=4),
+        fixed_by=fixed_by,
+    )
+
+
+async def send(r: Running, *msgs: object) -> None:
+    before = r.collector.handled_total
+    n = await asyncio.to_thread(r.publisher.send, *msgs)  # type: ignore[arg-type]
+    await r.collector.wait_stored(before + n)
+
+
+def day_of_digests(
+    site: str, fleet: dict[str, str], start: datetime, eps: dict[int, list[SelfResolved]]
+) -> list[object]:
+    """24 hourly digests for ``fleet`` (charge point → firmware); ``eps`` by hour."""
+    out: list[object] = []
+    for h in range(24):
+        blips = eps.get(h, [])
+        out.append(
+            digest(
+                site,
+                start + h * H,
+                [
+                    counters(
+                        cp,
+                        sessions_started=1,
+                        energy_wh=20_000,
+                        firmware=fw,
+                        faults=sum(1 for b in blips if b.charge_point_id == cp),
+                        self_resolved=sum(1 for b in blips if b.charge_point_id == cp),
+                        **HPC,
+                    )
+                    for cp, fw in fleet.items()
+                ],
+                self_resolved=blips,
+            )
+        )
+    return out
+
+
+async def test_firmware_fault_a_reset_clears_every_time_on_four_units_becomes_firmware_update_issues(
+    running: Running,
+) -> None:
+    r = running
+    airport = {"ap-1": "1.9.7", "ap-2": "1.9.7", "ap-3": "2.0.1"}
+    mall = {"ml-1": "1.9.7", "ml-2": "1.9.7", "ml-3": "2.0.1"}
+    for site, fleet in (("airport", airport), ("mall", mall)):
+        for fw in set(fleet.values()):
+            cps = [c for c, f in fleet.items() if f == fw]
+            await send(
+                r, *usage_history(site, cps, T0 - 7 * DAY, 7 * 24, sessions=1, firmware=fw, **HPC)
+            )
+    buggy = ["ap-1", "ap-2", "ml-1", "ml-2"]
+    # five days: each 1.9.7 unit has the fault on days 0, 1, 3 and 4; a 2.0.1 unit once (noise)
+    for d in range(5):
+        for site, fleet in (("airport", airport), ("mall", mall)):
+            eps: dict[int, list[SelfResolved]] = {}
+            if d != 2:
+                for i, cp in enumerate(c for c in buggy if c in fleet):
+                    eps.setdefault(8 + i, []).append(
+                        episode(cp, T0 + d * DAY + (8 + i) * H + 10 * timedelta(minutes=1))
+                    )
+            if d == 1 and site == "mall":
+                eps.setdefault(3, []).append(
+                    episode("ml-3", T0 + d * DAY + 3 * H + timedelta(minutes=5))
+                )
+            await send(r, *day_of_digests(site, fleet, T0 + d * DAY, eps))
+
+    issues = (await r.get("/issues")).json()["issues"]
+    assert sorted(i["charge_point_id"] for i in issues) == buggy  # not ml-3: one episode is noise
+    for issue in issues:
+        assert issue["kind"] == "repeat" and issue["scope"] == "charge_point"
+        assert issue["fault"]["vendor_code"] == "FW-0x3E7"
+        assert issue["recommended_action"] == "firmware_update", issue["diagnosis"]
+        assert "4 times" in issue["diagnosis"] and "1.9.7" in issue["diagnosis"]
+        assert issue["repeats"]["episodes"] == 4
+        assert issue["repeats"]["fixed_by"] == {"hard_reset": 4}
+        assert issue["repeats"]["units_same_fault"] == 3
+        others = {x["charge_point_id"] for x in issue["related"] if x["basis"] == "signature"}
+        assert others == set(buggy) - {issue["charge_point_id"]}
+        # each episode was a few minutes out of service while a driver an hour arrived
+        assert len(issue["outages"]) == 4
+        assert issue["revenue_lost"]["amount"] > 0
+        assert issue["status"] == "open" and issue["ended_at"] is None
+
+    # two whole quiet weeks later the repeats have stopped: each issue clears by itself
+    for site, fleet in (("airport", airport), ("mall", mall)):
+        for fw in set(fleet.values()):
+            cps = [c for c, f in fleet.items() if f == fw]
+            await send(
+                r, *usage_history(site, cps, T0 + 5 * DAY, 15 * 24, sessions=1, firmware=fw, **HPC)
+            )
+    issues = (await r.get("/issues?status=all")).json()["issues"]
+    assert sorted(i["charge_point_id"] for i in issues) == buggy
+    assert all(i["status"] == "resolved" and i["resolution"] == "cleared" for i in issues)
+
+
+async def test_one_unit_needing_resets_for_the_same_fault_gets_a_field_technician(
+    running: Running,
+) -> None:
+    r = running
+    fleet = {"cafe-1": "3.4.1", "cafe-2": "3.4.1"}
+    await send(
+        r,
+        *usage_history(
+            "cafe", list(fleet), T0 - 7 * DAY, 7 * 24, sessions=1, firmware="3.4.1", **HPC
+        ),
+    )
+    eps = {
+        h: [
+            episode(
+                "cafe-1",
+                T0 + h * H,
+                code="OtherError",
+                vendor_code="E-STATE-HANG",
+                category="other",
+                fixed_by="soft_reset",
+            )
+        ]
+        for h in (2, 9, 17, 22)
+    }
+    await send(r, *day_of_digests("cafe", fleet, T0, eps))
+    issues = (await r.get("/issues")).json()["issues"]
+    assert len(issues) == 1
+    issue = issues[0]
+    assert issue["charge_point_id"] == "cafe-1" and issue["kind"] == "repeat"
+    assert issue["recommended_action"] == "field_technician", issue["diagnosis"]
+    assert issue["repeats"]["units_same_fault"] == 0
+    assert [x for x in issue["related"] if x["basis"] == "signature"] == []
+
+
+def test_repeats_are_grouped_by_charge_point_and_fault_and_leave_disconnects_out() -> None:
+    def ep(
+        cp: str, at: datetime, code: str = "InternalError", cat: str = "internal"
+    ) -> recurring.Episode:
+        return recurring.Episode(cp, uuid.uuid4().hex, code, None, cat, at, at + H, "soft_reset")
+
+    end = T0 + 7 * DAY
+    eps = [ep("a", T0 + i * DAY) for i in (1, 2, 3)] + [ep("a", T0 + 2 * DAY, code="OtherError")]
+    eps += [ep("b", T0 + i * DAY, code="ConnectionLost", cat="connectivity") for i in (1, 2, 3)]
+    eps.append(ep("a", T0 - DAY))  # before the window
+    found = recurring.find_repeats(eps, end, 7 * 86400)
+    assert [(f.charge_point_id, f.fault_code, f.count) for f in found] == [
+        ("a", "InternalError", 3),
+        ("a", "OtherError", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("count", "open_now", "expected"),
+    [
+        (4, False, "open"),
+        (3, False, "none"),
+        (1, True, "open"),
+        (0, True, "clear"),
+        (0, False, "none"),
+    ],
+)
+def test_a_repeat_issue_opens_at_the_threshold_and_clears_after_a_whole_quiet_window(
+    count: int, open_now: bool, expected: str
+) -> None:
+    assert recurring.repeat_decision(count, 4, open_now) == expected
