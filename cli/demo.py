@@ -855,8 +855,8 @@ format = "json"
         def same_problem(i: dict[str, Any], t: dict[str, Any]) -> bool:
             if t.get("scope") == "site":
                 return i.get("scope") == "site"
-            if t.get("kind") == "psu_degradation" and i.get("kind") == "predictive":
-                return True
+            if t.get("kind") == "psu_degradation" and i.get("kind") in ("predictive", "repeat"):
+                return True  # early warnings: the model's, or the PSU's trips repeating
             code = (i.get("fault") or {}).get("code")
             # OCPP 2.0.1 stations report a bare "Faulted" when no NotifyEvent named the problem
             return code == t.get("code") or code in ("Faulted", "OtherError")

@@ -441,11 +441,21 @@ class Engine:
                         touched.add(new.id)
                     continue
                 assert finding is not None
+                # the hardware as the charge point reported it when the fault last came back
+                # (its firmware may have been updated since)
                 cur = await conn.execute(
-                    "SELECT vendor, model, firmware FROM chargers WHERE charge_point_id = %s",
-                    (cp,),
+                    "SELECT vendor, model, firmware FROM charger_intervals"
+                    " WHERE charge_point_id = %s AND interval_start <= %s"
+                    " ORDER BY interval_start DESC LIMIT 1",
+                    (cp, finding.episodes[-1].started_at),
                 )
                 hw = await cur.fetchone()
+                if hw is None:
+                    cur = await conn.execute(
+                        "SELECT vendor, model, firmware FROM chargers WHERE charge_point_id = %s",
+                        (cp,),
+                    )
+                    hw = await cur.fetchone()
                 issue = repeat_issue(current, site_id, sig, finding, cfg.repeat_window_s, hw or {})
                 await save_issue(conn, issue)
                 touched.add(issue.id)
@@ -852,23 +862,25 @@ class Engine:
     async def _repeat_firmware_evidence(
         self, conn: Conn, issue: Issue
     ) -> diagnosis.FirmwareEvidence:
-        """Units of the model where this fault keeps returning, by firmware."""
+        """Units of the model where this fault keeps returning, by the firmware they ran then."""
         f = issue.fault
         since = issue.last_seen_at - timedelta(days=self.config.related_window_days)
         cur = await conn.execute(
-            "SELECT coalesce(c.firmware, '?') AS fw, count(*) AS n FROM (SELECT charge_point_id"
-            " FROM self_resolved WHERE category = %s AND fault_code = %s"
-            " AND vendor_code IS NOT DISTINCT FROM %s AND started_at >= %s"
-            " GROUP BY 1 HAVING count(*) >= %s) s"
-            " JOIN chargers c ON c.charge_point_id = s.charge_point_id WHERE c.model = %s GROUP BY 1",
-            (f.category, f.code, f.vendor_code, since, self.config.repeat_min_incidents,
-             issue.hardware.model),
+            "SELECT fw, count(*) AS n FROM (SELECT s.charge_point_id, coalesce(ci.firmware, '?')"
+            " AS fw FROM self_resolved s CROSS JOIN LATERAL (SELECT model, firmware"
+            " FROM charger_intervals i WHERE i.charge_point_id = s.charge_point_id"
+            " AND i.interval_start <= s.started_at ORDER BY i.interval_start DESC LIMIT 1) ci"
+            " WHERE s.category = %s AND s.fault_code = %s AND s.vendor_code IS NOT DISTINCT FROM %s"
+            " AND s.started_at >= %s AND ci.model = %s GROUP BY 1, 2 HAVING count(*) >= %s) u"
+            " GROUP BY 1",
+            (f.category, f.code, f.vendor_code, since, issue.hardware.model,
+             self.config.repeat_min_incidents),
         )  # fmt: skip
         failures = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
         cur = await conn.execute(
-            "SELECT coalesce(firmware, '?') AS fw, count(*) AS n FROM chargers WHERE model = %s"
-            " GROUP BY 1",
-            (issue.hardware.model,),
+            "SELECT coalesce(firmware, '?') AS fw, count(DISTINCT charge_point_id) AS n"
+            " FROM charger_daily WHERE model = %s AND day >= %s::date GROUP BY 1",
+            (issue.hardware.model, since.date()),
         )
         units = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
         return diagnosis.FirmwareEvidence(failures, units, model=issue.hardware.model)
@@ -1244,6 +1256,12 @@ def repeat_issue(
     ]
     issue.last_seen_at = max(issue.last_seen_at, at)
     issue.detail = detail
+    if hardware.get("model"):
+        issue.hardware = Hardware(
+            vendor=hardware.get("vendor"),
+            model=hardware.get("model"),
+            firmware=hardware.get("firmware"),
+        )
     if new_eps:
         issue.history.append(IssueEvent(at=at, event="updated", detail=detail))
         del issue.history[:-50]
