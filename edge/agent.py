@@ -115,6 +115,7 @@ class Agent:
         self.router.register("status", self._request_status)
         self.router.register("log_excerpt", self._request_log_excerpt)
         self.router.register("maintenance", self._request_maintenance)
+        self.router.register("rerun_playbook", self._request_rerun)
         self.uplink = Uplink(config.mqtt, config.site.id, self.outbox, router=self.router)
         if self.monitor is not None:
             self.uplink.subscribe(ALL_MODELS_TOPIC, self._model_update)
@@ -309,6 +310,16 @@ class Agent:
         on = bool(params.get("on", True))
         self.engine.set_maintenance(cp, on)
         return {"charge_point_id": cp, "maintenance": on}
+
+    async def _request_rerun(self, params: dict[str, Any]) -> dict[str, Any]:
+        cp = str(params["charge_point_id"])
+        connector = params.get("connector_id")
+        ids = self.engine.rerun(cp, int(connector) if connector is not None else None)
+        return {
+            "charge_point_id": cp,
+            "incident_ids": ids,
+            "window_s": self.config.recovery.window_s,
+        }
 
     def write_status(self, running: bool = True) -> None:
         data = self.status()

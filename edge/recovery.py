@@ -194,6 +194,7 @@ class _Run:
     outcome: str = "running"  # running | self_resolved | escalated | absorbed | maintenance
     fixed_by: str | None = None
     escalated_at: datetime | None = None
+    reruns: int = 0  # playbook runs the cloud asked for after the escalation
 
 
 class RecoveryEngine:
@@ -445,6 +446,42 @@ class RecoveryEngine:
         run.task = self._spawn(self._run(run), f"recovery-{incident.id[:8]}")
         return run
 
+    def rerun(self, charge_point_id: str, connector_id: int | None = None) -> list[str]:
+        """Run the playbook again, in a fresh window, for the escalated incidents still open.
+
+        For the cloud's ``rerun_playbook`` request: e.g. a session blocked every reset and has
+        ended since. A recovery is then reported as the escalation cleared; a failure
+        escalates again (a new message for the same incident). Raises ``LookupError`` when
+        nothing is escalated and open there, ``PermissionError`` for a fault no automatic
+        step may touch (safety) or a charge point in maintenance.
+        """
+        where = charge_point_id + (f" connector {connector_id}" if connector_id else "")
+        runs = [
+            r
+            for r in self._runs.values()
+            if r.outcome == "escalated"
+            and r.incident.charge_point_id == charge_point_id
+            and (connector_id is None or r.incident.connector_id in (connector_id, None))
+        ]
+        if not runs:
+            raise LookupError(f"no escalated incident is open on {where}")
+        if charge_point_id in self.maintenance:
+            raise PermissionError(f"{charge_point_id} is in maintenance")
+        if any(self._must_stop(r) for r in runs):
+            raise PermissionError(f"the fault on {where} is not resettable (safety rules)")
+        ids = []
+        for prev in runs:
+            inc = prev.incident
+            run = _Run(inc, self.clock.monotonic() + self.config.window_s)
+            run.escalated_at = prev.escalated_at
+            run.reruns = prev.reruns + 1
+            self._runs[inc.id] = run
+            run.task = self._spawn(self._run(run), f"rerun-{inc.id[:8]}")
+            self._audit_soon(self._entry(inc, "rerun_playbook", "started"))
+            ids.append(inc.id)
+        log.info("playbook_rerun", charge_point_id=charge_point_id, incidents=ids)
+        return ids
+
     def _reopened(self, incident: Incident) -> None:
         run = self._runs.get(incident.id)
         if run is None:
@@ -462,7 +499,8 @@ class RecoveryEngine:
             self._runs.pop(member, None)
         if run is None or run.outcome == "absorbed":
             return
-        if run.outcome == "escalated":
+        if run.outcome == "escalated" or run.escalated_at is not None:
+            # escalated once: its recovery (after a re-run too) is the escalation cleared
             self.digest.cleared(incident.id)
             if self._send_cleared:
                 self._spawn(self._send_cleared_update(run), f"cleared-{incident.id[:8]}")
@@ -965,7 +1003,7 @@ class RecoveryEngine:
         if inc.scope == "site":
             sessions = sum(len(self.detector.active_sessions(c)) for c in inc.chargers)
         return Escalation(
-            message_id=inc.id,
+            message_id=inc.id if run.reruns == 0 else f"{inc.id}-rerun-{run.reruns}",
             site_id=self.site_id,
             sent_at=self.clock.now(),
             kind=inc.kind,

@@ -292,6 +292,14 @@ class RebootingCp:
         await self._report([connector])
         return self.transactions[connector]
 
+    async def stop_transaction(self, connector: int) -> None:
+        """The driver stops charging on ``connector`` and leaves (1.6)."""
+        tx = self.transactions.pop(connector)
+        await self._call(
+            call16.StopTransaction(meter_stop=10_000, timestamp=iso_now(), transaction_id=tx)
+        )
+        await self._report([connector])
+
     async def drop(self) -> None:
         """The network goes: the socket is cut, nothing is said."""
         ws, self._ws = self._ws, None

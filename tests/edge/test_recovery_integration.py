@@ -63,6 +63,7 @@ class Site:
         broker_port: int,
         *,
         observer: Observer | None = None,
+        uplink: dict[str, Any] | None = None,
         **recovery: Any,
     ) -> None:
         self.site_id = site_id
@@ -70,6 +71,7 @@ class Site:
         self.root = root / site_id
         self.root.mkdir(parents=True, exist_ok=True)
         self.recovery = {"window_s": WINDOW_S, **recovery}
+        self.uplink = uplink or {}
         self.csms = TestCsms()
         self.observer = observer or Observer(
             broker_port,
@@ -98,6 +100,7 @@ class Site:
                 site={"id": self.site_id},
                 mqtt={"url": f"mqtt://127.0.0.1:{self.broker_port}"},
                 recovery=self.recovery,
+                uplink=self.uplink,
             )
             self.agent = Agent(config)
             await self.agent.start()
@@ -344,6 +347,29 @@ async def cleared_after_escalation(root: Path, broker: Mosquitto) -> Record:
         return await site.record(fault_at, cleared=site.escalations("cleared"))
 
 
+async def rerun_after_the_blocking_session_ended(root: Path, broker: Mosquitto) -> Record:
+    allowed = {"allowed_requests": ["status", "rerun_playbook"]}
+    async with Site(root, "rec-rerun", broker.port, flap_period_s=1, uplink=allowed) as site:
+        cp = await site.charge_point("CP-1")
+        nothing = await site.ask("rerun_playbook", {"charge_point_id": "CP-1"})
+        await cp.start_transaction(2)
+        fault_at = now()
+        await cp.fault(1, "OtherError", "E-31", cleared_by=("Soft",))
+        (esc,) = await site.escalated()  # the session on connector 2 held every reset back
+        resets_before = len(cp.calls("Reset"))
+        await cp.stop_transaction(2)
+        reply = await site.ask("rerun_playbook", {"charge_point_id": "CP-1"})
+        await site.observer.wait_for(lambda _: bool(site.escalations("cleared")), timeout=WINDOW_S)
+        return await site.record(
+            fault_at,
+            nothing=nothing,
+            first=esc,
+            resets_before=resets_before,
+            reply=reply,
+            cleared=site.escalations("cleared"),
+        )
+
+
 async def two_charge_points_reset_together(root: Path, broker: Mosquitto) -> Record:
     async with Site(
         root, "rec-two-resets", broker.port, flap_period_s=1, digest_interval_s=1
@@ -391,6 +417,7 @@ SCENARIOS: dict[str, Callable[[Path, Mosquitto], Coroutine[Any, Any, Record]]] =
     "broker_down": lambda r, _b: broker_down_during_window(r),
     "maintenance": maintenance_requested_by_the_cloud,
     "cleared": cleared_after_escalation,
+    "rerun": rerun_after_the_blocking_session_ended,
     "two_resets": two_charge_points_reset_together,
     "ocpp201": ocpp201_station,
 }
@@ -609,6 +636,25 @@ async def test_escalated_fault_repaired_later_is_reported_cleared_under_its_inci
     assert cleared["message_id"] != esc["message_id"]
     assert cleared["ended_at"] is not None
     assert cleared["fault"]["vendor_code"] == "E-8"
+
+
+async def test_operator_rerun_after_the_blocking_session_ended_resets_and_clears_the_escalation(
+    scenarios: Scenarios,
+) -> None:
+    seen = await scenarios("rerun")
+    assert seen.extra["nothing"]["ok"] is False
+    assert "no escalated incident" in seen.extra["nothing"]["error"]
+    first = seen.extra["first"]
+    assert seen.extra["resets_before"] == 0
+    assert "soft_reset" in [a for a, _ in steps(first)]  # tried, and skipped for the session
+    assert seen.extra["reply"]["ok"] is True
+    assert seen.extra["reply"]["result"]["incident_ids"] == [first["incident_id"]]
+    assert [c["type"] for c in seen.cps["CP-1"].calls("Reset")] == ["Soft"]
+    (cleared,) = seen.extra["cleared"]
+    assert cleared["incident_id"] == first["incident_id"]
+    # the re-run's fix is the escalation cleared, not a new self-resolved incident
+    resolved = [s for d in seen.digests for s in d["self_resolved"]]
+    assert [s for s in resolved if s["incident_id"] == first["incident_id"]] == []
 
 
 async def test_resets_the_agent_ordered_at_two_charge_points_are_not_a_site_outage(
