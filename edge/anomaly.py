@@ -110,17 +110,20 @@ def score_snapshots(
     just added, or an agent just restarted without warming its windows from
     stored digests) is not scored: its rates are extrapolated from hours.
     """
-    resolved = [(s, resolve(s.family)) for s in snapshots]
-    snapshots = [s for s, m in resolved if m is not None and s.history_h >= m.min_history_h]
-    if not snapshots:
+    picked: list[tuple[WindowSnapshot, LoadedModel]] = []
+    for s in snapshots:
+        m = resolve(s.family)  # once per window: a model swapped in meanwhile is used next time
+        if m is not None and s.history_h >= m.min_history_h:
+            picked.append((s, m))
+    if not picked:
         return []
-    X64 = snapshot_features(snapshots)
+    # one pass for every window's features, then one ONNX run per model
+    X64 = snapshot_features([s for s, _ in picked])
     X = X64.astype(np.float32)  # what the ONNX graphs take
+    rows = X64.tolist()
     groups: dict[int, tuple[LoadedModel, list[int]]] = {}
-    for i, s in enumerate(snapshots):
-        model = resolve(s.family)
-        if model is not None:
-            groups.setdefault(id(model), (model, []))[1].append(i)
+    for i, (_, model) in enumerate(picked):
+        groups.setdefault(id(model), (model, []))[1].append(i)
     out: list[Score] = []
     for model, idx in groups.values():
         Xm = X[idx]
@@ -131,19 +134,20 @@ def score_snapshots(
             contrib = dict(
                 zip(above.tolist(), _contributions(model, Xm[above], scores[above]), strict=True)
             )
-        for k, i in enumerate(idx):
-            s = snapshots[i]
+        key, version, threshold = model.model_key, model.version, model.threshold
+        for k, (i, score) in enumerate(zip(idx, scores.tolist(), strict=True)):
+            s = picked[i][0]
             c = contrib.get(k)
             out.append(
                 Score(
                     s.charge_point_id,
                     s.now,
-                    model.model_key,
-                    model.version,
-                    round(float(scores[k]), 6),
-                    model.threshold,
-                    tuple(float(v) for v in X64[i]),
-                    None if c is None else tuple(round(float(v), 6) for v in c),
+                    key,
+                    version,
+                    round(score, 6),
+                    threshold,
+                    tuple(rows[i]),
+                    None if c is None else tuple(round(v, 6) for v in c.tolist()),
                 )
             )
     return out
