@@ -21,12 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chargesight.cloud import ask, queries
+from chargesight.cloud import requests as edge_requests
 from chargesight.cloud.config import TokenEntry
 from chargesight.cloud.console import mount_console
 from chargesight.cloud.engine import Engine, Pool, load_issue, save_issue
 from chargesight.cloud.issues import IssueStateError, acknowledge, resolve
 from chargesight.cloud.metrics import Metrics
-from chargesight.common.messages import RecommendedAction
+from chargesight.common.messages import RecommendedAction, RequestKind
 
 PREFIX = "/api/v1"
 
@@ -49,12 +50,22 @@ class ApiState:
     tokens: dict[str, TokenEntry]
     metrics: Metrics
     ready: bool = True
+    requests: edge_requests.RequestSender | None = None  # None: the API cannot reach the edge
 
 
 class AckBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str | None = None
     by: str | None = None
+
+
+class EdgeRequestBody(BaseModel):
+    """What an operator asks a site's agent (CONTRACT.md ``.../requests``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: RequestKind
+    params: dict[str, Any] = Field(default_factory=dict)
+    expires_in_s: float = Field(default=300.0, gt=0, le=86_400)
 
 
 class ResolveBody(BaseModel):
@@ -196,6 +207,36 @@ def create_app(state: ApiState) -> FastAPI:
             out = await queries.site_summary(conn, state.engine, site_id)
         if out is None:
             raise ApiError(404, "not_found", f"no site {site_id}")
+        return out
+
+    @app.post(f"{PREFIX}/sites/{{site_id}}/requests", status_code=202)
+    async def send_request(who: Operator, site_id: str, body: EdgeRequestBody) -> dict[str, Any]:
+        sender = state.requests
+        if sender is None:
+            raise ApiError(503, "unavailable", "this API has no MQTT connection to the edge")
+        request = edge_requests.new_request(
+            site_id, body.kind, body.params, body.expires_in_s, who.name or "operator"
+        )
+        async with state.pool.connection() as conn:
+            cur = await conn.execute("SELECT 1 FROM sites WHERE site_id = %s", (site_id,))
+            if await cur.fetchone() is None:
+                raise ApiError(404, "not_found", f"no site {site_id}")
+            async with conn.transaction():
+                await edge_requests.record(conn, request)
+                try:  # a request the broker did not take is not kept
+                    await sender.publish(request)
+                except edge_requests.RequestNotSent as exc:
+                    raise ApiError(503, "not_sent", str(exc)) from exc
+            out = await edge_requests.load(conn, request.request_id)
+        assert out is not None
+        return out
+
+    @app.get(f"{PREFIX}/requests/{{request_id}}")
+    async def get_request(who: Viewer, request_id: str) -> dict[str, Any]:
+        async with state.pool.connection() as conn:
+            out = await edge_requests.load(conn, request_id)
+        if out is None:
+            raise ApiError(404, "not_found", f"no request {request_id}")
         return out
 
     @app.get(f"{PREFIX}/chargers/{{charge_point_id}}")

@@ -39,6 +39,7 @@ from chargesight.cloud.engine import Engine
 from chargesight.cloud.ingest import DeadLetter, StoreResult, classify, store_batch
 from chargesight.cloud.metrics import Metrics
 from chargesight.cloud.mqttsource import Inbound, MqttSource
+from chargesight.cloud.requests import RequestSender
 from chargesight.common.configload import parse_host_port
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
@@ -352,7 +353,11 @@ class Collector:
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Subscribe, serve the API, run until :meth:`stop`."""
         await self.source.start()
-        state = ApiState(self.db.pool, self.engine, self.config.api.all_tokens(), self.metrics)
+        sender = RequestSender(self.config.mqtt)  # operators' requests to the edge agents
+        sender.start()
+        state = ApiState(
+            self.db.pool, self.engine, self.config.api.all_tokens(), self.metrics, requests=sender
+        )
         sock = bind_api(self.config.api.listen)  # bound, not listening: the port opens when ready
         self.api_port = int(sock.getsockname()[1])
         uv_config = uvicorn.Config(
@@ -379,6 +384,7 @@ class Collector:
                 self.server.should_exit = True
         finally:
             sock.close()
+            await sender.close()
             await self.source.close()
             await self.engine.close()
 

@@ -239,6 +239,29 @@ ALTER TABLE self_resolved ADD COLUMN IF NOT EXISTS vendor_code text;
 CREATE INDEX IF NOT EXISTS self_resolved_charger ON self_resolved (charge_point_id, started_at);
 """,
     ),
+    (
+        6,
+        "connector occupancy per charger interval (revenue: how long a session keeps a connector)",
+        """
+ALTER TABLE charger_intervals ADD COLUMN IF NOT EXISTS occupied_s double precision;
+""",
+    ),
+    (
+        7,
+        "operators' requests to edge agents (their replies are in replies)",
+        """
+CREATE TABLE IF NOT EXISTS edge_requests (
+    request_id text PRIMARY KEY,
+    site_id text NOT NULL,
+    kind text NOT NULL,
+    params jsonb NOT NULL,
+    requested_by text,
+    sent_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replies_request ON replies (request_id);
+""",
+    ),
 ]
 
 PLAIN_VIEWS = """
