@@ -14,7 +14,7 @@ async def test_console_page_is_served_and_root_redirects_to_it(running: Running)
     # the page drives the documented API, with the operator's bearer token
     assert 'const API = "/api/v1"' in html
     assert '"Authorization": "Bearer " + token' in html
-    for path in ("/issues?", "/ask", "/resolve"):
+    for path in ("/issues?", "/ask", "/resolve", "/requests", "rerun_playbook"):
         assert path in html or path.strip("/") in html
     root = await running.api.get("/", follow_redirects=False)
     assert root.status_code in (302, 307)
