@@ -106,6 +106,9 @@ class Agent:
             publish_digest=self.publish_digest,
             anomaly_score=self.monitor.anomaly_score if self.monitor is not None else None,
         )
+        if self.monitor is not None:
+            # one set of windows: the digests' (fed with the engine's decisions) are scored
+            self.monitor.attach(self.engine.digest)
         self.router = RequestRouter(
             config.site.id,
             self.outbox,
