@@ -1,19 +1,30 @@
 """The collector service: MQTT ingest → PostgreSQL → analysis, and the API beside it.
 
 Start order: database (embedded server when configured, migrations), MQTT
-subscription, then the API's listening port — so the port opens only when
-the collector is ready. Shutdown order: stop the API, stop taking messages,
-store and acknowledge what was received, finish analysis, close the pool,
-stop the embedded server.
+subscription (or the ingest worker processes, each with its own), then the
+API's listening port — so the port opens only when the collector is ready.
+Shutdown order: stop the API, stop taking messages, store and acknowledge
+what was received, finish analysis, close the pool, stop the embedded server.
 
 Tasks (each owned by one ``TaskGroup``):
 
-* **ingest**: takes batches from the MQTT buffer, validates, stores them in one
-  transaction, then acknowledges them to the broker; a database error retries
-  the same batch with backoff (nothing is acknowledged that is not stored).
-* **analysis**: consumes what ingest stored (coalescing when it lags) and runs
-  the engine; a periodic refresh re-enriches open issues and the fleet view.
+* **ingest** (:class:`IngestLoop`): takes batches from the MQTT buffer,
+  validates them off the event loop, stores each in one transaction, then
+  acknowledges it to the broker; a database error retries the same batch
+  with backoff (nothing is acknowledged that is not stored). With
+  ``[ingest] workers = N`` this runs in N processes instead
+  (:class:`IngestWorkers`), each with its own MQTT session in the shared
+  subscription, so the broker splits the stream between them; each reports
+  what it stored to this process, which keeps analysis and the API.
+* **analysis**: consumes what ingest stored (coalescing while ingest has a
+  backlog) and runs the engine; a periodic refresh re-enriches open issues
+  and the fleet view.
 * **api**: uvicorn serving :func:`chargesight.cloud.api.create_app`.
+
+A collector process holds many young objects per message (a validated
+digest is ~65 of them), so :func:`tune_gc` freezes what start-up allocated
+out of the cyclic collector's scans and lets it run less often: with the
+default thresholds it took about half of the ingest CPU.
 """
 
 from __future__ import annotations
@@ -21,27 +32,33 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
+import os
 import signal
 import socket
+import struct
+import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 import uvicorn
 
 from chargesight.cloud.api import ApiState, create_app
-from chargesight.cloud.config import CloudConfig
-from chargesight.cloud.db import Database, open_database
+from chargesight.cloud.config import CloudConfig, IngestSection
+from chargesight.cloud.db import Database, DatabaseError, open_database
 from chargesight.cloud.embedded import EmbeddedPostgres, start_embedded
 from chargesight.cloud.engine import Engine
 from chargesight.cloud.ingest import DeadLetter, StoreResult, classify, store_batch
 from chargesight.cloud.metrics import Metrics
-from chargesight.cloud.mqttsource import Inbound, MqttSource
+from chargesight.cloud.mqttsource import PERSISTENT_SESSION_S, Inbound, MqttError, MqttSource
 from chargesight.cloud.requests import RequestSender
-from chargesight.common.configload import parse_host_port
-from chargesight.common.logs import get_logger
+from chargesight.common.configload import ConfigError, parse_host_port
+from chargesight.common.logs import configure_logging, get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
 
 log = get_logger(__name__)
@@ -56,6 +73,24 @@ MAX_INFLIGHT_BATCHES = 4  # batches being stored at once: overlaps validation wi
 ANALYSIS_MAX_DEFER_S = 2.0  # while ingest has a backlog, analysis waits at most this long
 
 KIND_OF = {"escalations": "escalation", "digests": "digest", "state": "state", "replies": "reply"}
+
+WORKER_SESSION_S = 60  # no [mqtt] client_id: a killed worker's restart resumes within this
+WORKER_START_TIMEOUT_S = 60.0
+WORKER_STOP_TIMEOUT_S = 30.0
+WORKER_RESTART_MAX_S = 30.0
+
+
+def tune_gc() -> None:
+    """Cyclic-GC settings for a collector process (``run`` and every ingest worker).
+
+    What start-up allocated (modules, the app) is frozen out of the scans, and young
+    collections run every 50,000 allocations instead of 700: objects die by reference
+    counting, the cyclic collector only has to find cycles, and a batch of validated
+    messages is no longer re-scanned dozens of times while it waits for its commit.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 async def open_store(config: CloudConfig) -> tuple[Database, EmbeddedPostgres | None]:
@@ -82,17 +117,557 @@ async def open_store(config: CloudConfig) -> tuple[Database, EmbeddedPostgres | 
     return db, embedded
 
 
+def check_workers(config: CloudConfig) -> None:
+    """``[ingest] workers`` needs the broker to split the stream: an MQTT 5 shared subscription."""
+    if config.ingest.workers and (
+        config.mqtt.shared_group is None or config.mqtt.protocol == "3.1.1"
+    ):
+        raise ConfigError(
+            "ingest.workers: several ingest processes need an MQTT 5 shared subscription"
+            ' (mqtt.shared_group set, mqtt.protocol "auto" or "5"); use workers = 0 otherwise'
+        )
+
+
 @dataclass
 class Pending:
     escalations: list[Escalation] = field(default_factory=list)
     digests: list[Digest] = field(default_factory=list)
 
-    def add(self, r: StoreResult) -> None:
-        self.escalations.extend(r.escalations)
-        self.digests.extend(r.digests)
+    def add(self, escalations: list[Escalation], digests: list[Digest]) -> None:
+        self.escalations.extend(escalations)
+        self.digests.extend(digests)
 
     def __bool__(self) -> bool:
         return bool(self.escalations or self.digests)
+
+
+@dataclass
+class BatchReport:
+    """What storing one batch did, for the metrics; plain data, so a worker can send it."""
+
+    handled: int = 0  # messages taken from the broker (new, duplicate or dead)
+    received: dict[str, int] = field(default_factory=dict)  # by kind
+    stored: dict[str, int] = field(default_factory=dict)  # new messages by kind
+    duplicates: int = 0
+    dead_letters: int = 0
+    db_errors: int = 0  # attempts that failed and were retried
+    seconds: float = 0.0  # time to store the batch
+    lag: float = 0.0  # receipt of its oldest message → commit
+    depth: int = 0  # messages still waiting in that process's buffer
+
+
+def apply_report(metrics: Metrics, r: BatchReport) -> None:
+    for kind, n in r.received.items():
+        metrics.received.labels(kind).inc(n)
+    for kind, n in r.stored.items():
+        metrics.stored.labels(kind).inc(n)
+    metrics.duplicates.inc(r.duplicates)
+    metrics.dead_letters.inc(r.dead_letters)
+    metrics.db_errors.inc(r.db_errors)
+    metrics.batch_seconds.observe(r.seconds)
+    metrics.lag_seconds.set(r.lag)
+
+
+@dataclass
+class Classified:
+    """One batch after validation."""
+
+    msgs: list[EdgeMessage] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    received: dict[str, int] = field(default_factory=dict)  # by kind
+    payloads: dict[str, bytes] = field(default_factory=dict)  # message_id → the bytes received
+
+
+StoredCallback = Callable[
+    [list[Inbound], StoreResult, BatchReport, dict[str, bytes]], Awaitable[None]
+]
+
+
+_StoreTask = asyncio.Task[tuple[StoreResult, BatchReport]]
+
+
+class IngestLoop:
+    """One process's ingest: batches from ``source``, validated off the event loop, up to
+    ``MAX_INFLIGHT_BATCHES`` stored at once, and in receipt order: ``stored`` is awaited, then
+    the batch is acknowledged to the broker."""
+
+    def __init__(
+        self, config: IngestSection, db: Database, source: MqttSource, stored: StoredCallback
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.source = source
+        self._stored = stored
+        self.inflight = 0  # batches taken from the buffer and not yet acknowledged
+
+    def classify(self, items: list[Inbound]) -> Classified:
+        out = Classified()
+        received: collections.Counter[str] = collections.Counter()
+        payloads = out.payloads
+        for it in items:
+            received[KIND_OF.get(it.topic.rsplit("/", 1)[-1], "unknown")] += 1
+            res = classify(it.topic, it.payload)
+            if isinstance(res, DeadLetter):
+                out.dead.append(res)
+                log.warning("dead letter", topic=it.topic, reason=res.reason)
+            else:
+                out.msgs.append(res)
+                payloads.setdefault(res.message_id, it.payload)
+        out.received = dict(received)
+        return out
+
+    async def store(
+        self, msgs: list[EdgeMessage], dead: list[DeadLetter], report: BatchReport | None = None
+    ) -> StoreResult:
+        """Store one batch. Connection trouble is retried until it succeeds; a batch the
+        database refuses (bad data) is stored message by message, and what it still refuses
+        becomes a dead letter — bad input never raises here."""
+        report = report if report is not None else BatchReport()
+        delay = 0.2
+        while True:
+            try:
+                t0 = time.perf_counter()
+                async with self.db.pool.connection() as conn:
+                    result = await store_batch(conn, msgs, dead)
+                report.seconds = time.perf_counter() - t0
+                break
+            except RETRYABLE as exc:
+                report.db_errors += 1
+                log.warning("store failed, retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except psycopg.Error as exc:
+                log.warning("batch refused by the database, storing one by one", error=str(exc))
+                result = await self._store_singly(msgs, dead)
+                break
+        report.duplicates = result.duplicates
+        report.dead_letters = result.dead_letters
+        stored = {
+            "escalation": len(result.escalations),
+            "digest": len(result.digests),
+            "state": result.states,
+            "reply": result.replies,
+        }
+        report.stored = {k: n for k, n in stored.items() if n}
+        return result
+
+    async def _store_singly(self, msgs: list[EdgeMessage], dead: list[DeadLetter]) -> StoreResult:
+        total = StoreResult()
+        refused: list[DeadLetter] = list(dead)
+        for m in msgs:
+            try:
+                async with self.db.pool.connection() as conn:
+                    r = await store_batch(conn, [m])
+            except RETRYABLE:
+                raise
+            except psycopg.Error as exc:
+                topic = f"chargesight/v1/sites/{m.site_id}/{type(m).__name__.lower()}"
+                refused.append(DeadLetter(topic, f"database refused it: {exc}", m.to_json()))
+                continue
+            total.escalations += r.escalations
+            total.digests += r.digests
+            total.states += r.states
+            total.replies += r.replies
+            total.duplicates += r.duplicates
+            total.sites |= r.sites
+        async with self.db.pool.connection() as conn:
+            r = await store_batch(conn, [], refused)
+        total.dead_letters = r.dead_letters
+        return total
+
+    async def _store_classified(
+        self, items: list[Inbound], batch: Classified
+    ) -> tuple[StoreResult, BatchReport]:
+        report = BatchReport(handled=len(items), received=batch.received)
+        result = await self.store(batch.msgs, batch.dead, report)
+        return result, report
+
+    async def _finish(self, items: list[Inbound], batch: Classified, task: _StoreTask) -> None:
+        result, report = await task
+        report.lag = time.monotonic() - items[0].received
+        report.depth = self.source.depth
+        await self._stored(items, result, report, batch.payloads)
+        self.source.ack(items)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping``: then take no more messages, store and acknowledge the rest."""
+        cfg = self.config
+        inflight: collections.deque[tuple[list[Inbound], Classified, _StoreTask]]
+        inflight = collections.deque()
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            while not stopping.is_set():
+                get = asyncio.ensure_future(self.source.batch(cfg.batch_size, cfg.batch_delay_s))
+                waits: set[asyncio.Future[Any]] = {get, stop}
+                if inflight:
+                    waits.add(inflight[0][2])
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    items = get.result()
+                    # validation off the event loop, so database round trips and the MQTT
+                    # socket are served while a batch is parsed (it yields the GIL every few ms)
+                    batch = await asyncio.to_thread(self.classify, items)
+                    task = asyncio.create_task(self._store_classified(items, batch))
+                    inflight.append((items, batch, task))
+                    self.inflight = len(inflight)
+                else:
+                    get.cancel()  # cancel-safe: nothing was taken from the buffer
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await get
+                while inflight and (inflight[0][2].done() or len(inflight) > MAX_INFLIGHT_BATCHES):
+                    items, batch, task = inflight.popleft()
+                    self.inflight = len(inflight)
+                    await self._finish(items, batch, task)
+            # store and acknowledge what the broker already handed us
+            self.source.stop_reading()
+            while self.source.depth:
+                items = await self.source.batch(cfg.batch_size, 0)
+                batch = self.classify(items)
+                inflight.append(
+                    (items, batch, asyncio.create_task(self._store_classified(items, batch)))
+                )
+            while inflight:
+                items, batch, task = inflight.popleft()
+                await self._finish(items, batch, task)
+        finally:
+            self.inflight = 0
+            stop.cancel()
+            for _, _, task in inflight:
+                task.cancel()
+
+
+# ------------------------------------------------------------------ ingest worker processes
+
+
+class IngestWorkerError(Exception):
+    """An ingest worker could not start (its database or broker), or died before it was ready."""
+
+
+_U32 = struct.Struct("!I")
+WORKER_BOOT = (
+    "from chargesight.cloud.collector import ingest_worker_main; "
+    "raise SystemExit(ingest_worker_main())"
+)
+
+
+def encode_record(header: dict[str, Any], payloads: list[bytes] | None = None) -> bytes:
+    """worker → collector: ``u32 size | u32 header size | header JSON | payloads``."""
+    head = orjson.dumps(header)
+    body = b"".join([_U32.pack(len(head)), head, *(payloads or ())])
+    return _U32.pack(len(body)) + body
+
+
+def decode_record(body: bytes) -> tuple[dict[str, Any], bytes]:
+    (n,) = _U32.unpack_from(body)
+    header: dict[str, Any] = orjson.loads(body[4 : 4 + n])
+    return header, body[4 + n :]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_line(fd: int) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+class _StdinClosed(asyncio.Protocol):
+    """Sets ``stopping`` when the collector closes the worker's stdin (or dies)."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self.stopping = stopping
+
+    def eof_received(self) -> bool | None:
+        self.stopping.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stopping.set()
+
+
+def ingest_worker_main() -> int:
+    """An ingest worker process, started by the collector (``[ingest] workers``).
+
+    Its spec (JSON: config, database URL, MQTT client id and session) is the first line on
+    stdin; records for the collector go to the original stdout, and fd 1 then points at
+    stderr, so nothing else can land in that stream. The end of stdin, SIGTERM or SIGINT
+    stop it after it stored and acknowledged what it had received.
+    """
+    spec = orjson.loads(_read_line(0) or b"null")
+    if not isinstance(spec, dict):
+        print("chargesight: ingest worker: no spec on stdin", file=sys.stderr)
+        return 2
+    out = os.dup(1)
+    os.dup2(2, 1)
+    config = CloudConfig.model_validate(spec["config"])
+    configure_logging(config.logging.level, config.logging.format)
+    tune_gc()
+    return asyncio.run(_worker(config, spec, out))
+
+
+async def _worker(config: CloudConfig, spec: dict[str, Any], out: int) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    stdin, _ = await loop.connect_read_pipe(
+        lambda: _StdinClosed(stopping), os.fdopen(0, "rb", buffering=0)
+    )
+    index = int(spec["index"])
+
+    async def send(header: dict[str, Any], payloads: list[bytes] | None = None) -> None:
+        await asyncio.to_thread(_write_all, out, encode_record(header, payloads))
+
+    try:
+        db = await open_database(
+            str(spec["database_url"]),
+            min_size=1,
+            max_size=MAX_INFLIGHT_BATCHES + 1,
+            timescale=config.database.timescale,
+            compress_after_days=config.database.compress_after_days,
+            retention_days=config.database.retention_days,
+        )
+    except DatabaseError as exc:
+        await send({"t": "error", "message": str(exc)})
+        return 1
+    source = MqttSource(
+        config.mqtt,
+        config.ingest.queue_max,
+        client_id=str(spec["client_id"]),
+        session_expiry_s=int(spec["session_s"]),
+        end_session_on_close=bool(spec["end_session"]),
+    )
+    try:
+        try:
+            await source.start()
+        except MqttError as exc:
+            await send({"t": "error", "message": str(exc)})
+            return 1
+        if not source.protocol5:
+            await send({"t": "error", "message": f"mqtt.url {config.mqtt.url}: the broker has"
+                        " no MQTT 5, which several ingest workers need (ingest.workers)"})  # fmt: skip
+            return 1
+        await send({"t": "ready"})
+        log.info("ingest worker ready", worker=index, client_id=source.client_id)
+
+        async def stored(
+            items: list[Inbound], result: StoreResult, report: BatchReport,
+            payloads: dict[str, bytes],
+        ) -> None:  # fmt: skip
+            # what is new goes to the collector's analysis before the broker hears of it
+            new = [("e", payloads[m.message_id]) for m in result.escalations]
+            new += [("d", payloads[m.message_id]) for m in result.digests]
+            header = {"t": "batch", "report": asdict(report), "new": [(k, len(p)) for k, p in new]}
+            await send(header, [p for _, p in new])
+
+        await IngestLoop(config.ingest, db, source, stored).run(stopping)
+        return 0
+    finally:
+        await source.close()
+        await db.close()
+        stdin.close()
+
+
+def _parse_new(header: dict[str, Any], rest: bytes) -> tuple[list[Escalation], list[Digest]]:
+    """The new messages a worker stored, validated again from their bytes (the collector's
+    analysis works on the models; the worker validated them against the same schemas)."""
+    escalations: list[Escalation] = []
+    digests: list[Digest] = []
+    pos = 0
+    for kind, size in header["new"]:
+        raw = rest[pos : pos + size]
+        pos += size
+        if kind == "e":
+            escalations.append(Escalation.model_validate_json(raw))
+        else:
+            digests.append(Digest.model_validate_json(raw))
+    return escalations, digests
+
+
+WorkerBatchCallback = Callable[[int, BatchReport, list[Escalation], list[Digest]], Awaitable[None]]
+
+
+class IngestWorkers:
+    """``[ingest] workers`` ingest processes, supervised from the collector.
+
+    Each worker has its own MQTT session in the shared subscription, so the broker splits
+    the stream between them, and stores what it receives exactly as the collector would
+    (validated, idempotent, acknowledged after commit). What each stored comes back here
+    for analysis (``on_batch``). A worker that dies is started again under the same MQTT
+    client id, whose session the broker kept: what it had received and not acknowledged
+    is re-sent to it, and stored once (``message_id``). Client ids are
+    ``<[mqtt] client_id>-ingest-<n>`` (sessions kept across restarts of the service, as for
+    a single collector), or a fresh ``chargesight-collector-<random>-ingest-<n>`` per start
+    whose sessions end when the worker stops.
+    """
+
+    def __init__(self, config: CloudConfig, database_url: str, on_batch: WorkerBatchCallback):
+        self.count = config.ingest.workers
+        persistent = config.mqtt.client_id is not None
+        base = config.mqtt.client_id or f"chargesight-collector-{uuid.uuid4().hex[:12]}"
+        self.client_ids = [f"{base}-ingest-{k}" for k in range(self.count)]
+        self._spec: dict[str, Any] = {
+            "config": config.model_dump(mode="json"),
+            "database_url": database_url,
+            "session_s": PERSISTENT_SESSION_S if persistent else WORKER_SESSION_S,
+            "end_session": not persistent,
+        }
+        self._on_batch = on_batch
+        self._procs: list[asyncio.subprocess.Process | None] = [None] * self.count
+        self.depths = [0] * self.count
+        self.handled = [0] * self.count  # messages each worker stored and acknowledged
+        self.exit_codes: list[int | None] = [None] * self.count  # of each one's last process
+        self.restarts = 0
+        self._stopping = False
+
+    @property
+    def depth(self) -> int:
+        return sum(self.depths)
+
+    def pid(self, k: int) -> int | None:
+        proc = self._procs[k]
+        return proc.pid if proc is not None else None
+
+    async def _spawn(self, k: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WORKER_BOOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the collector, which stops us
+        )
+        spec = {**self._spec, "index": k, "client_id": self.client_ids[k]}
+        assert proc.stdin is not None
+        self._procs[k] = proc
+        proc.stdin.write(orjson.dumps(spec) + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        if self._stopping:  # stopped while it started: it will exit after subscribing
+            proc.stdin.close()
+        return proc
+
+    async def _record(self, proc: asyncio.subprocess.Process) -> bytes | None:
+        assert proc.stdout is not None
+        try:
+            (n,) = _U32.unpack(await proc.stdout.readexactly(4))
+            return await proc.stdout.readexactly(n)
+        except asyncio.IncompleteReadError:
+            return None
+
+    async def _until_ready(self, k: int, proc: asyncio.subprocess.Process) -> None:
+        body = await self._record(proc)
+        if body is None:
+            rc = await proc.wait()
+            raise IngestWorkerError(f"ingest worker {k} exited with {rc} before it was ready")
+        header, _ = decode_record(body)
+        if header.get("t") != "ready":
+            raise IngestWorkerError(str(header.get("message", header)))
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has subscribed; IngestWorkerError if one
+        cannot (the others are stopped)."""
+        try:
+            async with asyncio.timeout(WORKER_START_TIMEOUT_S):
+                procs = [await self._spawn(k) for k in range(self.count)]
+                for k, proc in enumerate(procs):
+                    await self._until_ready(k, proc)
+        except BaseException:
+            await self.close()
+            raise
+        log.info("ingest workers ready", workers=self.count)
+
+    async def _relay(self, k: int, proc: asyncio.subprocess.Process) -> None:
+        """Hand what the worker stored to ``on_batch``, until its stdout ends."""
+        while (body := await self._record(proc)) is not None:
+            header, rest = decode_record(body)
+            if header.get("t") != "batch":
+                continue
+            report = BatchReport(**header["report"])
+            self.depths[k] = report.depth
+            self.handled[k] += report.handled
+            escalations, digests = (
+                await asyncio.to_thread(_parse_new, header, rest) if header["new"] else ([], [])
+            )
+            await self._on_batch(k, report, escalations, digests)
+
+    async def _stop(self, k: int) -> int | None:
+        """Close the worker's stdin (it stores what it has and exits); kill it if it hangs."""
+        proc = self._procs[k]
+        if proc is None:
+            return None
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(WORKER_STOP_TIMEOUT_S):
+                rc = await proc.wait()
+        except TimeoutError:
+            log.error("ingest worker did not stop, killing it", worker=k, pid=proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            rc = await proc.wait()
+        self.exit_codes[k] = rc
+        return rc
+
+    async def _supervise(self, k: int, stopping: asyncio.Event) -> None:
+        delay = 0.5
+        while True:
+            proc = self._procs[k]
+            if proc is None:
+                try:
+                    proc = await self._spawn(k)
+                    async with asyncio.timeout(WORKER_START_TIMEOUT_S):
+                        await self._until_ready(k, proc)
+                    log.info("ingest worker restarted", worker=k, pid=proc.pid)
+                except (IngestWorkerError, OSError, TimeoutError) as exc:
+                    log.error("ingest worker cannot start", worker=k, error=str(exc),
+                              retry_in=delay)  # fmt: skip
+                    await self._stop(k)
+                    self._procs[k] = None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), delay)
+                    delay = min(delay * 2, WORKER_RESTART_MAX_S)
+                    if self._stopping:
+                        return
+                    continue
+            started = time.monotonic()
+            await self._relay(k, proc)
+            rc = await self._stop(k)
+            self._procs[k] = None
+            self.depths[k] = 0
+            if self._stopping:
+                return
+            self.restarts += 1
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            log.error("ingest worker exited, starting it again", worker=k, code=rc)
+
+    async def close(self) -> None:
+        """Stop every worker still running (after :meth:`start` when :meth:`run` never ran)."""
+        self._stopping = True
+        await asyncio.gather(*(self._stop(k) for k in range(self.count)))
+        self._procs = [None] * self.count
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Supervise until ``stopping``, then stop every worker after it stored what it has."""
+        async with asyncio.TaskGroup() as tg:
+            for k in range(self.count):
+                tg.create_task(self._supervise(k, stopping))
+            await stopping.wait()
+            self._stopping = True
+            for k in range(self.count):
+                proc = self._procs[k]
+                if proc is not None and proc.stdin is not None:
+                    proc.stdin.close()
 
 
 class ApiServer(uvicorn.Server):
@@ -136,13 +711,22 @@ class Collector:
     """One collector replica. ``async with`` it, or call :meth:`run` for the whole service."""
 
     def __init__(self, config: CloudConfig, db: Database, metrics: Metrics | None = None) -> None:
+        check_workers(config)
         self.config = config
         self.db = db
         self.metrics = metrics or Metrics()
         self.engine = Engine(db.pool, config.analysis)
         self.engine.timescale = db.timescale
-        self.source = MqttSource(config.mqtt, config.ingest.queue_max)
+        self.source: MqttSource | None = None
+        self.ingest: IngestLoop | None = None
+        self.workers: IngestWorkers | None = None
+        if config.ingest.workers:
+            self.workers = IngestWorkers(config, db.url, self._worker_stored)
+        else:
+            self.source = MqttSource(config.mqtt, config.ingest.queue_max)
+            self.ingest = IngestLoop(config.ingest, db, self.source, self._stored)
         self._stopping = asyncio.Event()
+        self._ingest_done = asyncio.Event()
         self._pending = Pending()
         self._pending_event = asyncio.Event()
         self.stored_total = 0
@@ -152,131 +736,50 @@ class Collector:
         self._analysis_idle.set()
         self.server: ApiServer | None = None
         self._progress = asyncio.Condition()
-        self._inflight = 0  # batches taken from the buffer and not yet acknowledged
         self.api_port: int | None = None
 
     # -------------------------------------------------------------- ingest
 
-    def _classify(self, items: list[Inbound]) -> tuple[list[EdgeMessage], list[DeadLetter]]:
-        msgs: list[EdgeMessage] = []
-        dead: list[DeadLetter] = []
-        for it in items:
-            kind = it.topic.rsplit("/", 1)[-1]
-            self.metrics.received.labels(KIND_OF.get(kind, "unknown")).inc()
-            res = classify(it.topic, it.payload)
-            if isinstance(res, DeadLetter):
-                dead.append(res)
-                log.warning("dead letter", topic=it.topic, reason=res.reason)
-            else:
-                msgs.append(res)
-        return msgs, dead
+    async def _stored(
+        self, items: list[Inbound], result: StoreResult, report: BatchReport,
+        payloads: dict[str, bytes],
+    ) -> None:  # fmt: skip
+        apply_report(self.metrics, report)
+        self.metrics.queue_depth.set(report.depth)
+        await self._handled(report.handled, result.stored, result.escalations, result.digests)
 
-    async def store(self, msgs: list[EdgeMessage], dead: list[DeadLetter]) -> StoreResult:
-        """Store one batch. Connection trouble is retried until it succeeds; a batch the
-        database refuses (bad data) is stored message by message, and what it still refuses
-        becomes a dead letter — bad input never raises here."""
-        delay = 0.2
-        while True:
-            try:
-                t0 = time.perf_counter()
-                async with self.db.pool.connection() as conn:
-                    result = await store_batch(conn, msgs, dead)
-                self.metrics.batch_seconds.observe(time.perf_counter() - t0)
-                break
-            except RETRYABLE as exc:
-                self.metrics.db_errors.inc()
-                log.warning("store failed, retrying", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except psycopg.Error as exc:
-                log.warning("batch refused by the database, storing one by one", error=str(exc))
-                result = await self._store_singly(msgs, dead)
-                break
-        self.metrics.duplicates.inc(result.duplicates)
-        self.metrics.dead_letters.inc(result.dead_letters)
-        self.metrics.stored.labels("escalation").inc(len(result.escalations))
-        self.metrics.stored.labels("digest").inc(len(result.digests))
-        self.metrics.stored.labels("state").inc(result.states)
-        self.metrics.stored.labels("reply").inc(result.replies)
-        self.stored_total += result.stored
-        return result
+    async def _worker_stored(
+        self, k: int, report: BatchReport, escalations: list[Escalation], digests: list[Digest]
+    ) -> None:
+        apply_report(self.metrics, report)
+        self.metrics.queue_depth.set(self._ingest_depth())
+        await self._handled(report.handled, sum(report.stored.values()), escalations, digests)
 
-    async def _store_singly(self, msgs: list[EdgeMessage], dead: list[DeadLetter]) -> StoreResult:
-        total = StoreResult()
-        refused: list[DeadLetter] = list(dead)
-        for m in msgs:
-            try:
-                async with self.db.pool.connection() as conn:
-                    r = await store_batch(conn, [m])
-            except RETRYABLE:
-                raise
-            except psycopg.Error as exc:
-                topic = f"chargesight/v1/sites/{m.site_id}/{type(m).__name__.lower()}"
-                refused.append(DeadLetter(topic, f"database refused it: {exc}", m.to_json()))
-                continue
-            total.escalations += r.escalations
-            total.digests += r.digests
-            total.states += r.states
-            total.replies += r.replies
-            total.duplicates += r.duplicates
-            total.sites |= r.sites
-        async with self.db.pool.connection() as conn:
-            r = await store_batch(conn, [], refused)
-        total.dead_letters = r.dead_letters
-        return total
-
-    async def _ingest_loop(self) -> None:
-        """Take batches, store up to ``MAX_INFLIGHT_BATCHES`` at once, acknowledge in order."""
-        cfg = self.config.ingest
-        inflight: collections.deque[tuple[list[Inbound], asyncio.Task[StoreResult]]]
-        inflight = collections.deque()
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            while not self._stopping.is_set():
-                get = asyncio.ensure_future(self.source.batch(cfg.batch_size, cfg.batch_delay_s))
-                waits: set[asyncio.Future[Any]] = {get, stop}
-                if inflight:
-                    waits.add(inflight[0][1])
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
-                    items = get.result()
-                    # validation off the event loop, so database round trips and the MQTT
-                    # socket are served while a batch is parsed (it yields the GIL every few ms)
-                    msgs, dead = await asyncio.to_thread(self._classify, items)
-                    inflight.append((items, asyncio.create_task(self.store(msgs, dead))))
-                    self._inflight = len(inflight)
-                else:
-                    get.cancel()  # cancel-safe: nothing was taken from the buffer
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await get
-                while inflight and (inflight[0][1].done() or len(inflight) > MAX_INFLIGHT_BATCHES):
-                    items, task = inflight.popleft()
-                    self._inflight = len(inflight)
-                    await self._after_store(items, await task)
-            # store and acknowledge what the broker already handed us
-            while self.source.depth:
-                items = await self.source.batch(cfg.batch_size, 0)
-                msgs, dead = self._classify(items)
-                inflight.append((items, asyncio.create_task(self.store(msgs, dead))))
-            while inflight:
-                items, task = inflight.popleft()
-                await self._after_store(items, await task)
-        finally:
-            self._inflight = 0
-            stop.cancel()
-            for _, task in inflight:
-                task.cancel()
-
-    async def _after_store(self, items: list[Inbound], result: StoreResult) -> None:
-        self.source.ack(items)
-        self.metrics.lag_seconds.set(time.monotonic() - items[0].received)
-        self.metrics.queue_depth.set(self.source.depth)
-        self.handled_total += len(items)
-        if result.escalations or result.digests:
-            self._pending.add(result)
+    async def _handled(
+        self, handled: int, stored: int, escalations: list[Escalation], digests: list[Digest]
+    ) -> None:
+        self.handled_total += handled
+        self.stored_total += stored
+        if escalations or digests:
+            self._pending.add(escalations, digests)
             self._analysis_idle.clear()
             self._pending_event.set()
         await self._notify()
+
+    def _ingest_depth(self) -> int:
+        if self.workers is not None:
+            return self.workers.depth
+        return self.source.depth if self.source is not None else 0
+
+    async def _ingest_loop(self) -> None:
+        try:
+            if self.workers is not None:
+                await self.workers.run(self._stopping)
+            elif self.ingest is not None:
+                await self.ingest.run(self._stopping)
+        finally:
+            self._ingest_done.set()
+            self._pending_event.set()
 
     # -------------------------------------------------------------- analysis
 
@@ -285,14 +788,10 @@ class Collector:
             if not self._pending:
                 self._analysis_idle.set()
                 await self._notify()
-                if self._stopping.is_set():
-                    return
+                if self._ingest_done.is_set():
+                    return  # stopped, and everything ingest stored was analysed
                 self._pending_event.clear()
-                waiter = asyncio.ensure_future(self._pending_event.wait())
-                stop = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stop.cancel()
+                await self._pending_event.wait()
                 continue
             # ingest first: while messages are waiting or being stored, let more results
             # coalesce (one analysis over many batches) — for at most ANALYSIS_MAX_DEFER_S
@@ -310,7 +809,8 @@ class Collector:
             await self._update_issue_gauges()
 
     def _ingest_quiet(self) -> bool:
-        return not (self.source.depth or self._inflight) or self._stopping.is_set()
+        inflight = self.ingest.inflight if self.ingest is not None else 0
+        return not (self._ingest_depth() or inflight) or self._stopping.is_set()
 
     async def _update_issue_gauges(self) -> None:
         async with self.db.pool.connection() as conn:
@@ -337,7 +837,7 @@ class Collector:
             self._progress.notify_all()
 
     def idle(self) -> bool:
-        return not self.source.depth and not self._pending and self._analysis_idle.is_set()
+        return not self._ingest_depth() and not self._pending and self._analysis_idle.is_set()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         """Wait until ``predicate()`` holds after a store or analysis step (cancel-safe)."""
@@ -351,14 +851,25 @@ class Collector:
     # -------------------------------------------------------------- service
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
-        """Subscribe, serve the API, run until :meth:`stop`."""
-        await self.source.start()
-        sender = RequestSender(self.config.mqtt)  # operators' requests to the edge agents
-        sender.start()
-        state = ApiState(
-            self.db.pool, self.engine, self.config.api.all_tokens(), self.metrics, requests=sender
-        )
-        sock = bind_api(self.config.api.listen)  # bound, not listening: the port opens when ready
+        """Subscribe (or start the ingest workers), serve the API, run until :meth:`stop`."""
+        if self.workers is not None:
+            await self.workers.start()
+        elif self.source is not None:
+            await self.source.start()
+        try:
+            sender = RequestSender(self.config.mqtt)  # operators' requests to the edge agents
+            sender.start()
+            state = ApiState(
+                self.db.pool, self.engine, self.config.api.all_tokens(), self.metrics,
+                requests=sender,
+            )  # fmt: skip
+            sock = bind_api(self.config.api.listen)  # bound, not listening: opens when ready
+        except BaseException:
+            if self.source is not None:
+                await self.source.close()
+            if self.workers is not None:
+                await self.workers.close()
+            raise
         self.api_port = int(sock.getsockname()[1])
         uv_config = uvicorn.Config(
             create_app(state), log_level="warning", access_log=False, lifespan="off"
@@ -385,7 +896,10 @@ class Collector:
         finally:
             sock.close()
             await sender.close()
-            await self.source.close()
+            if self.source is not None:
+                await self.source.close()
+            if self.workers is not None:
+                await self.workers.close()  # a no-op when they stopped with the ingest task
             await self.engine.close()
 
     def stop(self) -> None:
@@ -396,9 +910,11 @@ class Collector:
 
 async def run(config: CloudConfig) -> int:
     """``chargesight cloud run``: the whole service until SIGTERM/SIGINT."""
+    check_workers(config)
     db, embedded = await open_store(config)
     try:
         collector = Collector(config, db)
+        tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):

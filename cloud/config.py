@@ -137,6 +137,10 @@ class IngestSection(_Section):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_delay_s: float = Field(default=0.05, ge=0)
     queue_max: int = Field(default=20_000, ge=10)
+    # 0: ingest in the collector process; N: N ingest processes, each with its own MQTT 5
+    # session in the shared subscription (the broker splits the stream between them), the
+    # collector process keeping analysis and the API
+    workers: int = Field(default=0, ge=0, le=64)
 
 
 class LoggingSection(_Section):

@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from chargesight.cloud.collector import ApiBindError, open_store, run
+from chargesight.cloud.collector import ApiBindError, IngestWorkerError, open_store, run
 from chargesight.cloud.config import load_cloud_config
 from chargesight.cloud.db import DatabaseError
 from chargesight.cloud.embedded import EmbeddedError
@@ -21,7 +21,7 @@ from chargesight.cloud.importer import import_dir
 from chargesight.cloud.mqttsource import MqttError
 from chargesight.common.logs import configure_logging
 
-RUNTIME_ERRORS = (DatabaseError, EmbeddedError, MqttError, ApiBindError, OSError)
+RUNTIME_ERRORS = (DatabaseError, EmbeddedError, MqttError, ApiBindError, IngestWorkerError, OSError)
 
 
 async def _import(config_path: str, directory: Path) -> int:

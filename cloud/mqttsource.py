@@ -536,6 +536,7 @@ class MqttSource:
         self._buf: collections.deque[Inbound] = collections.deque()
         self._wakeup = asyncio.Event()
         self._paused = False
+        self._stopped_reading = False
         self._protocol5 = config.protocol != "3.1.1"
         self._closed = False
         self._conn: _Connection | None = None
@@ -731,11 +732,18 @@ class MqttSource:
         buf = self._buf
         n = min(max_items, len(buf))
         out = [buf.popleft() for _ in range(n)]
-        if self._paused and len(buf) <= self.queue_max // 2:
+        if self._paused and len(buf) <= self.queue_max // 2 and not self._stopped_reading:
             self._paused = False  # low water: read again
             if self._conn is not None:
                 self._conn.resume_reading()
         return out
+
+    def stop_reading(self) -> None:
+        """Take no more messages (shutdown); what the broker still holds for us stays
+        unacknowledged, for the next session (or for nobody, on a clean session)."""
+        self._stopped_reading = self._paused = True
+        if self._conn is not None:
+            self._conn.pause_reading()
 
     def ack(self, items: Sequence[Inbound]) -> None:
         """Acknowledge stored messages to the broker (QoS 1 PUBACK), in receipt order, in one

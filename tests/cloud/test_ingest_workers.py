@@ -1,0 +1,117 @@
+"""``[ingest] workers``: ingest processes in one shared subscription, on real Mosquitto and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+
+from chargesight.cloud.collector import Collector, check_workers
+from chargesight.cloud.config import CloudConfig
+from chargesight.cloud.db import Database
+from chargesight.common.configload import ConfigError
+from tests.cloud.conftest import make_config, start_collector
+from tests.cloud.helpers import T0, Publisher, counters, digest, escalation
+from tests.servers import Mosquitto
+
+pytestmark = [pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.slow]
+
+
+def with_workers(config: CloudConfig, workers: int, **ingest: object) -> CloudConfig:
+    return config.model_copy(
+        update={"ingest": config.ingest.model_copy(update={"workers": workers, **ingest})}
+    )
+
+
+async def count(db: Database, sql: str) -> int:
+    async with db.pool.connection() as conn:
+        row = await (await conn.execute(sql)).fetchone()
+        assert row is not None
+        return int(str(next(iter(row.values()))))
+
+
+async def stop(collector: Collector, task: asyncio.Task[None]) -> None:
+    collector.stop()
+    await asyncio.wait_for(task, 60)
+
+
+async def test_two_workers_split_the_stream_and_store_every_message_exactly_once(
+    database: Database, mosquitto: Mosquitto
+) -> None:
+    config = with_workers(make_config(database.url, mosquitto.url), 2, batch_size=20)
+    collector, task = await start_collector(config, database)
+    pub = await asyncio.to_thread(Publisher, mosquitto.url)
+    try:
+        assert collector.workers is not None and collector.source is None
+        sites = [f"split-{i}" for i in range(6)]
+        digests = [
+            digest(s, T0 + timedelta(hours=h), [counters(f"{s}-cp-{c}") for c in range(3)])
+            for h in range(30)
+            for s in sites
+        ]
+        faults = [escalation(s, f"{s}-cp-0") for s in sites]
+        n = await asyncio.to_thread(pub.send, *digests, *faults)
+        await collector.wait_stored(n, timeout=60)
+        # a re-delivery of some of them (a publisher retrying) is stored once
+        again = await asyncio.to_thread(pub.send, *digests[:40], *faults)
+        await collector.wait_stored(n + again, timeout=60)
+
+        a, b = collector.workers.handled
+        assert a > 0 and b > 0 and a + b == n + again  # the broker split the stream
+        assert await count(database, "SELECT count(*) FROM messages") == n
+        assert await count(database, "SELECT count(*) FROM charger_intervals") == 3 * len(digests)
+        assert await count(database, "SELECT sum(intervals) FROM charger_daily") == 3 * len(digests)
+        # what the workers stored was analysed here: one issue per faulted charge point
+        assert await count(database, "SELECT count(*) FROM issues") == len(sites)
+        assert collector.stored_total == n
+        pids = [collector.workers.pid(k) for k in range(2)]
+    finally:
+        await asyncio.to_thread(pub.close)
+        await stop(collector, task)
+    # stopped with the collector, after storing what they had
+    assert collector.workers.exit_codes == [0, 0]
+    for pid in pids:
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_a_killed_worker_loses_nothing_its_unacknowledged_messages_come_back(
+    database: Database, mosquitto: Mosquitto
+) -> None:
+    # each worker holds what it receives for 3 s before storing it: the kill finds it unstored
+    config = with_workers(
+        make_config(database.url, mosquitto.url), 2, batch_size=10_000, batch_delay_s=3.0
+    )
+    collector, task = await start_collector(config, database)
+    pub = await asyncio.to_thread(Publisher, mosquitto.url)
+    try:
+        assert collector.workers is not None
+        victim = collector.workers.pid(0)
+        assert victim is not None
+        faults = [escalation("kill", f"kill-cp-{i}") for i in range(40)]
+        n = await asyncio.to_thread(pub.send, *faults)
+        assert collector.handled_total == 0  # nothing stored, nothing acknowledged yet
+        os.kill(victim, signal.SIGKILL)
+
+        await collector.wait_stored(n, timeout=90)
+        assert collector.workers.restarts == 1
+        assert collector.workers.pid(0) not in (None, victim)
+        assert collector.workers.handled[0] > 0  # the restarted worker got its share back
+        assert await count(database, "SELECT count(*) FROM messages") == n
+        assert await count(database, "SELECT count(*) FROM issues") == n
+    finally:
+        await asyncio.to_thread(pub.close)
+        await stop(collector, task)
+
+
+def test_workers_need_an_mqtt5_shared_subscription() -> None:
+    base = with_workers(make_config("postgresql://x@127.0.0.1/db", "mqtt://127.0.0.1:1883"), 2)
+    for mqtt in ({"protocol": "3.1.1"}, {"shared_group": None}):
+        config = base.model_copy(update={"mqtt": base.mqtt.model_copy(update=mqtt)})
+        with pytest.raises(ConfigError, match=r"^ingest\.workers: .*MQTT 5 shared subscription"):
+            check_workers(config)
+    check_workers(base)  # MQTT 5 (or auto) with a shared group: fine
