@@ -10,9 +10,20 @@ gateway has no model for):
   rarest 0.1 %). skl2onnx turns a 100-tree IsolationForest into a ~2,700-node
   graph (~870 µs a row, INFRA-NOTES); the distilled trees score a row in
   microseconds and a whole site in one batch;
-* where the ground truth holds at least ``min_failures`` failures of the
-  family (``failed_at`` set, e.g. the simulator's PSU degradations), a
+* where the labels hold at least ``min_failures`` failures of the family, a
   **supervised** GradientBoosting classifier: "fails within ``horizon_days``".
+
+Labelled failures come from the simulator's ground truth (``--history``:
+records with ``failed_at``, e.g. PSU degradations) or from what the collector
+stored (``--config``, :func:`failures_from_records`): a charge point's
+power-component fault (PSU module, power electronics, contactor) escalated as
+``kind = "fault"``, strongest when an operator resolved its issue with
+``component_replacement`` or ``field_technician``; predictive, recurring,
+repeat, connectivity and performance kinds are never failures, and a fault an
+operator fixed otherwise (a reboot that worked) is not one either. The
+database does not know when a unit's degradation began, so its failures take
+their onset ``onset_days`` before the fault. The card's ``labels`` say how
+many failures each source gave.
 
 The detector the edge uses for a family (``kind`` in the card) is the
 supervised one when it exists, else the unsupervised one. Its alert threshold
@@ -71,6 +82,7 @@ class TrainConfig:
     max_depth: int = 3
     folds: int = 4
     seed: int = 20260901
+    onset_days: float = 30.0  # database labels: degradation taken to start this long before
 
 
 @dataclass
@@ -230,12 +242,27 @@ def build_dataset(digests: Iterable[Digest], config: TrainConfig | None = None) 
     return Dataset(X, cps, fams, times, start, end)
 
 
+# where a labelled failure came from (the card's ``labels``), strongest first
+GROUND_TRUTH = "ground_truth"
+OPERATOR = "operator"
+ISSUE = "issue"
+ESCALATION = "escalation"
+LABEL_SOURCES: dict[str, str] = {
+    GROUND_TRUTH: "the simulator's ground truth: faults with failed_at (PSU degradations)",
+    OPERATOR: "power-component fault issues an operator resolved with component_replacement"
+    " or field_technician",
+    ISSUE: "power-component fault issues without such an operator resolution",
+    ESCALATION: "power-component fault escalations no issue holds",
+}
+
+
 @dataclass(frozen=True)
 class Failure:
     charge_point_id: str
     onset: float  # epoch s
     failed: float
     ended: float  # repaired (inf when never)
+    source: str = GROUND_TRUTH  # a key of LABEL_SOURCES
 
 
 def failures_from_ground_truth(ground_truth: Iterable[dict[str, Any]]) -> list[Failure]:
@@ -257,6 +284,190 @@ def failures_from_ground_truth(ground_truth: Iterable[dict[str, Any]]) -> list[F
 
 def _ts(s: str) -> float:
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def _epoch(v: Any) -> float | None:
+    """Epoch seconds of a datetime or an ISO 8601 string; None for anything else."""
+    if isinstance(v, datetime):
+        return v.timestamp()
+    if isinstance(v, str) and v:
+        try:
+            return _ts(v)
+        except ValueError:
+            return None
+    return None
+
+
+# What makes a stored fault a labelled failure (the same notion as the ground truth's
+# failed_at: a power component that broke, not a symptom, a glitch or a lost link).
+POWER_COMPONENTS = frozenset({"psu_module", "power_module", "power_electronics", "contactor"})
+POWER_CATEGORIES = frozenset({"contactor", "overcurrent"})  # when the fault names no component
+NOT_FAILURE_CATEGORIES = frozenset({"connectivity", "performance"})
+HARDWARE_FIXES = frozenset({"component_replacement", "field_technician"})
+_RANK = {GROUND_TRUTH: 3, OPERATOR: 2, ISSUE: 1, ESCALATION: 0}
+
+
+def is_power_failure(kind: Any, category: Any, component: Any) -> bool:
+    """A fault escalation/issue that says a power component failed (see the module docstring).
+
+    Only ``kind = "fault"``: predictive, recurring, repeat (glitches a reset
+    clears), connectivity and performance (power below rated is a symptom) are
+    never failures.
+    """
+    if kind != "fault" or category in NOT_FAILURE_CATEGORIES:
+        return False
+    if component:
+        return component in POWER_COMPONENTS
+    return category in POWER_CATEGORIES
+
+
+@dataclass
+class Labels:
+    """Labelled failures read from stored issues and escalations."""
+
+    failures: list[Failure] = field(default_factory=list)
+    # charge points whose power-component fault an operator fixed without hardware
+    # (a reboot or an update that worked): not failures, counted on the card
+    fixed_otherwise: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.failures:
+            out[f.source] = out.get(f.source, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def failures_from_records(
+    issues: Iterable[dict[str, Any]],
+    escalations: Iterable[dict[str, Any]],
+    config: TrainConfig | None = None,
+) -> Labels:
+    """Labelled failures from stored issue documents and escalation rows.
+
+    ``issues``: ``issues.doc`` objects (:class:`chargesight.cloud.model.Issue`
+    as JSON); each outage of a power-component fault issue is one failure,
+    labelled ``operator`` when the operator's resolution of that outage was
+    ``component_replacement``/``field_technician`` (and not reported as failed),
+    dropped when it was another fix that worked, else ``issue``.
+    ``escalations``: rows with ``site_id, incident_id, charge_point_id, kind,
+    category, component, started_at, ended_at``; those whose incident an issue
+    already holds are skipped, the rest are ``escalation`` failures. Failures of
+    one charge point that overlap (a second fault while it is still broken) are
+    one failure, with the strongest source. Onsets are ``onset_days`` before the
+    failure: the stored data does not say when a degradation began.
+    """
+    cfg = config or TrainConfig()
+    lead = cfg.onset_days * 86400
+    found: list[Failure] = []
+    fixed_otherwise: list[str] = []
+    held: set[tuple[str, str]] = set()
+    for doc in issues:
+        cp = doc.get("charge_point_id")
+        fault = doc.get("fault") or {}
+        if not isinstance(cp, str) or doc.get("scope") == "site":
+            continue
+        if not is_power_failure(doc.get("kind"), fault.get("category"), fault.get("component")):
+            continue
+        site = str(doc.get("site_id", ""))
+        held |= {(site, str(i)) for i in doc.get("incident_ids") or []}
+        outages = doc.get("outages") or [doc]  # an issue without outages: its own span
+        spans: list[tuple[float, float | None]] = []
+        for o in outages:
+            t0 = _epoch(o.get("started_at"))
+            if t0 is not None:
+                spans.append((t0, _epoch(o.get("ended_at"))))
+        spans.sort(key=lambda x: x[0])
+        actions: list[tuple[float, dict[str, Any]]] = []
+        for a in doc.get("operator_actions") or []:
+            at = _epoch(a.get("at"))
+            if at is not None and a.get("action") != "acknowledge":
+                actions.append((at, a))
+        for k, (start, end) in enumerate(spans):
+            until = spans[k + 1][0] if k + 1 < len(spans) else float("inf")
+            taken = [a for at, a in actions if start <= at < until]
+            last = taken[-1] if taken else None
+            source = ISSUE
+            if last is not None and last.get("action") in HARDWARE_FIXES:
+                source = OPERATOR if last.get("worked") is not False else ISSUE
+            elif last is not None and last.get("worked") is True:
+                fixed_otherwise.append(cp)  # a reboot (or an update) fixed it: no failure
+                continue
+            if end is None and k + 1 == len(spans):
+                end = _epoch(doc.get("ended_at"))
+            found.append(Failure(cp, start - lead, start, _or_inf(end), source))
+    by_incident: dict[tuple[str, str], tuple[str, float, float | None]] = {}
+    for r in escalations:
+        cp, key = r.get("charge_point_id"), (str(r.get("site_id")), str(r.get("incident_id")))
+        t0 = _epoch(r.get("started_at"))
+        if not isinstance(cp, str) or t0 is None or key in held:
+            continue
+        if not is_power_failure(r.get("kind"), r.get("category"), r.get("component")):
+            continue
+        t1 = _epoch(r.get("ended_at"))
+        if key in by_incident:  # the same incident escalated again (or its clear)
+            _, s0, e0 = by_incident[key]
+            ends = [e for e in (e0, t1) if e is not None]
+            t0, t1 = min(s0, t0), max(ends) if ends else None
+        by_incident[key] = (cp, t0, t1)
+    for cp, t0, t1 in by_incident.values():
+        found.append(Failure(cp, t0 - lead, t0, _or_inf(t1), ESCALATION))
+    return Labels(_merge_overlapping(found), sorted(fixed_otherwise))
+
+
+def _or_inf(t: float | None) -> float:
+    return float("inf") if t is None else t
+
+
+def _merge_overlapping(failures: Iterable[Failure]) -> list[Failure]:
+    out: list[Failure] = []
+    for f in sorted(failures, key=lambda f: (f.charge_point_id, f.failed, -_RANK[f.source])):
+        prev = out[-1] if out and out[-1].charge_point_id == f.charge_point_id else None
+        if prev is None or f.failed >= prev.ended:
+            out.append(f)
+            continue
+        out[-1] = Failure(
+            prev.charge_point_id,
+            min(prev.onset, f.onset),
+            prev.failed,
+            max(prev.ended, f.ended),
+            prev.source if _RANK[prev.source] >= _RANK[f.source] else f.source,
+        )
+    return out
+
+
+def read_failures_from_database(url: str, config: TrainConfig | None = None) -> Labels:
+    """Labelled failures from the collector's ``issues`` and ``escalations`` tables."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        tables = {
+            str(r["table_name"])
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_name IN ('issues', 'escalations')"
+            )
+        }
+        issues: list[dict[str, Any]] = []
+        if "issues" in tables:
+            issues = [
+                r["doc"]
+                for r in conn.execute(
+                    "SELECT doc FROM issues WHERE kind = 'fault' AND charge_point_id IS NOT NULL"
+                    " ORDER BY started_at, id"
+                )
+            ]
+        escalations: list[dict[str, Any]] = []
+        if "escalations" in tables:
+            escalations = list(
+                conn.execute(
+                    "SELECT site_id, incident_id, charge_point_id, kind, category,"
+                    " body->'fault'->>'component' AS component, started_at, ended_at"
+                    " FROM escalations WHERE kind = 'fault' AND charge_point_id IS NOT NULL"
+                    " ORDER BY sent_at, message_id"
+                )
+            )
+    return failures_from_records(issues, escalations, config)
 
 
 def label(ds: Dataset, failures: Sequence[Failure], horizon_days: float) -> npt.NDArray[np.int8]:
@@ -520,13 +731,19 @@ def train(
     config: TrainConfig | None = None,
     *,
     families: Sequence[str] | None = None,
+    labels: Labels | None = None,
 ) -> TrainedModel:
-    """Train one detector per hardware family (and ``generic``) from digests in time order."""
+    """Train one detector per hardware family (and ``generic``) from digests in time order.
+
+    Failures are the ground truth's plus ``labels`` (read from the database by
+    :func:`read_failures_from_database`); either may be absent.
+    """
     cfg = config or TrainConfig()
     ds = digests if isinstance(digests, Dataset) else build_dataset(digests, cfg)
     if len(ds) == 0:
         raise ValueError("no training windows: need at least a few days of digests")
     failures = failures_from_ground_truth(ground_truth or [])
+    failures += labels.failures if labels is not None else []
     y_all = label(ds, failures, cfg.horizon_days)
     fam_arr = np.array(ds.families)
     wanted = [GENERIC, *sorted(set(ds.families))]
@@ -567,6 +784,7 @@ def train(
                 "labelled_failures": n_fail,
             },
             "config": asdict(cfg),
+            "labels": _labels_card(fam_failures, labels, cps, cfg),
             "baseline": _baseline(X[y == 0] if (y == 0).any() else X),
             "unsupervised": {
                 "detector": "IsolationForest(100 trees) distilled into GradientBoostingRegressor",
@@ -634,6 +852,24 @@ def train(
     return out
 
 
+def _labels_card(
+    failures: Sequence[Failure], labels: Labels | None, cps: set[str], cfg: TrainConfig
+) -> dict[str, Any]:
+    """Where a family's labelled failures came from: counts per source, in words."""
+    sources: dict[str, int] = {}
+    for f in failures:
+        sources[f.source] = sources.get(f.source, 0) + 1
+    out: dict[str, Any] = {
+        "failures": len(failures),
+        "sources": dict(sorted(sources.items())),
+        "definitions": {k: LABEL_SOURCES[k] for k in sorted(sources) if k in LABEL_SOURCES},
+    }
+    if labels is not None:
+        out["operator_fixed_otherwise"] = sum(cp in cps for cp in labels.fixed_otherwise)
+        out["onset"] = f"{cfg.onset_days:g} days before the failure (not stored)"
+    return out
+
+
 def _auc(y: npt.NDArray[np.int8], s: F64) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -672,6 +908,14 @@ def train_from_history(
     return train(read_digests(digests), gt, config, families=families)
 
 
+def train_from_database(
+    url: str, config: TrainConfig | None = None, *, families: Sequence[str] | None = None
+) -> TrainedModel:
+    """Train from the collector's database: stored digests, failures from issues/escalations."""
+    labels = read_failures_from_database(url, config)
+    return train(read_digests_from_database(url), None, config, families=families, labels=labels)
+
+
 def load_train_config(path: str | Path | None) -> TrainConfig:
     """``[train]`` table of a TOML file (keys of :class:`TrainConfig`); unknown keys are an error."""
     if path is None:
@@ -701,8 +945,10 @@ def run_train(
 
     ``--history``: a simulator history (digests + ground truth: supervised and
     unsupervised models). ``--config``: the cloud config; its ``[database] url``
-    is read for stored digests (unsupervised only: the database has no ground
-    truth yet), and its optional ``[train]`` table sets :class:`TrainConfig`.
+    is read for stored digests and for labelled failures from stored issues and
+    escalations (:func:`failures_from_records`; supervised where a family has
+    ``min_failures`` of them), and its optional ``[train]`` table sets
+    :class:`TrainConfig`.
     """
     try:
         cfg = load_train_config(config)
@@ -717,7 +963,7 @@ def run_train(
             if url is None:
                 print(f"error: {config}: [database] url must be a PostgreSQL URL to train from it")
                 return 2
-            trained = train(read_digests_from_database(url), None, cfg)
+            trained = train_from_database(url, cfg)
         else:
             print("error: give --history DIR or --config FILE (with [database] url)")
             return 2
@@ -728,10 +974,12 @@ def run_train(
         print(f"wrote {p}")
     for fam, m in sorted(trained.models.items()):
         held = m.card.get("supervised", m.card["unsupervised"])["held_out"]
+        sources = m.card["labels"]["sources"]
         print(
             f"{fam}: {m.kind}, threshold {m.threshold:.2f}, predicted "
             f"{held['predicted']}/{held['failures']}, false/1000 charger-days "
-            f"{held['false_per_1000_charger_days']}"
+            f"{held['false_per_1000_charger_days']}, labels "
+            + (", ".join(f"{k} {v}" for k, v in sources.items()) or "none")
         )
     return 0
 
@@ -743,19 +991,24 @@ __all__ = [
     "Failure",
     "FamilyModel",
     "IncidentRule",
+    "Labels",
     "TrainConfig",
     "TrainedModel",
     "build_dataset",
     "choose_threshold",
     "evaluate_incidents",
     "failures_from_ground_truth",
+    "failures_from_records",
     "incidents",
+    "is_power_failure",
     "label",
     "load_train_config",
     "read_digests",
     "read_digests_from_database",
+    "read_failures_from_database",
     "read_ground_truth",
     "run_train",
     "train",
+    "train_from_database",
     "train_from_history",
 ]

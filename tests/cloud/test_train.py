@@ -29,10 +29,12 @@ from chargesight.cloud.train import (
     IncidentRule,
     TrainConfig,
     build_dataset,
+    failures_from_records,
     incidents,
     label,
     read_digests,
     read_digests_from_database,
+    read_failures_from_database,
     read_ground_truth,
     run_train,
     train,
@@ -291,3 +293,217 @@ async def test_a_digests_fault_categories_and_features_round_trip_into_training_
     b = features_dict(stored.windows["parity-01"].features())
     assert a == b
     assert any(n.startswith("faults_") and n != "faults_48h" and a[n] > 0 for n in FEATURE_NAMES)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def test_stored_faults_are_labelled_failures_only_when_a_power_component_failed() -> None:
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+    def at(days: float) -> str:
+        return _iso(t0 + timedelta(days=days))
+
+    psu = {
+        "code": "PowerSwitchFailure",
+        "vendor_code": "VX-PSU-031",
+        "category": "contactor",
+        "component": "psu_module",
+    }
+
+    def issue(
+        cp: str,
+        kind: str = "fault",
+        fault: dict[str, object] | None = None,
+        outages: tuple[tuple[float, float | None], ...] = ((20, None),),
+        actions: tuple[tuple[float, str, bool | None], ...] = (),
+        incidents: tuple[str, ...] = (),
+    ) -> dict[str, object]:
+        return {
+            "site_id": "s",
+            "charge_point_id": cp,
+            "scope": "charge_point",
+            "kind": kind,
+            "fault": fault or psu,
+            "incident_ids": list(incidents),
+            "started_at": at(outages[-1][0]),
+            "outages": [
+                {"started_at": at(a), "ended_at": at(b) if b else None} for a, b in outages
+            ],
+            "operator_actions": [{"at": at(d), "action": a, "worked": w} for d, a, w in actions],
+        }
+
+    def esc(
+        cp: str,
+        incident: str,
+        start: float,
+        end: float | None = None,
+        kind: str = "fault",
+        category: str = "contactor",
+        component: str | None = "psu_module",
+    ) -> dict[str, object]:
+        return {
+            "site_id": "s",
+            "incident_id": incident,
+            "charge_point_id": cp,
+            "kind": kind,
+            "category": category,
+            "component": component,
+            "started_at": t0 + timedelta(days=start),
+            "ended_at": t0 + timedelta(days=end) if end else None,
+        }
+
+    issues = [
+        # replaced by an operator: the strongest label, repaired when resolved
+        issue(
+            "replaced",
+            outages=((20, 23),),
+            actions=((22, "acknowledge", None), (23, "component_replacement", True)),
+            incidents=("i-replaced",),
+        ),
+        # cleared once by itself (issue), back a week later and a technician came (operator)
+        issue("twice", outages=((10, 11), (18, 25)), actions=((25, "field_technician", True),)),
+        # an operator's reboot fixed it: no hardware failure
+        issue(
+            "rebooted",
+            outages=((15, 16),),
+            actions=((16, "reboot", True),),
+            incidents=("i-rebooted",),
+        ),
+        issue("open", incidents=("i-open",)),
+        # never failures: early trips a reset clears, predictions, symptoms, other parts
+        issue("trips", kind="repeat"),
+        issue("predicted", kind="predictive"),
+        issue(
+            "slow",
+            kind="performance",
+            fault={
+                "code": "PowerBelowRated",
+                "category": "performance",
+                "component": "power_electronics",
+            },
+        ),
+        issue(
+            "offline",
+            kind="connectivity",
+            fault={"code": "ConnectionLost", "category": "connectivity", "component": "network"},
+        ),
+        issue(
+            "lock",
+            fault={
+                "code": "ConnectorLockFailure",
+                "category": "connector_lock",
+                "component": "connector_lock",
+            },
+        ),
+    ]
+    escalations = [
+        esc("open", "i-open", 20),  # its issue holds it
+        esc("rebooted", "i-rebooted", 15),  # and the operator's word stands
+        esc("replaced", "i-replaced", 20),
+        esc("lonely", "i-lonely", 12),  # no issue (stored before analysis ran): its own label
+        esc("lonely", "i-lonely", 12, end=14),  # the same incident, cleared
+        esc("lonely", "i-again", 13, end=15),  # a second fault while still broken: one failure
+        esc("overcurrent", "i-oc", 8, category="overcurrent", component=None),
+        esc("ground", "i-ground", 5, category="ground_fault", component="rcd"),
+        esc("modem", "i-modem", 5, kind="connectivity", category="connectivity", component=None),
+    ]
+    labels = failures_from_records(issues, escalations, TrainConfig(onset_days=30))
+    day = 86400.0
+    got = {
+        (f.charge_point_id, round((f.failed - t0.timestamp()) / day)): f for f in labels.failures
+    }
+    assert {k: f.source for k, f in got.items()} == {
+        ("lonely", 12): "escalation",
+        ("open", 20): "issue",
+        ("overcurrent", 8): "escalation",
+        ("replaced", 20): "operator",
+        ("twice", 10): "issue",
+        ("twice", 18): "operator",
+    }
+    assert got[("replaced", 20)].ended == (t0 + timedelta(days=23)).timestamp()
+    assert got[("open", 20)].ended == float("inf")
+    assert got[("lonely", 12)].ended == (t0 + timedelta(days=15)).timestamp()
+    assert got[("twice", 10)].ended == (t0 + timedelta(days=11)).timestamp()
+    assert all(f.failed - f.onset == 30 * day for f in labels.failures)  # onset unknown
+    assert labels.fixed_otherwise == ["rebooted"]
+    assert labels.counts() == {"escalation": 2, "issue": 2, "operator": 2}
+
+
+@pytest.mark.postgres
+async def test_training_from_the_database_labels_its_stored_failures_and_learns_them(
+    database: Database, history: Path, dataset: Dataset, tmp_path: Path
+) -> None:
+    """small.toml's three Voltix DC150 PSU failures, imported, become the supervised labels."""
+    from chargesight.cloud.config import AnalysisSection
+    from chargesight.cloud.engine import Engine, load_issue, save_issue
+    from chargesight.cloud.importer import import_dir
+    from chargesight.cloud.issues import resolve
+
+    await import_dir(database.pool, Engine(database.pool, AnalysisSection()), history)
+    truth = {
+        r["charge_point_id"]: datetime.fromisoformat(r["failed_at"])
+        for r in read_ground_truth(history / "ground_truth.jsonl")
+        if r.get("failed_at")
+    }
+    assert len(truth) == 3
+    # an operator replaced one unit's PSU module three days after it failed (a unit is no
+    # training example until a week after its repair: past the history's end, as in the truth)
+    replaced = "hamburg-hafen-01"
+    async with database.pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "SELECT id FROM issues WHERE charge_point_id = %s AND kind = 'fault'", (replaced,)
+        )
+        ids = [str(r["id"]) for r in await cur.fetchall()]
+        assert len(ids) == 1
+        found = await load_issue(conn, ids[0], for_update=True)
+        assert found is not None
+        when = truth[replaced] + timedelta(days=3)
+        await save_issue(conn, resolve(found, when, "olga", "component_replacement", True))
+
+    labels = await asyncio.to_thread(read_failures_from_database, database.url, FAST)
+    # the failures and only them: not the PSUs' early trips (repeat issues), the ground
+    # fault, the connector lock or the unit that fails every session start
+    assert {f.charge_point_id: f.failed for f in labels.failures} == {
+        cp: t.timestamp() for cp, t in truth.items()
+    }
+    assert labels.counts() == {"issue": 2, "operator": 1}
+
+    conf = tmp_path / "cloud.toml"
+    conf.write_text(
+        f'[database]\nurl = "{database.url}"\n'
+        "[train]\nn_estimators = 15\nfolds = 2\nsample_every_h = 12\nmin_failures = 2\n"
+    )
+    out = tmp_path / "models"
+    assert await asyncio.to_thread(run_train, out=out, config=conf) == 0
+    family = "voltix-vx-dc150"
+    card = orjson.loads((out / f"{family}.card.json").read_bytes())
+    assert card["kind"] == "supervised"
+    assert card["training_window"]["labelled_failures"] == 3
+    assert card["labels"]["sources"] == {"issue": 2, "operator": 1}
+    assert set(card["labels"]["definitions"]) == {"issue", "operator"}
+    assert card["labels"]["operator_fixed_otherwise"] == 0
+    # the same features and the same failures as the ground truth: the same model, byte for byte
+    from_truth = train(dataset, read_ground_truth(history / "ground_truth.jsonl"), FAST)
+    for fam in ("generic", family):
+        assert (out / f"{fam}.onnx").read_bytes() == from_truth.models[fam].onnx, fam
+        assert from_truth.models[fam].card["labels"]["sources"] == {"ground_truth": 3}
+
+    # as the edge loads it: a failing unit's last two weeks before its failure score above
+    # every window of the family's healthy unit (and, for generic, of every healthy unit)
+    stored = await asyncio.to_thread(
+        lambda: build_dataset(read_digests_from_database(database.url), FAST)
+    )
+    loaded = load_default_models(out)
+    cps, fams = np.array(stored.charge_points), np.array(stored.families)
+    for fam in ("generic", family):
+        scores = loaded[fam].score(stored.X.astype(np.float32))
+        in_fam = np.ones(len(cps), bool) if fam == "generic" else fams == fam
+        healthy = in_fam & ~np.isin(cps, list(truth))
+        assert healthy.sum() >= 20
+        for cp, failed in truth.items():
+            ts = failed.timestamp()
+            pre = (cps == cp) & (stored.times < ts) & (stored.times >= ts - 14 * 86400)
+            assert pre.sum() >= 20
+            assert scores[pre].min() > scores[healthy].max(), (fam, cp)
