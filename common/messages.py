@@ -189,6 +189,10 @@ class ChargerCounters(_Model):
     sessions_ended_early: int = 0
     energy_wh: float = 0.0
     max_power_w: float | None = None
+    # connector-seconds a vehicle occupied the unit's connectors in the interval (status
+    # Preparing, Charging, SuspendedEV/EVSE or Finishing), summed over its connectors; None when
+    # the edge does not report it. The revenue model's occupancy per session.
+    occupied_s: float | None = None
     rated_power_w: float | None = None
     max_temperature_c: float | None = None
     mean_temperature_c: float | None = None

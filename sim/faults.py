@@ -201,7 +201,7 @@ class PlannedFault:
     buggy_firmware: str | None = None
     fixed_firmware: str | None = None
     # outcome, filled by whoever runs it
-    sessions_lost: int = 0
+    sessions_lost: float = 0.0  # drivers lost; shared equally when several faults turned one away
     energy_lost_wh: float = 0.0
     failed_starts: int = 0
     first_symptom_s: float | None = None

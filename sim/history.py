@@ -140,6 +140,7 @@ class _Gen:
         self.selfres = array("q", [0]) * (C * H)
         self.resets = array("q", [0]) * (C * H)
         self.offline_s = array("d", [0.0]) * (C * H)
+        self.occ = array("d", [0.0]) * (C * H)  # connector-seconds a vehicle was plugged in
         self.fbc: dict[tuple[int, int], dict[str, int]] = {}
         self.fixed_by: dict[tuple[int, int], dict[str, int]] = {}
         self.site_selfres: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -523,10 +524,12 @@ class _Gen:
             n = len(conns)
             for t in times.tolist():
                 first = rng.randrange(n)
-                blame: PlannedFault | None = None
+                # every fault the driver met on the way (a connector out, a failed start): a
+                # driver who leaves without charging is lost to all of them, in equal shares
+                met: list[PlannedFault] = []
+                gave_up = False  # left after an ordinary failed start: no fault's doing
                 tries = 0
                 done = False
-                dc_pref = None
                 for j in range(n):
                     i = (first + j) % n
                     if busy[i] > t:
@@ -534,7 +537,7 @@ class _Gen:
                     cp, k = conns[i]
                     f = blocks0[i].at(t) or blocksk[i].at(t)
                     if f is not None:
-                        blame = blame or f
+                        _meet(met, f)
                         continue
                     c = cp.index
                     h = int(t // 3600)
@@ -556,7 +559,7 @@ class _Gen:
                                 kind="performance",
                                 sent_s=t + 5.0,
                             )
-                        blame = blame or sf
+                        _meet(met, sf)
                         if tries >= 2:
                             break
                         continue
@@ -564,7 +567,7 @@ class _Gen:
                     if drop is not False and rng.random() < OFFLINE_START_FAIL_P:
                         self.failed[c * self.H + h] += 1
                         if isinstance(drop, PlannedFault):
-                            blame = blame or drop
+                            _meet(met, drop)
                             drop.failed_starts += 1
                         if tries >= 2:
                             break
@@ -572,15 +575,20 @@ class _Gen:
                     if rng.random() < dr.failed_start_ratio:
                         self.failed[c * self.H + h] += 1
                         if rng.random() > 0.7:
+                            # the driver gives up after an ordinary failed start: they would
+                            # have had the same chance at the connector a fault took away
+                            gave_up = True
                             break
                     busy[i] = self.session(cp, c, k, i, t, blocks0[i], blocksk[i], price, dr, bg)
                     done = True
                     break
-                if not done and blame is not None:
-                    dc_pref = conns[first][0].hw.dc
-                    want = session_energy_wh(rng, dc_pref, dr)
-                    blame.sessions_lost += 1
-                    blame.energy_lost_wh += want
+                if not done and met:
+                    want = session_energy_wh(rng, conns[first][0].hw.dc, dr)
+                    if not gave_up:
+                        share = 1.0 / len(met)
+                        for f in met:
+                            f.sessions_lost += share
+                            f.energy_lost_wh += want * share
 
     def start_failing(self, c: int, t: float) -> PlannedFault | None:
         for f in self.start_fail.get(c, ()):
@@ -668,7 +676,14 @@ class _Gen:
             self.tsum[c * self.H + hh] += temp
             self.tn[c * self.H + hh] += 1
             tt = upto
-        return end + rng.uniform(60, 600)
+        busy_until = end + rng.uniform(60, 600)  # the driver unplugs and drives off
+        tt = t
+        while tt < busy_until and tt < self.T:
+            hh = int(tt // 3600)
+            upto = min(busy_until, (hh + 1) * 3600.0)
+            self.occ[c * self.H + hh] += upto - tt
+            tt = upto
+        return busy_until
 
     # ------------------------------------------------------------ output
 
@@ -732,7 +747,7 @@ class _Gen:
         H = self.H
         names = (
             "started", "failed", "early", "energy", "maxp", "tmax", "tsum", "tn", "disc",
-            "nfaults", "selfres", "resets", "offline_s",
+            "nfaults", "selfres", "resets", "offline_s", "occ",
         )  # fmt: skip
         arrays = {name: getattr(self, name) for name in names}
         hour_iso = [iso(self.ts(h * 3600.0)) for h in range(H + 1)]
@@ -788,6 +803,9 @@ class _Gen:
                         if v:
                             d["energy_wh"] = round(v, 1)
                             d["max_power_w"] = round(col["maxp"][c], 1)
+                        v = col["occ"][c]
+                        if v:
+                            d["occupied_s"] = round(v, 1)
                         tn = col["tn"][c]
                         if tn:
                             d["max_temperature_c"] = round(col["tmax"][c], 1)
@@ -843,6 +861,11 @@ class _Gen:
         )
 
 
+def _meet(met: list[PlannedFault], f: PlannedFault) -> None:
+    if not any(m is f for m in met):
+        met.append(f)
+
+
 def charger_json(cp: ChargerSpec) -> dict[str, Any]:
     return {
         "charge_point_id": cp.id,
@@ -884,6 +907,12 @@ def ground_truth_record(
     ``escalated_at, incident_ids, related_group, episodes, disconnects,
     failed_starts, sessions_lost, energy_lost_wh, revenue_lost {amount,
     currency, method}, background``.
+
+    A driver who arrives and cannot charge is lost to every fault they met on the way (a
+    connector out, a start that failed), in equal shares (so ``sessions_lost`` may be
+    fractional); one who gives up after an ordinary failed start (the drivers'
+    ``failed_start_ratio``) is lost to none: they had the same chance at the connector a fault
+    took away. Sessions a fault cut short count what the driver wanted and did not get.
     """
     ft = FAULT_TYPES[f.kind]
     start = f.start_s if started_s is None else started_s
@@ -928,12 +957,14 @@ def ground_truth_record(
         "episodes": len(f.episodes),
         "disconnects": len(f.drops),
         "failed_starts": f.failed_starts,
-        "sessions_lost": f.sessions_lost,
+        "sessions_lost": round(f.sessions_lost, 2),
         "energy_lost_wh": round(f.energy_lost_wh, 1),
         "revenue_lost": {
             "amount": amount,
             "currency": currency,
-            "method": "sessions that arrived and could not charge (or were cut short) x energy wanted x price",
+            "method": "drivers who arrived and could not charge (shared equally between the faults"
+            " each met on the way; not those who left after an ordinary failed start), and sessions"
+            " the fault cut short, x energy wanted x price",
         },
         "background": f.background,
     }

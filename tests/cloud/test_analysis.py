@@ -443,5 +443,7 @@ def test_sessions_a_degrading_unit_cut_short_before_it_failed_count_half_a_sessi
     plain = revenue.estimate_revenue_lost(outage, ["cp"], history, 1.0, "EUR")
     est = revenue.estimate_revenue_lost(outage, ["cp"], history, 1.0, "EUR", fleet_early_rate=rate)
     cut = 21 - 0.00875 * 168
-    assert est.amount - plain.amount == pytest.approx(cut / 2 * 10.0)
+    # at half of what a driver wants at this unit: its energy over its sessions, the 21 ended
+    # early counting as half a session each (1,680 kWh ÷ 157.5)
+    assert est.amount - plain.amount == pytest.approx(cut / 2 * 1680 / (168 - 21 / 2))
     assert "cut short" in est.method
