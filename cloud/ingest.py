@@ -15,6 +15,7 @@ unpacked by the server, not as Python-built arrays.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from pydantic import TypeAdapter, ValidationError
 
 from chargesight.common.messages import (
@@ -196,7 +199,8 @@ async def store_batch(
                 result.states += 1
             else:
                 result.replies += 1
-        charger_updates = await _stage_intervals(conn, result.digests)
+        charger_updates = _charger_meta(result.digests, _db_key(conn))
+        await _stage_intervals(conn, result.digests)
         # everything below depends only on ``fresh``: sent in one pipeline, one round trip
         async with conn.pipeline():
             await _write_escalations(conn, result.escalations)
@@ -301,17 +305,25 @@ INTERVAL_TYPES = (
     "int4", "float8", "float8", "jsonb", "jsonb",
 )  # fmt: skip
 
+# charger rows for the binary COPY: the digest's fields, then the charger's in one C call
+# (``attrgetter``), then ``features`` (an empty map is stored as NULL: the edge sent none)
+_HEAD_COLS = ("site_id", "interval_start", "interval_end", "message_id")
+_CHARGER_COLS = tuple(c for c in INTERVAL_COLS if c not in _HEAD_COLS and c != "features")
+_STAGE_COLS = (*_HEAD_COLS, *_CHARGER_COLS, "features")
+_STAGE_TYPES = [dict(zip(INTERVAL_COLS, INTERVAL_TYPES, strict=True))[c] for c in _STAGE_COLS]
+_STAGE_COPY = f"COPY stage_intervals ({', '.join(_STAGE_COLS)}) FROM STDIN (FORMAT BINARY)"
+_charger_values = operator.attrgetter(*_CHARGER_COLS)
 
-def _raw(b: bytes) -> bytes:
-    return b
 
+class _JsonbDumper(Dumper):
+    """A map as binary jsonb for the staging COPY: orjson, one Python call per value."""
 
-def _jsonb(obj: object) -> Jsonb:
-    """Serialised by orjson, handed to the binary jsonb dumper as is."""
-    return Jsonb(orjson.dumps(obj), dumps=_raw)
+    format = Format.BINARY
+    oid = psycopg.postgres.types["jsonb"].oid
 
+    def dump(self, obj: Any) -> Buffer | None:
+        return b"\x01" + orjson.dumps(obj) if obj else b"\x01{}"
 
-_EMPTY = Jsonb(b"{}", dumps=_raw)
 
 _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_intervals"
@@ -384,40 +396,38 @@ def _db_key(conn: psycopg.AsyncConnection[dict[str, object]]) -> tuple[str, ...]
     return (str(info.host), str(info.port), str(info.dbname))
 
 
+def _charger_meta(digests: list[Digest], db: tuple[str, ...]) -> dict[str, tuple[object, ...]]:
+    """Charger metadata (site, vendor, model, firmware, connectors, rated power) that differs
+    from what this process last wrote: only those chargers are upserted."""
+    known = _known_chargers.get(db, {})
+    updates: dict[str, tuple[object, ...]] = {}
+    for d in digests:
+        site = d.site_id
+        for c in d.chargers:
+            meta = (site, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
+            if known.get(c.charge_point_id) != meta:
+                updates[c.charge_point_id] = meta
+    return updates
+
+
 async def _stage_intervals(
     conn: psycopg.AsyncConnection[dict[str, object]], digests: list[Digest]
-) -> dict[str, tuple[object, ...]]:
+) -> None:
     """Binary COPY of the digests' charger rows into the session's staging table (before the
-    pipeline: COPY cannot run in one); returns the charger metadata that changed."""
+    pipeline: COPY cannot run in one); maps become jsonb through orjson."""
     if not digests:
-        return {}
-    known = _known_chargers.get(_db_key(conn), {})
-    updates: dict[str, tuple[object, ...]] = {}
+        return
     async with conn.cursor() as cur:
+        cur.adapters.register_dumper(dict, _JsonbDumper)
         await cur.execute(_STAGE)
-        cols = ", ".join(INTERVAL_COLS)
-        async with cur.copy(f"COPY stage_intervals ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(list(INTERVAL_TYPES))
+        async with cur.copy(_STAGE_COPY) as copy:
+            copy.set_types(_STAGE_TYPES)
             write = copy.write_row
+            values = _charger_values
             for d in digests:
-                span = (d.interval_start, d.interval_end, d.message_id)
+                head = (d.site_id, d.interval_start, d.interval_end, d.message_id)
                 for c in d.chargers:
-                    await write(
-                        (
-                            d.site_id, c.charge_point_id, *span, c.vendor, c.model, c.firmware,
-                            c.connectors, c.connected_s, c.disconnects, c.faults,
-                            c.self_resolved, c.sessions_started, c.sessions_failed,
-                            c.sessions_ended_early, c.energy_wh, c.max_power_w, c.rated_power_w,
-                            c.max_temperature_c, c.mean_temperature_c, c.resets,
-                            c.health_score, c.anomaly_score,
-                            _jsonb(c.faults_by_category) if c.faults_by_category else _EMPTY,
-                            _jsonb(c.features) if c.features else None,
-                        )
-                    )  # fmt: skip
-                    meta = (d.site_id, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
-                    if known.get(c.charge_point_id) != meta:
-                        updates[c.charge_point_id] = meta
-    return updates
+                    await write(head + values(c) + (c.features or None,))
 
 
 async def _write_digests(
