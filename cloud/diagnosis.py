@@ -170,11 +170,11 @@ def _recommend_repeat(
     resets = sum(n for a, n in r.fixed_by.items() if a in RESET_ACTIONS)
     fw = issue.hardware.firmware
     model = issue.hardware.model or "this model"
-    units = firmware.failures_by_firmware.get(fw or "?", 0) if firmware else 0
-    if units >= 3 and resets * 2 >= r.episodes:
+    others = firmware.failures_by_firmware.get(fw or "?", 0) if firmware else 0
+    if others >= 2 and resets * 2 >= r.episodes:
         return "firmware_update", (
-            f"the same fault keeps returning on {units} units of {model} on firmware {fw} and a "
-            "reset clears it every time: a software defect, not worn hardware"
+            f"the same fault keeps returning on {others + 1} units of {model} on firmware {fw} "
+            "and a reset clears it every time: a software defect, not worn hardware"
         )
     if any(w in words for w in HARDWARE_WORDS):
         return "field_technician", "a hardware fault keeps returning; a reset only hides it"

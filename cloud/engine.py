@@ -428,7 +428,12 @@ class Engine:
                 ):
                     continue  # escalated: the edge's escalations and clears own that issue now
                 open_now = current is not None and current.status != "resolved"
-                decision = recurring.repeat_decision(count, cfg.repeat_min_incidents, open_now)
+                peers = 0
+                if finding is not None and 2 <= count < cfg.repeat_min_incidents and not open_now:
+                    peers = await self._repeat_peers(conn, finding, window_end)
+                decision = recurring.repeat_decision(
+                    count, cfg.repeat_min_incidents, open_now, peers
+                )
                 if decision == "none":
                     continue
                 if decision == "clear":
@@ -460,6 +465,72 @@ class Engine:
                 await save_issue(conn, issue)
                 touched.add(issue.id)
         return touched
+
+    async def _repeating_units(
+        self,
+        conn: Conn,
+        fault: tuple[str, str, str | None],
+        model: str | None,
+        since: datetime,
+        until: datetime,
+        exclude: str | None,
+    ) -> list[dict[str, Any]]:
+        """Charge points of ``model`` where the fault (category, code, vendor code) repeated.
+
+        Repeated: ``repeat_min_incidents`` episodes within ``repeat_window_s`` at some point
+        in ``(since, until]`` — the rule that opens a repeat issue. Each with its site, its
+        latest episode and the firmware it ran then.
+        """
+        category, code, vendor_code = fault
+        cur = await conn.execute(
+            "WITH e AS (SELECT s.charge_point_id, s.site_id, s.started_at, count(*) OVER ("
+            "  PARTITION BY s.charge_point_id ORDER BY s.started_at"
+            "  RANGE BETWEEN %(w)s PRECEDING AND CURRENT ROW) AS n"
+            " FROM self_resolved s WHERE s.category = %(cat)s AND s.fault_code = %(code)s"
+            " AND s.vendor_code IS NOT DISTINCT FROM %(vc)s AND s.started_at > %(since)s"
+            " AND s.started_at <= %(until)s AND s.charge_point_id IS NOT NULL"
+            " AND s.charge_point_id <> %(cp)s),"
+            " u AS (SELECT charge_point_id, max(site_id) AS site_id, max(started_at) AS started_at"
+            " FROM e GROUP BY 1 HAVING max(n) >= %(min)s)"
+            " SELECT u.charge_point_id, u.site_id, u.started_at, ci.firmware FROM u"
+            " CROSS JOIN LATERAL (SELECT model, firmware FROM charger_intervals i"
+            " WHERE i.charge_point_id = u.charge_point_id AND i.interval_start <= u.started_at"
+            " ORDER BY i.interval_start DESC LIMIT 1) ci WHERE ci.model IS NOT DISTINCT FROM %(model)s",
+            {
+                "w": timedelta(seconds=self.config.repeat_window_s),
+                "cat": category,
+                "code": code,
+                "vc": vendor_code,
+                "since": since,
+                "until": until,
+                "cp": exclude or "",
+                "min": self.config.repeat_min_incidents,
+                "model": model,
+            },
+        )
+        return list(await cur.fetchall())
+
+    async def _repeat_peers(
+        self, conn: Conn, finding: recurring.RepeatFinding, as_of: datetime
+    ) -> int:
+        """Other units of this one's model and firmware where the same fault repeated."""
+        cur = await conn.execute(
+            "SELECT model, firmware FROM charger_intervals WHERE charge_point_id = %s"
+            " AND interval_start <= %s ORDER BY interval_start DESC LIMIT 1",
+            (finding.charge_point_id, finding.episodes[-1].started_at),
+        )
+        hw = await cur.fetchone()
+        if hw is None or hw["model"] is None:
+            return 0
+        units = await self._repeating_units(
+            conn,
+            (finding.category, finding.fault_code, finding.vendor_code),
+            hw["model"],
+            as_of - timedelta(days=self.config.related_window_days),
+            as_of,
+            finding.charge_point_id,
+        )
+        return sum(1 for u in units if u["firmware"] == hw["firmware"])
 
     async def repeat_sites(self, sites: Iterable[str]) -> set[str]:
         """Of ``sites``, those with a repeating-fault issue still open (it may clear)."""
@@ -539,7 +610,7 @@ class Engine:
         fw_evidence = await self._firmware_evidence(conn, out)
         if out.repeats is not None and fw_evidence is not None:
             same = fw_evidence.failures_by_firmware.get(out.hardware.firmware or "?", 0)
-            out.repeats.units_same_fault = max(0, same - 1)
+            out.repeats.units_same_fault = same
         prior = await self._prior_fixes(conn, out)
         action, why = diagnosis.recommend(out, fw_evidence, prior)
         out.recommended_action = action
@@ -555,12 +626,53 @@ class Engine:
     ) -> list[revenue.IntervalUsage]:
         cur = await conn.execute(
             "SELECT charge_point_id, interval_start, interval_end, sessions_started, energy_wh,"
-            " connectors, sessions_ended_early FROM charger_intervals WHERE site_id = %s"
-            " AND interval_start >= %s"
-            " AND interval_start < %s",
+            " connectors, sessions_ended_early, max_power_w, occupied_s FROM charger_intervals"
+            " WHERE site_id = %s AND interval_start >= %s AND interval_start < %s",
             (site_id, since, until),
         )
         return [revenue.IntervalUsage(**r) for r in await cur.fetchall()]
+
+    @staticmethod
+    def _issue_outage(issue: Issue, as_of: datetime) -> revenue.Outage:
+        """The capacity ``issue`` takes away at its site: its outages, on which connectors."""
+        spans = [
+            revenue.Span(o.started_at, o.ended_at or max(as_of, o.started_at))
+            for o in issue.outages
+        ]
+        if not revenue.out_of_service(issue.kind, issue.fault.code):
+            units: dict[str, int] = {}
+        elif issue.scope == "site":
+            units = dict.fromkeys(issue.chargers, 0)
+        elif issue.charge_point_id is None:
+            units = {}
+        else:
+            units = {issue.charge_point_id: 1 if issue.scope == "connector" else 0}
+        return revenue.Outage(
+            spans,
+            units,
+            tried=revenue.tried_by_drivers(issue.kind, issue.fault.code),
+            label=issue.id,
+        )
+
+    async def _overlapping_outages(
+        self, conn: Conn, issue: Issue, since: datetime, as_of: datetime
+    ) -> list[revenue.Outage]:
+        """Other issues' outages at the same site that overlap [since, as_of): the drivers they
+        turn away together with ``issue`` are shared between them, and the hours they took
+        capacity away are no clean reference for expected arrivals."""
+        cur = await conn.execute(
+            "SELECT doc FROM issues WHERE site_id = %s AND id <> %s AND started_at < %s"
+            " AND (ended_at IS NULL OR ended_at > %s) AND kind NOT IN ('recurring', 'predictive')"
+            " ORDER BY id",
+            (issue.site_id, issue.id, as_of, since),
+        )
+        out = []
+        for row in await cur.fetchall():
+            o = self._issue_outage(_doc(row), as_of)
+            spans = [s for s in o.spans if s.ended_at > since and s.started_at < as_of]
+            if spans and o.connectors:
+                out.append(dataclasses.replace(o, spans=spans))
+        return out
 
     async def _revenue(
         self, conn: Conn, issue: Issue, as_of: datetime, site: dict[str, Any]
@@ -568,28 +680,31 @@ class Engine:
         weeks = self.config.revenue_trailing_weeks
         if issue.recurring is not None:
             return await self._recurring_revenue(conn, issue, site)
-        spans = [
-            revenue.Span(o.started_at, o.ended_at or max(as_of, o.started_at))
-            for o in issue.outages
-        ]
-        first = min((s.started_at for s in spans), default=issue.started_at)
+        own = self._issue_outage(issue, as_of)
+        first = min((s.started_at for s in own.spans), default=issue.started_at)
         history = await self._site_usage(conn, issue.site_id, first - timedelta(weeks=weeks), as_of)
-        if issue.scope == "site":
-            cps = issue.chargers or sorted({r.charge_point_id for r in history})
-        else:
-            cps = [issue.charge_point_id] if issue.charge_point_id else []
+        if issue.scope == "site" and not own.connectors:
+            own = dataclasses.replace(
+                own, connectors=dict.fromkeys(sorted({r.charge_point_id for r in history}), 0)
+            )
         early_rate = None
         if issue.scope != "site" and issue.kind in ("fault", "performance"):
             early_rate = await self._fleet_early_rate(conn, first - timedelta(weeks=weeks), first)
+        others = (  # from the reference weeks on: they are no clean reference either
+            await self._overlapping_outages(conn, issue, first - timedelta(weeks=weeks), as_of)
+            if own.spans
+            else []
+        )
         est = revenue.estimate_revenue_lost(
-            spans,
-            cps,
+            [],
+            [],
             history,
             site["price_per_kwh"],
             site["currency"],
-            connector_scope=issue.scope == "connector",
             weeks=weeks,
             fleet_early_rate=early_rate,
+            own=[own],
+            overlapping=others,
         )
         return est.as_model(as_of)
 
@@ -620,32 +735,42 @@ class Engine:
         r = issue.recurring
         since = min(issue.started_at, r.window_start)  # a running total since the problem began
         cur = await conn.execute(
-            "SELECT charge_point_id, started_at, ended_at FROM self_resolved WHERE site_id = %s"
-            " AND started_at >= %s AND started_at <= %s AND charge_point_id IS NOT NULL",
+            "SELECT charge_point_id, kind, started_at, ended_at FROM self_resolved"
+            " WHERE site_id = %s AND started_at >= %s AND started_at <= %s"
+            " AND charge_point_id IS NOT NULL",
             (issue.site_id, since, r.window_end),
         )
-        by_cp: dict[str, list[revenue.Span]] = defaultdict(list)
+        by_cp: dict[tuple[str, bool], list[revenue.Span]] = defaultdict(list)
         for row in await cur.fetchall():
-            by_cp[str(row["charge_point_id"])].append(
+            # offline, a unit is still tried (its starts fail); a faulted one is skipped
+            tried = row["kind"] == "connectivity"
+            by_cp[(str(row["charge_point_id"]), tried)].append(
                 revenue.Span(row["started_at"], row["ended_at"])
             )
         history = await self._site_usage(
             conn, issue.site_id, since - timedelta(weeks=weeks), r.window_end
         )
-        amount = sessions = hours = 0.0
-        kwh = None
-        for cp, spans in sorted(by_cp.items()):
-            est = revenue.estimate_revenue_lost(
-                spans, [cp], history, site["price_per_kwh"], site["currency"], weeks=weeks
-            )
-            amount += est.amount
-            sessions += est.lost_sessions
-            hours += est.outage_hours
-            kwh = est.kwh_per_session if est.kwh_per_session is not None else kwh
+        own = [
+            revenue.Outage(spans, {cp: 0}, tried=tried, label=cp)
+            for (cp, tried), spans in sorted(by_cp.items())
+        ]
         n = sum(len(v) for v in by_cp.values())
+        est = revenue.estimate_revenue_lost(
+            [],
+            [],
+            history,
+            site["price_per_kwh"],
+            site["currency"],
+            weeks=weeks,
+            own=own,
+            cut_at_start=False,  # the sessions blips cut short are counted below, site-wide
+            reference_before_outage=False,  # minutes-long blips never suppressed their reference
+        )
+        amount, sessions, hours = est.amount, est.lost_sessions, est.outage_hours
+        kwh = est.kwh_per_session
         price = site["price_per_kwh"] or 0.0
         if kwh is None:
-            kwh = revenue.mean_energy_kwh(history)
+            kwh = revenue.wanted_energy_kwh(history)
         # sessions the blips cut short or stopped from starting, beyond the fleet's normal rate
         cur = await conn.execute(
             "SELECT site_id = %s AS mine, sum(sessions_started) AS started,"
@@ -666,15 +791,12 @@ class Engine:
                 excess[col] = max(0.0, float(mine[col] or 0) - normal)
         interrupted = excess["early"] / 2.0 * (kwh or 0.0) * price
         method = (
-            f"sum over the {n} self-resolved incidents with a known duration since the problem began "
-            f"({hours:.1f} charger-hours out): {sessions:.2f} sessions lost in those hours "
-            f"(same hour of week, trailing {weeks} weeks, less what the site's other charge points "
-            f"absorbed) × mean {kwh or 0.0:.1f} kWh per session "
-            f"× {price:g} {site['currency'] or ''}/kWh; plus {excess['early']:.1f} sessions cut "
-            "short beyond a healthy unit's early-end rate (the fleet's lower quartile) over the "
-            "same days, each at half "
-            f"a mean session ({excess['failed']:.1f} failed starts beyond the fleet's rate are "
-            "drivers who had to retry, not counted again)"
+            f"the {n} self-resolved incidents with a known duration since the problem began "
+            f"({hours:.1f} charger-hours out), priced together: {est.method}; plus "
+            f"{excess['early']:.1f} sessions cut short beyond a healthy unit's early-end rate (the "
+            "fleet's lower quartile) over the same days, each at half a mean session "
+            f"({excess['failed']:.1f} failed starts beyond the fleet's rate are the drivers who "
+            "retried, counted above when their retry failed too)"
         )
         return RevenueLost(
             amount=round(amount + interrupted, 2),
@@ -721,28 +843,35 @@ class Engine:
     async def _repeat_hits(
         self, conn: Conn, issue: Issue, since: datetime
     ) -> list[related.SignatureHit]:
-        """Other charge points of the model where the same fault cleared again and again."""
+        """Other charge points of the model where the same fault repeated."""
         f = issue.fault
-        cur = await conn.execute(
-            "SELECT s.charge_point_id, s.site_id, c.firmware, max(s.started_at) AS started_at,"
-            " (SELECT i.id FROM issues i WHERE i.charge_point_id = s.charge_point_id"
-            "  AND i.signature = %s ORDER BY i.last_seen_at DESC LIMIT 1) AS issue_id"
-            " FROM self_resolved s JOIN chargers c ON c.charge_point_id = s.charge_point_id"
-            " WHERE s.category = %s AND s.fault_code = %s AND s.vendor_code IS NOT DISTINCT FROM %s"
-            " AND c.model IS NOT DISTINCT FROM %s AND s.started_at >= %s AND s.charge_point_id <> %s"
-            " GROUP BY 1, 2, 3 HAVING count(*) >= %s",
-            (
-                issue.signature,
-                f.category,
-                f.code,
-                f.vendor_code,
-                issue.hardware.model,
-                since,
-                issue.charge_point_id or "",
-                self.config.repeat_min_incidents,
-            ),
+        units = await self._repeating_units(
+            conn,
+            (f.category, f.code, f.vendor_code),
+            issue.hardware.model,
+            since,
+            issue.last_seen_at,
+            issue.charge_point_id,
         )
-        return [related.SignatureHit(**r) for r in await cur.fetchall()]
+        if not units:
+            return []
+        cur = await conn.execute(
+            "SELECT DISTINCT ON (charge_point_id) charge_point_id, id FROM issues"
+            " WHERE signature = %s AND charge_point_id = ANY(%s)"
+            " ORDER BY charge_point_id, last_seen_at DESC",
+            (issue.signature, [u["charge_point_id"] for u in units]),
+        )
+        ids = {str(r["charge_point_id"]): str(r["id"]) for r in await cur.fetchall()}
+        return [
+            related.SignatureHit(
+                u["charge_point_id"],
+                u["site_id"],
+                u["firmware"],
+                u["started_at"],
+                ids.get(u["charge_point_id"]),
+            )
+            for u in units
+        ]
 
     async def _window_stats(
         self,
@@ -862,28 +991,27 @@ class Engine:
     async def _repeat_firmware_evidence(
         self, conn: Conn, issue: Issue
     ) -> diagnosis.FirmwareEvidence:
-        """Units of the model where this fault keeps returning, by the firmware they ran then."""
+        """Other units of the model where this fault repeated, by the firmware they ran then."""
         f = issue.fault
         since = issue.last_seen_at - timedelta(days=self.config.related_window_days)
-        cur = await conn.execute(
-            "SELECT fw, count(*) AS n FROM (SELECT s.charge_point_id, coalesce(ci.firmware, '?')"
-            " AS fw FROM self_resolved s CROSS JOIN LATERAL (SELECT model, firmware"
-            " FROM charger_intervals i WHERE i.charge_point_id = s.charge_point_id"
-            " AND i.interval_start <= s.started_at ORDER BY i.interval_start DESC LIMIT 1) ci"
-            " WHERE s.category = %s AND s.fault_code = %s AND s.vendor_code IS NOT DISTINCT FROM %s"
-            " AND s.started_at >= %s AND ci.model = %s GROUP BY 1, 2 HAVING count(*) >= %s) u"
-            " GROUP BY 1",
-            (f.category, f.code, f.vendor_code, since, issue.hardware.model,
-             self.config.repeat_min_incidents),
-        )  # fmt: skip
-        failures = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
+        units_rep = await self._repeating_units(
+            conn,
+            (f.category, f.code, f.vendor_code),
+            issue.hardware.model,
+            since,
+            issue.last_seen_at,
+            issue.charge_point_id,
+        )
+        failures: dict[str, int] = defaultdict(int)
+        for u in units_rep:
+            failures[str(u["firmware"] or "?")] += 1
         cur = await conn.execute(
             "SELECT coalesce(firmware, '?') AS fw, count(DISTINCT charge_point_id) AS n"
             " FROM charger_daily WHERE model = %s AND day >= %s::date GROUP BY 1",
             (issue.hardware.model, since.date()),
         )
         units = {str(r["fw"]): int(r["n"]) for r in await cur.fetchall()}
-        return diagnosis.FirmwareEvidence(failures, units, model=issue.hardware.model)
+        return diagnosis.FirmwareEvidence(dict(failures), units, model=issue.hardware.model)
 
     async def _firmware_evidence(
         self, conn: Conn, issue: Issue

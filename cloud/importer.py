@@ -215,18 +215,17 @@ async def recurring_sweep(engine: Engine, site_id: str) -> set[str]:
 async def repeat_sweep(engine: Engine, site_id: str) -> set[str]:
     """Evaluate the repeating-fault rule over a site's history, day by day.
 
-    Only sites where one charge point had the same fault at least ``repeat_min_incidents``
-    times in all are walked, from the day of that fault's first episode.
+    Only sites where one charge point had the same fault at least twice in all are
+    walked, from the day of that fault's first episode.
     """
-    cfg = engine.config
     async with engine.pool.connection() as conn:
         cur = await conn.execute(
             "SELECT min(started_at) AS first, max(last_data_at) AS last FROM ("
             " SELECT charge_point_id, min(started_at) AS started_at FROM self_resolved"
             " WHERE site_id = %s AND kind <> 'connectivity' AND charge_point_id IS NOT NULL"
-            " GROUP BY charge_point_id, category, fault_code, vendor_code HAVING count(*) >= %s"
+            " GROUP BY charge_point_id, category, fault_code, vendor_code HAVING count(*) >= 2"
             ") s, sites WHERE sites.site_id = %s",
-            (site_id, cfg.repeat_min_incidents, site_id),
+            (site_id, site_id),
         )
         row = await cur.fetchone()
     if row is None or row["first"] is None or row["last"] is None:

@@ -147,6 +147,7 @@ INTERVAL_COLS = (
     "anomaly_score",
     "faults_by_category",
     "features",
+    "occupied_s",
 )
 
 
@@ -302,7 +303,7 @@ _DIGESTS = (
 INTERVAL_TYPES = (
     "text", "text", "timestamptz", "timestamptz", "text", "text", "text", "text", "int4", "float8",
     "int4", "int4", "int4", "int4", "int4", "int4", "float8", "float8", "float8", "float8", "float8",
-    "int4", "float8", "float8", "jsonb", "jsonb",
+    "int4", "float8", "float8", "jsonb", "jsonb", "float8",
 )  # fmt: skip
 
 # charger rows for the binary COPY: the digest's fields, then the charger's in one C call

@@ -251,14 +251,20 @@ def find_repeats(
     ]
 
 
-def repeat_decision(count: int, min_repeats: int, open_now: bool) -> str:
+PEER_MIN_UNITS = 3  # other units with the same repeating fault that make two episodes enough
+
+
+def repeat_decision(count: int, min_repeats: int, open_now: bool, peers: int = 0) -> str:
     """``"open"`` (raise or update), ``"clear"`` or ``"none"``.
 
-    Raised at ``min_repeats`` episodes in the window; once raised it stays open while any
-    episode is left in the window (a fault that returns twice a week would otherwise flap),
-    and clears after a whole window without one.
+    Raised at ``min_repeats`` episodes in the window, or at two when at least
+    ``PEER_MIN_UNITS`` other units of the same model and firmware have the same fault
+    repeating (``peers``): the fleet already showed what it is. Once raised it stays open
+    while any episode is left in the window (a fault that returns twice a week would
+    otherwise flap), and clears after a whole window without one.
     """
-    if count >= min_repeats or (open_now and count > 0):
+    fleet_pattern = count >= 2 and peers >= PEER_MIN_UNITS
+    if count >= min_repeats or fleet_pattern or (open_now and count > 0):
         return "open"
     if open_now and count == 0:
         return "clear"

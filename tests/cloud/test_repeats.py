@@ -85,7 +85,7 @@ async def test_firmware_fault_a_reset_clears_every_time_on_four_units_becomes_fi
 ) -> None:
     r = running
     airport = {"ap-1": "1.9.7", "ap-2": "1.9.7", "ap-3": "2.0.1"}
-    mall = {"ml-1": "1.9.7", "ml-2": "1.9.7", "ml-3": "2.0.1"}
+    mall = {"ml-1": "1.9.7", "ml-2": "1.9.7", "ml-3": "2.0.1", "ml-4": "1.9.7"}
     for site, fleet in (("airport", airport), ("mall", mall)):
         for fw in set(fleet.values()):
             cps = [c for c, f in fleet.items() if f == fw]
@@ -102,6 +102,8 @@ async def test_firmware_fault_a_reset_clears_every_time_on_four_units_becomes_fi
                     eps.setdefault(8 + i, []).append(
                         episode(cp, T0 + d * DAY + (8 + i) * H + 10 * timedelta(minutes=1))
                     )
+            if d in (3, 4) and site == "mall":  # twice only, but like its four peers
+                eps.setdefault(20, []).append(episode("ml-4", T0 + d * DAY + 20 * H))
             if d == 1 and site == "mall":
                 eps.setdefault(3, []).append(
                     episode("ml-3", T0 + d * DAY + 3 * H + timedelta(minutes=5))
@@ -109,8 +111,13 @@ async def test_firmware_fault_a_reset_clears_every_time_on_four_units_becomes_fi
             await send(r, *day_of_digests(site, fleet, T0 + d * DAY, eps))
 
     issues = (await r.get("/issues")).json()["issues"]
-    assert sorted(i["charge_point_id"] for i in issues) == buggy  # not ml-3: one episode is noise
-    for issue in issues:
+    # ml-4 twice only, next to four units with the same repeats; not ml-3: once is noise
+    assert sorted(i["charge_point_id"] for i in issues) == [*buggy, "ml-4"]
+    late = next(i for i in issues if i["charge_point_id"] == "ml-4")
+    assert late["recommended_action"] == "firmware_update"
+    assert late["repeats"]["episodes"] == 2 and late["repeats"]["units_same_fault"] == 4
+    assert {x["charge_point_id"] for x in late["related"]} == set(buggy)
+    for issue in (i for i in issues if i is not late):
         assert issue["kind"] == "repeat" and issue["scope"] == "charge_point"
         assert issue["fault"]["vendor_code"] == "FW-0x3E7"
         assert issue["recommended_action"] == "firmware_update", issue["diagnosis"]
@@ -133,7 +140,7 @@ async def test_firmware_fault_a_reset_clears_every_time_on_four_units_becomes_fi
                 r, *usage_history(site, cps, T0 + 5 * DAY, 15 * 24, sessions=1, firmware=fw, **HPC)
             )
     issues = (await r.get("/issues?status=all")).json()["issues"]
-    assert sorted(i["charge_point_id"] for i in issues) == buggy
+    assert sorted(i["charge_point_id"] for i in issues) == [*buggy, "ml-4"]
     assert all(i["status"] == "resolved" and i["resolution"] == "cleared" for i in issues)
 
 
