@@ -215,6 +215,7 @@ class HourBucket:
     max_temperature_c: float | None = None
     mean_temperature_c: float | None = None
     resets: int = 0
+    occupied_s: float | None = None  # connector-seconds with a vehicle plugged in (None: unknown)
     t0: float = field(init=False, repr=False, compare=False)
     t1: float = field(init=False, repr=False, compare=False)
 
@@ -246,6 +247,7 @@ class HourBucket:
                 None if counters.mean_temperature_c is None else _q(counters.mean_temperature_c, 2)
             ),
             resets=counters.resets,
+            occupied_s=counters.occupied_s,
         )
 
     def to_counters(self) -> dict[str, Any]:
@@ -265,6 +267,7 @@ class HourBucket:
             "max_temperature_c": self.max_temperature_c,
             "mean_temperature_c": self.mean_temperature_c,
             "resets": self.resets,
+            "occupied_s": self.occupied_s,
         }
 
 
@@ -516,6 +519,10 @@ CONNECTOR_FEATURE_DESCRIPTIONS: Final[Mapping[str, str]] = {
 }
 
 UNAVAILABLE_STATUSES: Final = frozenset({"Faulted", "Unavailable"})
+# a vehicle is plugged in (1.6 statuses; 2.0.1 says Occupied)
+OCCUPIED_STATUSES: Final = frozenset(
+    {"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing", "Occupied"}
+)
 
 # Columns of a connector bucket's row (integer-valued like bucket_row). Only
 # buckets where something happened on the connector are kept; the time a
@@ -637,6 +644,7 @@ class FeatureWindow:
         """The connector the last event concerned (0: the charge point); None when it named none."""
         self._tx_connector: dict[str, int] = {}
         self._unavailable_since: dict[int, datetime] = {}
+        self._occupied_since: dict[int, datetime] = {}
         self._conn_open: dict[int, _ConnOpen] = {}
         self._conn_rows: dict[int, _Rows] = {}
 
@@ -697,6 +705,12 @@ class FeatureWindow:
             begin = max(since, self._open_start or since)
             self._conn(connector_id).unavailable_s += max(0.0, (at - begin).total_seconds())
 
+    def _occupied_until(self, connector_id: int, at: datetime) -> None:
+        since = self._occupied_since.pop(connector_id, None)
+        if since is not None:
+            begin = max(since, self._open_start or since)
+            self._open.occupied_s += max(0.0, (at - begin).total_seconds())
+
     def feed(self, event: Event, *, ordered_reboot: bool = False) -> None:
         """One normalised event of this charge point (events of others are ignored).
 
@@ -722,6 +736,8 @@ class FeatureWindow:
                 o.disconnects += 1
             for cid in list(self._unavailable_since):  # unknown while it is away
                 self._unavailable_until(cid, event.at)
+            for cid in list(self._occupied_since):
+                self._occupied_until(cid, event.at)
         elif isinstance(event, Boot):
             self.set_hardware(vendor=event.vendor, model=event.model, firmware=event.firmware)
             if self._connected_since is None:
@@ -735,6 +751,11 @@ class FeatureWindow:
                 self._unavailable_since.setdefault(cid, event.at)
             else:
                 self._unavailable_until(cid, event.at)
+            if cid > 0 and event.status in OCCUPIED_STATUSES:
+                self._occupied_since.setdefault(cid, event.at)
+                o.occupancy_seen = True
+            else:
+                self._occupied_until(cid, event.at)
             if event.faulted:
                 if cid not in self._faulted:
                     self._faulted.add(cid)
@@ -823,6 +844,10 @@ class FeatureWindow:
         o = self._open
         begin = start or self._open_start or (end - timedelta(hours=1))
         self._open_start = self._open_start or begin
+        for cid in list(self._occupied_since):  # still plugged in: counted to the end, carried on
+            self._occupied_until(cid, end)
+            self._occupied_since[cid] = end
+            o.occupancy_seen = True
         connected = o.connected_s
         if self._connected_since is not None:
             connected += max(0.0, (end - max(self._connected_since, begin)).total_seconds())
@@ -844,6 +869,19 @@ class FeatureWindow:
             max_temperature_c=None if o.temp_max is None else _q(o.temp_max, 2),
             mean_temperature_c=_q(o.temp_sum / o.temp_n, 2) if o.temp_n else None,
             resets=o.resets,
+            # measured when the charge point reports plugged-in statuses; a session started
+            # without any is not measured (some firmware reports no Preparing/Charging)
+            occupied_s=(
+                _q(
+                    min(
+                        o.occupied_s,
+                        (end - begin).total_seconds() * max(1, len(self.connector_ids)),
+                    ),
+                    1,
+                )
+                if o.occupancy_seen or not o.started
+                else None
+            ),
         )
         self._close_connectors(begin, end)
         self._open = _Open()
@@ -968,6 +1006,8 @@ class _Open:
     temp_sum: float = 0.0
     temp_n: int = 0
     resets: int = 0
+    occupied_s: float = 0.0
+    occupancy_seen: bool = False  # a connector reported a plugged-in status in this interval
 
 
 @dataclass(frozen=True, slots=True)
