@@ -382,12 +382,18 @@ def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> di
             found_pairs |= {(cp, str(r["charge_point_id"])) for r in rel}
     tp = len(truth_pairs & found_pairs)
     errs = []
+    by_kind: dict[str, list[float]] = {}
+    sum_ours = sum_truth = 0.0
     for t, i in matches:
         tr = t["revenue_lost"]
         ours = i["revenue_lost"]
         assert isinstance(tr, dict)
         if tr["amount"] and isinstance(ours, dict):
-            errs.append(abs(float(ours["amount"]) - float(tr["amount"])) / float(tr["amount"]))
+            e = abs(float(ours["amount"]) - float(tr["amount"])) / float(tr["amount"])
+            errs.append(e)
+            by_kind.setdefault(str(t["kind"]), []).append(e)
+            sum_ours += float(ours["amount"])
+            sum_truth += float(tr["amount"])
     return {
         "faults needing the cloud": len(expected),
         "issues": len(issues),
@@ -402,6 +408,11 @@ def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> di
         "related precision": tp / len(found_pairs) if found_pairs else None,
         "related recall": tp / len(truth_pairs) if truth_pairs else None,
         "revenue error (median)": statistics.median(errs) if errs else None,
+        "revenue error by kind": {
+            k: f"median {statistics.median(v):.3f} over {len(v)}"
+            for k, v in sorted(by_kind.items())
+        },
+        "revenue, all issues (sum ours / sum truth)": sum_ours / sum_truth if sum_truth else None,
         "revenue (ours / truth)": [
             f"{t['kind']}@{t['charge_point_id'] or t['site_id']}: "
             f"{i['revenue_lost']['amount'] if isinstance(i['revenue_lost'], dict) else None} / "

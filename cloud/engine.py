@@ -615,7 +615,9 @@ class Engine:
         action, why = diagnosis.recommend(out, fw_evidence, prior)
         out.recommended_action = action
         out.diagnosis = diagnosis.diagnosis_text(out, action, why)
-        hours = rev.outage_hours if rev else 0.0
+        # a rate over at least an hour: a few sessions cut by minutes-long episodes (a repeating
+        # fault) are not a site losing money by the hour
+        hours = max(rev.outage_hours, 1.0) if rev else 0.0
         per_hour = rev.amount / hours if rev and hours > 0 else 0.0
         sess = rev.lost_sessions / hours if rev and hours > 0 else 0.0
         out.priority = diagnosis.priority(out, per_hour, sess)
