@@ -197,7 +197,8 @@ class ChargerCounters(_Model):
     max_temperature_c: float | None = None
     mean_temperature_c: float | None = None
     resets: int = 0
-    health_score: float | None = None
+    health_score: float | None = None  # 0–100: the minimum of connector_health when given
+    connector_health: dict[int, float] | None = None  # 0–100 per connector (1..n)
     anomaly_score: float | None = None
     features: dict[str, float] = Field(default_factory=dict)
 

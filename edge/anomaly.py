@@ -360,17 +360,22 @@ class AnomalyMonitor:
     def digest_fields(
         self, charge_point_id: str, faults: Sequence[FaultRecord] = ()
     ) -> dict[str, Any]:
-        """``anomaly_score``, ``features`` and ``health_score`` for the charge point's ChargerCounters."""
+        """``anomaly_score``, ``features``, ``health_score`` and ``connector_health`` for the
+        charge point's ChargerCounters."""
         s = self.last_scores.get(charge_point_id)
         if s is None:
             return {}
-        health, _ = self.health(charge_point_id, faults)
+        health, per_connector = self.health(charge_point_id, faults)
         assert health is not None
-        return {
+        out: dict[str, Any] = {
             "anomaly_score": s.score,
             "features": features_dict(s.features),
             "health_score": health.score,
         }
+        connectors = {cid: h.score for cid, h in per_connector.items() if cid > 0}
+        if connectors:
+            out["connector_health"] = connectors
+        return out
 
     def health(
         self, charge_point_id: str, faults: Sequence[FaultRecord] = ()

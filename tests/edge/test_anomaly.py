@@ -159,6 +159,9 @@ async def test_the_digest_carries_the_closed_counters_score_features_and_health(
     assert list(sick.features) == list(FEATURE_NAMES)
     assert sick.health_score is not None and fine.health_score is not None
     assert sick.health_score < 70 <= 85 <= fine.health_score
+    # each connector's score too (the sessions ran on connector 1); the charge point's is the worst
+    assert sick.connector_health is not None and set(sick.connector_health) == {1}
+    assert min(sick.connector_health.values()) == sick.health_score
 
 
 async def test_the_incident_clears_after_recovery_and_a_new_one_can_open(
