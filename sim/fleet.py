@@ -33,7 +33,9 @@ already degraded, fixed firmware already installed.
 
 Ground truth: :meth:`Simulation.ground_truth` (and ``write_ground_truth``)
 lists every fault injected so far with the sessions it cost, in the same
-format as the history's ``ground_truth.jsonl``.
+format as the history's ``ground_truth.jsonl`` and by the same definition: a
+driver who leaves without charging is shared equally between the faults met on
+the way, and one who leaves after an ordinary failed start is lost to none.
 """
 
 from __future__ import annotations
@@ -471,19 +473,23 @@ class Simulation:
             self._notify()
 
     async def _arrive(self, conns: list[tuple[SimChargePoint, int]], rng: random.Random) -> None:
+        """One driver walks the site's connectors from a random one, tries at most two starts,
+        and books whom a driver who leaves without charging was lost to (see :class:`_Visit`)."""
         dr = self.scenario.data.drivers
         n = len(conns)
         first = rng.randrange(n)
         tag = id_tag(rng, dr)
-        blame: PlannedFault | None = None
+        visit = _Visit()
         tries = 0
         wanted = 0.0
         for j in range(n):
             cp, k = conns[(first + j) % n]
             v = cp.status(k)
             if v.status == "Faulted":
-                f = cp.fault_on(k)
-                blame = blame or (f.planned if f else None)
+                # the fault that takes the connector out (not any fault of the unit, such
+                # as a start failure that leaves it Available)
+                f = cp._blocking_fault(k)
+                visit.meet(f.planned if f else None)
                 continue
             drop = cp.dropped_by()
             if drop is not None and v.status == "Available":
@@ -491,7 +497,7 @@ class Simulation:
                 tries += 1
                 self.sessions_failed += 1
                 drop.failed_starts += 1
-                blame = blame or drop
+                visit.meet(drop)
                 if tries >= 2:
                     break
                 continue
@@ -500,12 +506,10 @@ class Simulation:
             dc = cp.spec.hw.dc
             wanted = session_energy_wh(rng, dc, dr)
             tries += 1
+            ev_power = ev_max_power_w(rng, dc)
+            ordinary_fail = rng.random() < dr.failed_start_ratio
             out: SessionOutcome = await cp.start_session(
-                k,
-                tag,
-                wanted,
-                ev_max_power_w(rng, dc),
-                fail_start=rng.random() < dr.failed_start_ratio,
+                k, tag, wanted, ev_power, fail_start=ordinary_fail
             )
             if out.charged:
                 self.sessions += 1
@@ -515,12 +519,54 @@ class Simulation:
                 return
             self.sessions_failed += 1
             if out.blame is not None:
-                blame = blame or out.blame
+                visit.meet(out.blame)
+            elif ordinary_fail and out.reason == "failed_start":
+                visit.ordinary_failed_start()
             if tries >= 2:
                 break
-        if blame is not None:
-            blame.sessions_lost += 1
-            blame.energy_lost_wh += wanted or session_energy_wh(rng, conns[first][0].spec.hw.dc, dr)
+        if visit.met:
+            # drawn whenever a fault was met, as before, so runs with one seed stay comparable
+            visit.lost(wanted or session_energy_wh(rng, conns[first][0].spec.hw.dc, dr))
+
+
+class _Visit:
+    """The faults one driver met on the way along a site's connectors, and whom a driver
+    who leaves without charging is lost to: the history's definition
+    (:func:`chargesight.sim.history.ground_truth_record`).
+
+    A driver who cannot charge is lost to every fault they met (a connector out, a start that
+    failed, a charge point offline), in equal shares, so identical faults at a site share a
+    driver evenly whatever the order the driver tried them in. One who leaves after an
+    ordinary failed start (the drivers' ``failed_start_ratio``) is lost to none: they had the
+    same chance at the connector a fault took away. What counts is the last thing that went
+    wrong: a fault met after an ordinary failed start (the connector the driver would have
+    retried at is out, or fails too) makes the driver the faults' again.
+    """
+
+    __slots__ = ("gave_up", "met")
+
+    def __init__(self) -> None:
+        self.met: list[PlannedFault] = []
+        self.gave_up = False
+
+    def meet(self, f: PlannedFault | None) -> None:
+        if f is None:
+            return
+        if not any(m is f for m in self.met):
+            self.met.append(f)
+        self.gave_up = False
+
+    def ordinary_failed_start(self) -> None:
+        self.gave_up = True
+
+    def lost(self, wanted_wh: float) -> None:
+        """The driver leaves without charging; ``wanted_wh`` is what they came for."""
+        if self.gave_up or not self.met:
+            return
+        share = 1.0 / len(self.met)
+        for f in self.met:
+            f.sessions_lost += share
+            f.energy_lost_wh += wanted_wh * share
 
 
 def _td(seconds: float) -> Any:
