@@ -295,3 +295,22 @@ async def test_an_unknown_certificate_authority_is_refused(tls_broker: TlsBroker
     cfg = section(tls_broker.url, username=USER, password=PASSWORD)  # no cafile: system CAs
     with pytest.raises(MqttError, match=r"cannot connect: .*CERTIFICATE_VERIFY_FAILED"):
         await MqttSource(cfg).start()
+
+
+@pytest.mark.mqtt
+def test_the_source_runs_on_uvloop_too(mosquitto: Mosquitto) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    topic = "chargesight/v1/sites/uv/state"
+
+    async def main() -> list[bytes]:
+        source = MqttSource(section(mosquitto.url))
+        await source.start()
+        pub = await asyncio.to_thread(Publisher, mosquitto.url)
+        try:
+            await asyncio.to_thread(pub.raw, topic, b"uv")
+            return [m.payload for m in await drain(source, 1, topic)]
+        finally:
+            await asyncio.to_thread(pub.close)
+            await source.close()
+
+    assert uvloop.run(main()) == [b"uv"]
