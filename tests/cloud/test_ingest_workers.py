@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
+import uuid
 from datetime import timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 
 from chargesight.cloud.collector import Collector, check_workers
 from chargesight.cloud.config import CloudConfig
 from chargesight.cloud.db import Database
 from chargesight.common.configload import ConfigError
-from tests.cloud.conftest import make_config, start_collector
+from tests.cloud.conftest import OPERATOR, make_config, start_collector
 from tests.cloud.helpers import T0, Publisher, counters, digest, escalation
-from tests.servers import Mosquitto
+from tests.servers import Mosquitto, free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.slow]
 
@@ -115,3 +121,69 @@ def test_workers_need_an_mqtt5_shared_subscription() -> None:
         with pytest.raises(ConfigError, match=r"^ingest\.workers: .*MQTT 5 shared subscription"):
             check_workers(config)
     check_workers(base)  # MQTT 5 (or auto) with a shared group: fine
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_cloud_run_with_workers_ingests_and_stops_them_on_sigterm(
+    tmp_path: Path, fresh_db: str, mosquitto: Mosquitto
+) -> None:
+    port = free_port()
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(
+        f'[database]\nurl = "{fresh_db}"\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'shared_group = "run-{uuid.uuid4().hex[:6]}"\n[ingest]\nworkers = 2\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\ntokens = [{{token = "{OPERATOR}", role = "operator"}}]\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "chargesight.cli.main", "cloud", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the port opens once both workers have subscribed
+            assert proc.poll() is None, f"cloud run exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "cloud run did not open its port"
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        pub = Publisher(mosquitto.url)
+        pub.send(*[escalation("run", f"run-{i}") for i in range(10)])
+        pub.close()
+        issues: list[object] = []
+        while len(issues) < 10 and time.monotonic() < deadline:
+            issues = httpx.get(f"http://127.0.0.1:{port}/api/v1/issues",
+                               headers={"Authorization": f"Bearer {OPERATOR}"}).json()["issues"]  # fmt: skip
+        assert len(issues) == 10
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    assert rc == 0
+    for pid in workers:  # the workers stopped with it
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_cloud_run_says_which_key_is_wrong_when_workers_cannot_share(tmp_path: Path) -> None:
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(
+        '[database]\nurl = "postgresql://x@127.0.0.1:1/db"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+        'protocol = "3.1.1"\n[ingest]\nworkers = 2\n'
+    )
+    res = subprocess.run([sys.executable, "-m", "chargesight.cli.main", "cloud", "run", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert "ingest.workers" in res.stderr
