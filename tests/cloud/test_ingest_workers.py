@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chargesight.cloud.collector import Collector, check_workers
+from chargesight.cloud.collector import Collector, IngestWorkerError, check_workers
 from chargesight.cloud.config import CloudConfig
 from chargesight.cloud.db import Database
 from chargesight.common.configload import ConfigError
@@ -112,6 +112,19 @@ async def test_a_killed_worker_loses_nothing_its_unacknowledged_messages_come_ba
     finally:
         await asyncio.to_thread(pub.close)
         await stop(collector, task)
+
+
+async def test_a_worker_that_cannot_reach_the_broker_fails_the_start_in_words(
+    database: Database,
+) -> None:
+    config = with_workers(make_config(database.url, f"mqtt://127.0.0.1:{free_port()}"), 2)
+    collector = Collector(config, database)
+    with pytest.raises(
+        IngestWorkerError, match=r"mqtt\.url mqtt://127\.0\.0\.1:\d+: cannot connect"
+    ):
+        await collector.serve()
+    assert collector.workers is not None
+    assert None not in collector.workers.exit_codes  # both were waited for: none left running
 
 
 def test_workers_need_an_mqtt5_shared_subscription() -> None:
