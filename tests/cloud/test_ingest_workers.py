@@ -23,6 +23,8 @@ from tests.cloud.conftest import OPERATOR, make_config, start_collector
 from tests.cloud.helpers import T0, Publisher, counters, digest, escalation
 from tests.servers import Mosquitto, free_port
 
+# each test on a broker of its own: the session's broker holds other tests' retained messages,
+# which a new subscription receives too, and these tests count what arrives
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.slow]
 
 
@@ -45,11 +47,11 @@ async def stop(collector: Collector, task: asyncio.Task[None]) -> None:
 
 
 async def test_two_workers_split_the_stream_and_store_every_message_exactly_once(
-    database: Database, mosquitto: Mosquitto
+    database: Database, mosquitto_private: Mosquitto
 ) -> None:
-    config = with_workers(make_config(database.url, mosquitto.url), 2, batch_size=20)
+    config = with_workers(make_config(database.url, mosquitto_private.url), 2, batch_size=20)
     collector, task = await start_collector(config, database)
-    pub = await asyncio.to_thread(Publisher, mosquitto.url)
+    pub = await asyncio.to_thread(Publisher, mosquitto_private.url)
     try:
         assert collector.workers is not None and collector.source is None
         sites = [f"split-{i}" for i in range(6)]
@@ -86,14 +88,14 @@ async def test_two_workers_split_the_stream_and_store_every_message_exactly_once
 
 
 async def test_a_killed_worker_loses_nothing_its_unacknowledged_messages_come_back(
-    database: Database, mosquitto: Mosquitto
+    database: Database, mosquitto_private: Mosquitto
 ) -> None:
     # each worker holds what it receives for 3 s before storing it: the kill finds it unstored
     config = with_workers(
-        make_config(database.url, mosquitto.url), 2, batch_size=10_000, batch_delay_s=3.0
+        make_config(database.url, mosquitto_private.url), 2, batch_size=10_000, batch_delay_s=3.0
     )
     collector, task = await start_collector(config, database)
-    pub = await asyncio.to_thread(Publisher, mosquitto.url)
+    pub = await asyncio.to_thread(Publisher, mosquitto_private.url)
     try:
         assert collector.workers is not None
         victim = collector.workers.pid(0)
@@ -150,12 +152,12 @@ def children(pid: int) -> list[int]:
 
 
 def test_cloud_run_with_workers_ingests_and_stops_them_on_sigterm(
-    tmp_path: Path, fresh_db: str, mosquitto: Mosquitto
+    tmp_path: Path, fresh_db: str, mosquitto_private: Mosquitto
 ) -> None:
     port = free_port()
     cfg = tmp_path / "cloud.toml"
     cfg.write_text(
-        f'[database]\nurl = "{fresh_db}"\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'[database]\nurl = "{fresh_db}"\n[mqtt]\nurl = "{mosquitto_private.url}"\n'
         f'shared_group = "run-{uuid.uuid4().hex[:6]}"\n[ingest]\nworkers = 2\n'
         f'[api]\nlisten = "127.0.0.1:{port}"\ntokens = [{{token = "{OPERATOR}", role = "operator"}}]\n'
     )
@@ -173,7 +175,7 @@ def test_cloud_run_with_workers_ingests_and_stops_them_on_sigterm(
                 time.sleep(0.1)
         workers = children(proc.pid)
         assert len(workers) == 2
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto_private.url)
         pub.send(*[escalation("run", f"run-{i}") for i in range(10)])
         pub.close()
         issues: list[object] = []
