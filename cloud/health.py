@@ -16,7 +16,10 @@ A pure function over what the collector holds, scored with the shared
 * **resets** — resets per day over the covered part of the trailing 7 days.
 
 When the edge also reported its own score it is shown beside the cloud's
-(``edge_score``); the cloud's is the one in ``score`` because it also sees
+(``edge_score``, and per connector ``edge_connectors``: the edge scores each
+connector from its own windows — sessions, faults, power, unavailable time —
+which digests carry as ``connector_health``); the cloud's is the one in
+``score`` because it also sees
 fleet-wide evidence (typical power of the model, operator acknowledgements).
 """
 
@@ -58,6 +61,7 @@ class ChargerEvidence:
     resets: int | None = None
     covered_days: float | None = None
     edge_score: float | None = None
+    edge_connectors: dict[str, float] | None = None  # the edge's latest score per connector
 
 
 def fault_records(issues: Iterable[Issue], short: Iterable[ShortFault] = ()) -> list[FaultRecord]:
@@ -92,7 +96,8 @@ def _json(h: Health) -> dict[str, Any]:
 
 
 def charger_health(ev: ChargerEvidence) -> dict[str, Any]:
-    """``{score, band, components, explanation, connectors: {id: …}, basis, edge_score}``."""
+    """``{score, band, components, explanation, connectors: {id: …}, basis, edge_score,
+    edge_connectors}``."""
     now = ev.now
     faults = [
         f
@@ -129,4 +134,5 @@ def charger_health(ev: ChargerEvidence) -> dict[str, Any]:
         " the edge's latest Foresight score, peak power vs the model's fleet median, resets per day"
     )
     out["edge_score"] = ev.edge_score
+    out["edge_connectors"] = ev.edge_connectors
     return out

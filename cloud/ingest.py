@@ -148,6 +148,7 @@ INTERVAL_COLS = (
     "faults_by_category",
     "features",
     "occupied_s",
+    "connector_health",
 )
 
 
@@ -303,14 +304,16 @@ _DIGESTS = (
 INTERVAL_TYPES = (
     "text", "text", "timestamptz", "timestamptz", "text", "text", "text", "text", "int4", "float8",
     "int4", "int4", "int4", "int4", "int4", "int4", "float8", "float8", "float8", "float8", "float8",
-    "int4", "float8", "float8", "jsonb", "jsonb", "float8",
+    "int4", "float8", "float8", "jsonb", "jsonb", "float8", "jsonb",
 )  # fmt: skip
 
 # charger rows for the binary COPY: the digest's fields, then the charger's in one C call
-# (``attrgetter``), then ``features`` (an empty map is stored as NULL: the edge sent none)
+# (``attrgetter``), then ``features`` (an empty map is stored as NULL: the edge sent none) and
+# ``connector_health`` (connector numbers become the JSON object's keys)
 _HEAD_COLS = ("site_id", "interval_start", "interval_end", "message_id")
-_CHARGER_COLS = tuple(c for c in INTERVAL_COLS if c not in _HEAD_COLS and c != "features")
-_STAGE_COLS = (*_HEAD_COLS, *_CHARGER_COLS, "features")
+_TAIL_COLS = ("features", "connector_health")
+_CHARGER_COLS = tuple(c for c in INTERVAL_COLS if c not in _HEAD_COLS and c not in _TAIL_COLS)
+_STAGE_COLS = (*_HEAD_COLS, *_CHARGER_COLS, *_TAIL_COLS)
 _STAGE_TYPES = [dict(zip(INTERVAL_COLS, INTERVAL_TYPES, strict=True))[c] for c in _STAGE_COLS]
 _STAGE_COPY = f"COPY stage_intervals ({', '.join(_STAGE_COLS)}) FROM STDIN (FORMAT BINARY)"
 _charger_values = operator.attrgetter(*_CHARGER_COLS)
@@ -428,7 +431,12 @@ async def _stage_intervals(
             for d in digests:
                 head = (d.site_id, d.interval_start, d.interval_end, d.message_id)
                 for c in d.chargers:
-                    await write(head + values(c) + (c.features or None,))
+                    per = c.connector_health
+                    await write(
+                        head
+                        + values(c)
+                        + (c.features or None, {str(k): v for k, v in per.items()} if per else None)
+                    )
 
 
 async def _write_digests(

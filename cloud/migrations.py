@@ -262,6 +262,13 @@ CREATE TABLE IF NOT EXISTS edge_requests (
 CREATE INDEX IF NOT EXISTS replies_request ON replies (request_id);
 """,
     ),
+    (
+        8,
+        "each connector's health as the edge scored it",
+        """
+ALTER TABLE charger_intervals ADD COLUMN IF NOT EXISTS connector_health jsonb;
+""",
+    ),
 ]
 
 PLAIN_VIEWS = """

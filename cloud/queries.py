@@ -224,7 +224,9 @@ async def _health_scores(
         " (array_agg(anomaly_score ORDER BY interval_start DESC)"
         "   FILTER (WHERE anomaly_score IS NOT NULL))[1] AS anomaly,"
         " (array_agg(health_score ORDER BY interval_start DESC)"
-        "   FILTER (WHERE health_score IS NOT NULL))[1] AS edge_score"
+        "   FILTER (WHERE health_score IS NOT NULL))[1] AS edge_score,"
+        " (array_agg(connector_health ORDER BY interval_start DESC)"
+        "   FILTER (WHERE connector_health IS NOT NULL))[1] AS edge_connectors"
         " FROM charger_intervals WHERE charge_point_id = ANY(%s) AND interval_start >= %s"
         " AND interval_start < %s GROUP BY charge_point_id",
         (cps, start, as_of),
@@ -281,6 +283,11 @@ async def _health_scores(
                 resets=int(st["resets"]) if st and st["resets"] is not None else None,
                 covered_days=covered,
                 edge_score=_opt(st["edge_score"]) if st else None,
+                edge_connectors=(
+                    {str(k): float(v) for k, v in st["edge_connectors"].items()}
+                    if st and st["edge_connectors"]
+                    else None
+                ),
             )
         )
     return out

@@ -83,6 +83,7 @@ async def test_charger_and_site_endpoints_show_the_health_score_band_and_reasons
                     max_power_w=15_000.0,
                     anomaly_score=0.6,
                     health_score=40.0,
+                    connector_health={1: 40.0, 2: 88.5},
                 ),
             ],
         )
@@ -96,6 +97,7 @@ async def test_charger_and_site_endpoints_show_the_health_score_band_and_reasons
     ch = (await r.get("/chargers/hs-3")).json()
     assert 0 <= ch["health_score"] <= 100 and ch["health_band"] == ch["health"]["band"]
     assert ch["health"]["edge_score"] == 40.0
+    assert ch["health"]["edge_connectors"] == {"1": 40.0, "2": 88.5}  # as the edge scored them
     details = " ".join(ch["health"]["explanation"])
     assert "typically delivers" in details and "Foresight risk 0.60" in details
     healthy = (await r.get("/chargers/hs-1")).json()
