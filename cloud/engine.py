@@ -98,6 +98,13 @@ async def load_for_key(conn: Conn, key: IssueKey) -> Issue | None:
     return _doc(row) if row else None
 
 
+async def _site_data_end(conn: Conn, site_id: str) -> datetime | None:
+    """The end of the newest data from ``site_id`` (windows end there, not at the wall clock)."""
+    cur = await conn.execute("SELECT last_data_at FROM sites WHERE site_id = %s", (site_id,))
+    row = await cur.fetchone()
+    return None if row is None else row["last_data_at"]
+
+
 async def save_issue(conn: Conn, issue: Issue) -> None:
     doc = issue.model_dump_json()
     await conn.execute(
@@ -296,15 +303,9 @@ class Engine:
         cfg = self.config
         key = IssueKey(site_id, "site", None, None, RECURRING_SIGNATURE)
         async with self.pool.connection() as conn, conn.transaction():
+            window_end = window_end or await _site_data_end(conn, site_id)
             if window_end is None:
-                cur = await conn.execute(
-                    "SELECT last_data_at FROM sites WHERE site_id = %s", (site_id,)
-                )
-                row = await cur.fetchone()
-                if row is None or row["last_data_at"] is None:
-                    return None
-                window_end = row["last_data_at"]
-            assert window_end is not None
+                return None
             start = window_end - timedelta(seconds=cfg.recurring_window_s)
             cur = await conn.execute(
                 "SELECT charge_point_id, kind, category, started_at, ended_at FROM self_resolved"
@@ -382,15 +383,9 @@ class Engine:
         cfg = self.config
         touched: set[str] = set()
         async with self.pool.connection() as conn, conn.transaction():
+            window_end = window_end or await _site_data_end(conn, site_id)
             if window_end is None:
-                cur = await conn.execute(
-                    "SELECT last_data_at FROM sites WHERE site_id = %s", (site_id,)
-                )
-                row = await cur.fetchone()
-                if row is None or row["last_data_at"] is None:
-                    return touched
-                window_end = row["last_data_at"]
-            assert window_end is not None
+                return touched
             start = window_end - timedelta(seconds=cfg.repeat_window_s)
             cur = await conn.execute(
                 "SELECT charge_point_id, incident_id, fault_code, vendor_code, category, started_at,"
