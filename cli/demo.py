@@ -875,7 +875,14 @@ format = "json"
 
         detected = [t for t in needs_person if matches(t)]
         missed = [t for t in needs_person if not matches(t)]
-        used = {i["id"] for t in [*needs_person, *early] for i in matches(t)}
+        # an issue about a fault that has ended since (e.g. a firmware update stopped a
+        # repeating fault a few days ago) is about a real fault, not a false one
+        ended = [
+            t
+            for t in truth
+            if past(t.get("ended_at")) and t.get("kind") not in ("transient", "stuck")
+        ]
+        used = {i["id"] for t in [*needs_person, *early, *ended] for i in matches(t)}
         false = [i for i in issues if i["id"] not in used]
         scope_ok = sum(
             1 for t in detected if any(i.get("scope") == t.get("scope") for i in matches(t))

@@ -423,19 +423,38 @@ class Engine:
                 ):
                     continue  # escalated: the edge's escalations and clears own that issue now
                 open_now = current is not None and current.status != "resolved"
+                if finding is not None and current is not None and not open_now:
+                    # resolved (cleared, or by an operator): only what came back since counts
+                    since = current.ended_at or current.last_seen_at
+                    back = [e for e in finding.episodes if e.started_at > since]
+                    finding = dataclasses.replace(finding, episodes=back) if back else None
+                    count = len(back)
                 peers = 0
                 if finding is not None and 2 <= count < cfg.repeat_min_incidents and not open_now:
                     peers = await self._repeat_peers(conn, finding, window_end)
                 decision = recurring.repeat_decision(
                     count, cfg.repeat_min_incidents, open_now, peers
                 )
+                why = f"no episode in the last {cfg.repeat_window_s / 86400:g} days"
+                if decision == "open" and current is not None and open_now:
+                    known = set(current.incident_ids)
+                    fresh = finding is not None and any(
+                        e.incident_id not in known for e in finding.episodes
+                    )
+                    updated = await self._firmware_since(conn, current, window_end)
+                    if updated and not fresh:  # the update came after the last episode
+                        decision = "clear"
+                        why = (
+                            f"firmware updated from {current.hardware.firmware} to {updated}"
+                            " after the last episode"
+                        )
                 if decision == "none":
                     continue
                 if decision == "clear":
                     assert current is not None
                     new = apply_cleared(current, f"repeat:{window_end.isoformat()}", window_end)
                     if new is not None:
-                        new.detail = f"no episode in the last {cfg.repeat_window_s / 86400:g} days"
+                        new.detail = why
                         new.history[-1].detail = new.detail
                         await save_issue(conn, new)
                         touched.add(new.id)
@@ -460,6 +479,20 @@ class Engine:
                 await save_issue(conn, issue)
                 touched.add(issue.id)
         return touched
+
+    async def _firmware_since(self, conn: Conn, issue: Issue, as_of: datetime) -> str | None:
+        """The firmware the issue's charge point reports now, when it differs from the issue's
+        (the firmware it ran when the fault last came back)."""
+        if not issue.hardware.firmware:
+            return None
+        cur = await conn.execute(
+            "SELECT firmware FROM charger_intervals WHERE charge_point_id = %s"
+            " AND interval_start <= %s ORDER BY interval_start DESC LIMIT 1",
+            (issue.charge_point_id, as_of),
+        )
+        row = await cur.fetchone()
+        now = None if row is None else row["firmware"]
+        return str(now) if now and now != issue.hardware.firmware else None
 
     async def _repeating_units(
         self,

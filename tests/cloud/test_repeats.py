@@ -132,12 +132,21 @@ async def test_firmware_fault_a_reset_clears_every_time_on_four_units_becomes_fi
         assert issue["revenue_lost"]["amount"] > 0
         assert issue["status"] == "open" and issue["ended_at"] is None
 
+    # the next day ap-1 reports the fixed firmware and the fault does not come back: its issue
+    # clears at once, saying why; the others stay open
+    airport["ap-1"] = "1.9.8"
+    await send(r, *day_of_digests("airport", airport, T0 + 5 * DAY, {}))
+    issues = {i["charge_point_id"]: i for i in (await r.get("/issues?status=all")).json()["issues"]}
+    assert issues["ap-1"]["status"] == "resolved" and issues["ap-1"]["resolution"] == "cleared"
+    assert "firmware updated from 1.9.7 to 1.9.8" in issues["ap-1"]["history"][-1]["detail"]
+    assert all(issues[cp]["status"] == "open" for cp in ("ap-2", "ml-1", "ml-2", "ml-4"))
+
     # two whole quiet weeks later the repeats have stopped: each issue clears by itself
     for site, fleet in (("airport", airport), ("mall", mall)):
         for fw in set(fleet.values()):
             cps = [c for c, f in fleet.items() if f == fw]
             await send(
-                r, *usage_history(site, cps, T0 + 5 * DAY, 15 * 24, sessions=1, firmware=fw, **HPC)
+                r, *usage_history(site, cps, T0 + 6 * DAY, 15 * 24, sessions=1, firmware=fw, **HPC)
             )
     issues = (await r.get("/issues?status=all")).json()["issues"]
     assert sorted(i["charge_point_id"] for i in issues) == [*buggy, "ml-4"]
