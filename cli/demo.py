@@ -267,7 +267,8 @@ def merge_truth(history_file: Path, live: list[dict[str, Any]]) -> list[dict[str
     """The live run's faults, with what each already cost during the history added in.
 
     A fault the live run carried over from the history has the same ``fault_id``
-    in both; its revenue lost is the sum of the two periods.
+    in both; its revenue lost is the sum of the two periods. The history's other
+    faults follow, marked ``history_only``.
     """
     past: dict[str, dict[str, Any]] = {}
     with contextlib.suppress(OSError), history_file.open("rb") as f:
@@ -276,13 +277,15 @@ def merge_truth(history_file: Path, live: list[dict[str, Any]]) -> list[dict[str
             past[rec["fault_id"]] = rec
     out = []
     for rec in live:
-        before = past.get(rec.get("fault_id", ""))
+        before = past.pop(rec.get("fault_id", ""), None)
         if before is not None:
             amount = float((before.get("revenue_lost") or {}).get("amount") or 0) + float(
                 (rec.get("revenue_lost") or {}).get("amount") or 0
             )
             rec = {**rec, "revenue_lost": {**(rec.get("revenue_lost") or {}), "amount": amount}}
         out.append(rec)
+    # faults of sites that only have a history (not live): issues about them are real too
+    out.extend({**rec, "history_only": True} for rec in past.values())
     return out
 
 
@@ -826,9 +829,11 @@ format = "json"
         )
         console.print(f"peak memory of all demo processes: {self.peak_rss_kib / 1024:.0f} MiB")
 
-    def print_scorecard(self, report: dict[str, Any], truth: list[dict[str, Any]]) -> None:
+    def print_scorecard(self, report: dict[str, Any], everything: list[dict[str, Any]]) -> None:
         """Faults the simulator had going during the live run vs what the system did with them."""
         issues = report["issues"]
+        truth = [t for t in everything if not t.get("history_only")]
+        history_only = [t for t in everything if t.get("history_only") and not t.get("background")]
         console.print(
             "\nscorecard against the simulator's ground truth (faults still present at the end)"
         )
@@ -882,7 +887,7 @@ format = "json"
             for t in truth
             if past(t.get("ended_at")) and t.get("kind") not in ("transient", "stuck")
         ]
-        used = {i["id"] for t in [*needs_person, *early, *ended] for i in matches(t)}
+        used = {i["id"] for t in [*needs_person, *early, *ended, *history_only] for i in matches(t)}
         false = [i for i in issues if i["id"] not in used]
         scope_ok = sum(
             1 for t in detected if any(i.get("scope") == t.get("scope") for i in matches(t))
