@@ -400,7 +400,7 @@ def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> di
         "recall": n / len(expected) if expected else None,
         "precision": (n + len(extra)) / len(issues) if issues else None,
         "second issues, real fault": [
-            f"{i['site_id']}/{i['charge_point_id']}/{i['fault']['code']}"  # type: ignore[index]
+            f"{i['site_id']}/{i['charge_point_id']}/{i['fault']['code']} ({i['status']})"  # type: ignore[index]
             for i in extra
         ],
         "scope right": scope_ok / n if n else None,

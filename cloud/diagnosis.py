@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from chargesight.cloud.model import Issue, RepeatSummary
 from chargesight.cloud.recurring import is_connectivity
-from chargesight.common.messages import RecommendedAction
+from chargesight.common.messages import Fault, RecommendedAction
 
 ACTIONS: tuple[RecommendedAction, ...] = (
     "reboot",
@@ -157,6 +157,15 @@ def recommend(
     if not any(a in RESET_ACTIONS for a in tried):
         return "reboot", "no reset could be tried yet at the edge"
     return "field_technician", "resets were tried and the fault stayed"
+
+
+def is_component_fault(fault: Fault) -> bool:
+    """A power component's fault (PSU, power module, overcurrent trips, thermal): the kind a
+    repeating trip is the early sign of."""
+    words = " ".join(
+        x.lower() for x in (fault.category, fault.code, fault.component or "")
+    ).replace(" ", "_")
+    return any(w in words for w in COMPONENT_WORDS)
 
 
 def _recommend_repeat(

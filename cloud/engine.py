@@ -423,6 +423,20 @@ class Engine:
                 ):
                     continue  # escalated: the edge's escalations and clears own that issue now
                 open_now = current is not None and current.status != "resolved"
+                failed = await self._component_failed(conn, cp, sig, finding, current, window_end)
+                if failed is not None:
+                    # the trips were the early signs of a failure that has its own issue now:
+                    # one issue for the problem
+                    if open_now:
+                        assert current is not None
+                        new = apply_cleared(current, f"superseded:{failed}", window_end)
+                        if new is not None:
+                            new.detail = f"superseded: the component failed (issue {failed})"
+                            new.history[-1].event = "superseded"
+                            new.history[-1].detail = new.detail
+                            await save_issue(conn, new)
+                            touched.add(new.id)
+                    continue
                 if finding is not None and current is not None and not open_now:
                     # resolved (cleared, or by an operator): only what came back since counts
                     since = current.ended_at or current.last_seen_at
@@ -479,6 +493,38 @@ class Engine:
                 await save_issue(conn, issue)
                 touched.add(issue.id)
         return touched
+
+    async def _component_failed(
+        self,
+        conn: Conn,
+        cp: str,
+        signature: str,
+        finding: recurring.RepeatFinding | None,
+        current: Issue | None,
+        as_of: datetime,
+    ) -> str | None:
+        """For repeating power-component trips: the id of the charge point's component failure
+        issue when it has failed by ``as_of`` (and is not repaired yet), else None."""
+        if finding is not None:
+            fault = Fault(
+                code=finding.fault_code, vendor_code=finding.vendor_code, category=finding.category
+            )
+        elif current is not None:
+            fault = current.fault
+        else:
+            return None
+        if not diagnosis.is_component_fault(fault):
+            return None
+        cur = await conn.execute(
+            "SELECT id, doc FROM issues WHERE charge_point_id = %s AND kind = 'fault'"
+            " AND signature <> %s AND started_at <= %s AND (ended_at IS NULL OR ended_at > %s)"
+            " ORDER BY started_at",
+            (cp, signature, as_of, as_of),
+        )
+        for row in await cur.fetchall():
+            if diagnosis.is_component_fault(_doc(row).fault):
+                return str(row["id"])
+        return None
 
     async def _firmware_since(self, conn: Conn, issue: Issue, as_of: datetime) -> str | None:
         """The firmware the issue's charge point reports now, when it differs from the issue's

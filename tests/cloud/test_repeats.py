@@ -15,7 +15,7 @@ import pytest
 from chargesight.cloud import recurring
 from chargesight.common.messages import SelfResolved
 from tests.cloud.conftest import Running
-from tests.cloud.helpers import T0, counters, digest, usage_history
+from tests.cloud.helpers import T0, counters, digest, escalation, usage_history
 
 H = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -185,6 +185,59 @@ async def test_one_unit_needing_resets_for_the_same_fault_gets_a_field_technicia
     assert issue["recommended_action"] == "field_technician", issue["diagnosis"]
     assert issue["repeats"]["units_same_fault"] == 0
     assert [x for x in issue["related"] if x["basis"] == "signature"] == []
+
+
+async def test_psu_trips_repeating_until_it_fails_are_one_problem_with_the_failure(
+    running: Running,
+) -> None:
+    r = running
+    fleet = {"dc-1": "5.2.3", "dc-2": "5.2.3"}
+    await send(
+        r,
+        *usage_history(
+            "hub", list(fleet), T0 - 7 * DAY, 7 * 24, sessions=1, firmware="5.2.3", **HPC
+        ),
+    )
+    trips = {
+        h: [
+            episode(
+                "dc-1",
+                T0 + h * H,
+                code="OverCurrentFailure",
+                vendor_code=None,
+                category="overcurrent",
+                fixed_by="soft_reset",
+            )
+        ]
+        for h in (3, 9, 15, 21)
+    }
+    await send(r, *day_of_digests("hub", fleet, T0, trips))
+    (early,) = (await r.get("/issues")).json()["issues"]
+    assert early["kind"] == "repeat" and early["charge_point_id"] == "dc-1"
+    assert early["recommended_action"] == "component_replacement", early["diagnosis"]
+    # the next day the PSU fails for good: its failure issue takes over
+    failed_at = T0 + DAY + 2 * H
+    await send(
+        r,
+        escalation(
+            "hub",
+            "dc-1",
+            code="PowerSwitchFailure",
+            vendor_code="VX-PSU-031",
+            category="contactor",
+            component="psu_module",
+            started_at=failed_at,
+            **HPC,
+        ),
+        *day_of_digests("hub", fleet, T0 + DAY, {}),
+    )
+    issues = {i["kind"]: i for i in (await r.get("/issues?status=all")).json()["issues"]}
+    assert issues["fault"]["status"] == "open"
+    trips_issue = issues["repeat"]
+    assert trips_issue["status"] == "resolved"
+    assert trips_issue["history"][-1]["event"] == "superseded"
+    assert issues["fault"]["id"] in trips_issue["history"][-1]["detail"]
+    assert [i["id"] for i in (await r.get("/issues")).json()["issues"]] == [issues["fault"]["id"]]
 
 
 def test_repeats_are_grouped_by_charge_point_and_fault_and_leave_disconnects_out() -> None:
