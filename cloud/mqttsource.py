@@ -37,14 +37,12 @@ import asyncio
 import collections
 import contextlib
 import socket
-import ssl
 import struct
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from chargesight.cloud.config import MqttSection
 from chargesight.common.logs import get_logger
@@ -600,19 +598,11 @@ class MqttSource:
         log.info("mqtt subscribed", url=self.config.url, mqtt5=self._protocol5,
                  topics=subscriptions(self._protocol5, self.config.shared_group))  # fmt: skip
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if urlsplit(self.config.url).scheme != "mqtts":
-            return None
-        cafile = str(self.config.cafile) if self.config.cafile else None
-        return ssl.create_default_context(cafile=cafile)
-
     async def _open(self, protocol5: bool, timeout: float) -> None:
         """One connection: CONNECT, CONNACK, SUBSCRIBE, SUBACK."""
         cfg = self.config
-        parts = urlsplit(cfg.url)
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        ctx = self._ssl_context()
+        host, port = cfg.host, cfg.port
+        ctx = cfg.ssl_context()
         loop = asyncio.get_running_loop()
         codec = MqttCodec(protocol5, self._conn_no + 1)
         async with asyncio.timeout(timeout):

@@ -13,11 +13,9 @@ and the collector stores the reply like any edge message, where
 from __future__ import annotations
 
 import asyncio
-import ssl
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -41,10 +39,7 @@ class RequestSender:
 
     def __init__(self, config: MqttClientSection) -> None:
         self.config = config
-        parts = urlsplit(config.url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._tls = parts.scheme == "mqtts"
-        self._port = parts.port or (8883 if self._tls else 1883)
+        self._host, self._port = config.host, config.port
         v5 = config.protocol != "3.1.1"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -53,12 +48,9 @@ class RequestSender:
         )
         if config.username is not None:
             self._client.username_pw_set(config.username, config.password)
-        if self._tls:
-            self._client.tls_set_context(
-                ssl.create_default_context(
-                    cafile=str(config.cafile) if config.cafile is not None else None
-                )
-            )
+        ctx = config.ssl_context()
+        if ctx is not None:
+            self._client.tls_set_context(ctx)
         self._client.reconnect_delay_set(1, 30)
         self._started = False
 

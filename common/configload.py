@@ -15,6 +15,7 @@ rules (CONTRACT.md, "Configuration"):
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -159,3 +160,24 @@ class MqttClientSection(Section):
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("must be mqtt://HOST:PORT or mqtts://HOST:PORT")
         return v
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """The URL's port, else MQTT's default (8883 with TLS, 1883 without)."""
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For ``mqtts://``: verifying the broker against ``cafile`` (else the system's CAs)."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(
+            cafile=str(self.cafile) if self.cafile is not None else None
+        )

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import sys
 import threading
 from collections import deque
@@ -57,7 +56,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -136,10 +134,9 @@ class Uplink:
         self.fetch_batch = fetch_batch
         self.max_pending_requests = max_pending_requests
 
-        url = urlsplit(mqtt.url)
-        self._tls = url.scheme == "mqtts"
-        self._host = url.hostname or "127.0.0.1"
-        self._port = url.port or (8883 if self._tls else 1883)
+        self._tls = mqtt.tls
+        self._host = mqtt.host
+        self._port = mqtt.port
         self._client_id = mqtt.client_id or f"chargesight-edge-{site_id}"
         self._state_topic = state_topic(site_id)
         self._requests_topic = requests_topic(site_id)
@@ -342,10 +339,8 @@ class Uplink:
         client.reconnect_delay_set(self.reconnect_min_s, self.reconnect_max_s)
         if self.cfg.username is not None:
             client.username_pw_set(self.cfg.username, self.cfg.password)
-        if self._tls:
-            ctx = ssl.create_default_context(
-                cafile=str(self.cfg.cafile) if self.cfg.cafile is not None else None
-            )
+        ctx = self.cfg.ssl_context()
+        if ctx is not None:
             client.tls_set_context(ctx)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
