@@ -98,6 +98,18 @@ async def load_for_key(conn: Conn, key: IssueKey) -> Issue | None:
     return _doc(row) if row else None
 
 
+async def _hardware_at(conn: Conn, charge_point_id: str, at: datetime) -> dict[str, Any] | None:
+    """Vendor, model and firmware as the charge point's digest covering ``at`` reported them
+    (the latest interval starting at or before it)."""
+    cur = await conn.execute(
+        "SELECT vendor, model, firmware FROM charger_intervals WHERE charge_point_id = %s"
+        " AND interval_start <= %s ORDER BY interval_start DESC LIMIT 1",
+        (charge_point_id, at),
+    )
+    row: dict[str, Any] | None = await cur.fetchone()
+    return row
+
+
 async def _site_data_end(conn: Conn, site_id: str) -> datetime | None:
     """The end of the newest data from ``site_id`` (windows end there, not at the wall clock)."""
     cur = await conn.execute("SELECT last_data_at FROM sites WHERE site_id = %s", (site_id,))
@@ -212,13 +224,8 @@ class Engine:
                 for d in digests
                 if d.self_resolved or any(c.disconnects or c.self_resolved for c in d.chargers)
             }
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT DISTINCT site_id FROM issues WHERE kind = 'recurring'"
-                    " AND status <> 'resolved' AND site_id = ANY(%s)",
-                    (sorted({d.site_id for d in digests}),),
-                )
-                check |= {str(r["site_id"]) for r in await cur.fetchall()}
+            batch_sites = {d.site_id for d in digests}
+            check |= await self._sites_with_open(batch_sites, "recurring")
             for site in sorted(check):
                 iid = await self.check_recurring(site)
                 if iid:
@@ -227,7 +234,7 @@ class Engine:
             repeat = {
                 d.site_id for d in digests if any(b.kind != "connectivity" for b in d.self_resolved)
             }
-            repeat |= await self.repeat_sites({d.site_id for d in digests})
+            repeat |= await self._sites_with_open(batch_sites, "repeat")
             for site in sorted(repeat):
                 touched |= await self.check_repeats(site)
         ids = await self._with_signature_peers(touched) if touched else []
@@ -476,13 +483,7 @@ class Engine:
                 assert finding is not None
                 # the hardware as the charge point reported it when the fault last came back
                 # (its firmware may have been updated since)
-                cur = await conn.execute(
-                    "SELECT vendor, model, firmware FROM charger_intervals"
-                    " WHERE charge_point_id = %s AND interval_start <= %s"
-                    " ORDER BY interval_start DESC LIMIT 1",
-                    (cp, finding.episodes[-1].started_at),
-                )
-                hw = await cur.fetchone()
+                hw = await _hardware_at(conn, cp, finding.episodes[-1].started_at)
                 if hw is None:
                     cur = await conn.execute(
                         "SELECT vendor, model, firmware FROM chargers WHERE charge_point_id = %s",
@@ -531,12 +532,7 @@ class Engine:
         (the firmware it ran when the fault last came back)."""
         if not issue.hardware.firmware:
             return None
-        cur = await conn.execute(
-            "SELECT firmware FROM charger_intervals WHERE charge_point_id = %s"
-            " AND interval_start <= %s ORDER BY interval_start DESC LIMIT 1",
-            (issue.charge_point_id, as_of),
-        )
-        row = await cur.fetchone()
+        row = await _hardware_at(conn, issue.charge_point_id or "", as_of)
         now = None if row is None else row["firmware"]
         return str(now) if now and now != issue.hardware.firmware else None
 
@@ -588,12 +584,7 @@ class Engine:
         self, conn: Conn, finding: recurring.RepeatFinding, as_of: datetime
     ) -> int:
         """Other units of this one's model and firmware where the same fault repeated."""
-        cur = await conn.execute(
-            "SELECT model, firmware FROM charger_intervals WHERE charge_point_id = %s"
-            " AND interval_start <= %s ORDER BY interval_start DESC LIMIT 1",
-            (finding.charge_point_id, finding.episodes[-1].started_at),
-        )
-        hw = await cur.fetchone()
+        hw = await _hardware_at(conn, finding.charge_point_id, finding.episodes[-1].started_at)
         if hw is None or hw["model"] is None:
             return 0
         units = await self._repeating_units(
@@ -606,13 +597,14 @@ class Engine:
         )
         return sum(1 for u in units if u["firmware"] == hw["firmware"])
 
-    async def repeat_sites(self, sites: Iterable[str]) -> set[str]:
-        """Of ``sites``, those with a repeating-fault issue still open (it may clear)."""
+    async def _sites_with_open(self, sites: Iterable[str], kind: str) -> set[str]:
+        """Of ``sites``, those with an issue of ``kind`` still open (it may clear as the window
+        moves on, so its rule is evaluated even when the batch has nothing new for it)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT DISTINCT site_id FROM issues WHERE kind = 'repeat'"
+                "SELECT DISTINCT site_id FROM issues WHERE kind = %s"
                 " AND status <> 'resolved' AND site_id = ANY(%s)",
-                (sorted(sites),),
+                (kind, sorted(sites)),
             )
             return {str(r["site_id"]) for r in await cur.fetchall()}
 
