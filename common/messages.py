@@ -168,6 +168,8 @@ class Escalation(EdgeMessage):
     detail: str | None = None
     features: dict[str, float] = Field(default_factory=dict)
     explanation: list[str] = Field(default_factory=list)  # predictive: why, in words
+    sessions_cut: int | None = None  # sessions the fault cut short (common/sessions.py)
+    energy_unmet_wh: float | None = None  # what their drivers still wanted, estimated
 
 
 class ChargerCounters(_Model):
@@ -217,6 +219,8 @@ class SelfResolved(_Model):
     ended_at: UtcDatetime
     fixed_by: str  # the action after which it recovered, or "self" when it cleared on its own
     vendor_code: str | None = None  # the fault's vendorErrorCode / techCode, when it had one
+    sessions_cut: int | None = None  # sessions the fault cut short (common/sessions.py)
+    energy_unmet_wh: float | None = None  # what their drivers still wanted, estimated
 
 
 class Digest(EdgeMessage):

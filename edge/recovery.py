@@ -54,6 +54,7 @@ from chargesight.common.messages import (
     RecoveryAttempt,
     SelfResolved,
 )
+from chargesight.common.sessions import SessionTracker
 from chargesight.edge import playbooks
 from chargesight.edge.audit import AuditEntry, Auditor, MemoryAudit
 from chargesight.edge.config import RecoverySection
@@ -250,6 +251,8 @@ class RecoveryEngine:
         self.digest = DigestCollector(
             site_id, datetime.now(UTC), currency=currency, price_per_kwh=price_per_kwh
         )
+        self.sessions = SessionTracker()
+        """Sessions per charge point, and those each incident cut short."""
         self.maintenance: set[str] = set(config.maintenance)
         self._profiles: dict[str, Profile] = {}
         self._runs: dict[str, _Run] = {}
@@ -312,6 +315,7 @@ class RecoveryEngine:
             event.charge_point_id, mono
         )
         self.digest.feed(event, ordered_reboot=ordered)
+        self.sessions.feed(event)
         outputs = self.detector.feed(event, mono)
         if isinstance(event, ConnectionUp):
             self.detector.reboot_expected.pop(event.charge_point_id, None)
@@ -407,6 +411,7 @@ class RecoveryEngine:
                 inc = out.incident
                 if inc.charge_point_id and inc.kind == "fault":
                     self.digest.fault_opened(inc.charge_point_id, inc.fault.category)
+                self._claim_sessions(inc, inc.started_at)
                 self._audit_soon(self._entry(inc, "incident_opened", "open", detail=inc.fault.code))
                 self._start_run(inc)
             elif isinstance(out, Updated):
@@ -419,6 +424,7 @@ class RecoveryEngine:
                 if run is not None:
                     run.wake.set()
             elif isinstance(out, Reopened):
+                self._claim_sessions(out.incident, self.clock.now())
                 self._reopened(out.incident)
             elif isinstance(out, Closed):
                 self._closed(out.incident)
@@ -433,6 +439,13 @@ class RecoveryEngine:
                 )
             elif isinstance(out, SessionFailed):
                 self.digest.session_failed(out.charge_point_id)
+
+    def _claim_sessions(self, inc: Incident, at: datetime) -> None:
+        """A fault stops the sessions on what it takes out: they are the incident's to report."""
+        if inc.kind != "fault" or inc.charge_point_id is None or inc.scope == "site":
+            return
+        connectors = [inc.connector_id] if inc.scope == "connector" and inc.connector_id else None
+        self.sessions.claim(inc.id, inc.charge_point_id, connectors, at)
 
     def _start_run(self, incident: Incident, deadline: float | None = None) -> _Run:
         run = _Run(
@@ -494,6 +507,8 @@ class RecoveryEngine:
             self._start_run(incident, run.deadline)
 
     def _closed(self, incident: Incident) -> None:
+        cut = self.sessions.tally(incident.id)
+        self.sessions.release(incident.id)
         run = self._runs.pop(incident.id, None)
         for member in incident.members:  # a site incident takes its members along
             self._runs.pop(member, None)
@@ -518,6 +533,8 @@ class RecoveryEngine:
                     started_at=incident.started_at,
                     ended_at=incident.recovered_at or self.clock.now(),
                     fixed_by=run.fixed_by or "self",
+                    sessions_cut=cut.sessions if cut else None,
+                    energy_unmet_wh=_round(cut.energy_unmet_wh) if cut else None,
                 )
             )
         self._recent_outcomes.append(
@@ -1002,6 +1019,7 @@ class RecoveryEngine:
         sessions = len(state.sessions()) if state else 0
         if inc.scope == "site":
             sessions = sum(len(self.detector.active_sessions(c)) for c in inc.chargers)
+        cut = self.sessions.tally(inc.id)
         return Escalation(
             message_id=inc.id if run.reruns == 0 else f"{inc.id}-rerun-{run.reruns}",
             site_id=self.site_id,
@@ -1022,6 +1040,8 @@ class RecoveryEngine:
             recommended_action=taxonomy.recommended_action(inc.fault, resets_tried=resets_tried),
             disconnects=inc.disconnects if inc.kind == "connectivity" else None,
             detail=detail,
+            sessions_cut=cut.sessions if cut else None,
+            energy_unmet_wh=_round(cut.energy_unmet_wh) if cut else None,
         )
 
     def _score(self, cp: str | None) -> float | None:
@@ -1114,6 +1134,10 @@ class RecoveryEngine:
         """Audit from synchronous code (``handle``) without blocking it."""
         if self._started and not self._closing:
             self._spawn(self._audit(entry), "audit")
+
+
+def _round(wh: float | None) -> float | None:
+    return None if wh is None else round(wh, 1)
 
 
 def default_profiles(profiles_dir: Path | None) -> ProfileRegistry:

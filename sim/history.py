@@ -35,6 +35,7 @@ import bisect
 import hashlib
 import random
 from array import array
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ import numpy as np
 import orjson
 
 from chargesight.common.messages import SCHEMA_VERSION, Escalation
+from chargesight.common.sessions import DEFAULT_TARGET_SOC, PAST_SESSIONS, unmet_energy_wh
 from chargesight.sim.drivers import (
     ambient_c,
     arrival_rate_per_s,
@@ -57,6 +59,7 @@ SOFT_RESET_FIX_S = (120.0, 240.0)
 HARD_RESET_FIX_S = (360.0, 560.0)
 OFFLINE_START_FAIL_P = 0.6  # arrival during a connectivity drop: start fails
 DROP_ENDS_SESSION_P = 0.3  # a drop during a session ends it
+METER_INTERVAL_S = 60.0  # the live simulator's MeterValues interval (SoC with each, DC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,12 @@ class _Gen:
         self.fixed_by: dict[tuple[int, int], dict[str, int]] = {}
         self.site_selfres: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.site_cleared: dict[tuple[str, int], list[str]] = {}
-        self.escalations: list[tuple[float, bytes]] = []
+        self.escalations: list[tuple[float, Escalation]] = []
+        # what the edge reports of the sessions each fault cut short: the incident's record
+        # (self-resolved dict or escalation) by (charger, connector, start), and per charger
+        # the complete sessions the edge has seen (end time, energy) for its estimate
+        self.cut_records: dict[tuple[int, int, float], dict[str, Any] | Escalation] = {}
+        self.complete: dict[int, deque[tuple[float, float]]] = {}
         self.sessions = 0
         self.energy_total = 0.0
         # per charger: blocking intervals per connector (0 = whole unit)
@@ -192,21 +200,24 @@ class _Gen:
         d[fixed_by] = d.get(fixed_by, 0) + 1
         if fixed_by in ("soft_reset", "hard_reset"):
             self.resets[c * self.H + h] += 1 if fixed_by == "soft_reset" else 2
-        self.site_selfres.setdefault((cp.site_id, h), []).append(
-            {
-                "incident_id": incident,
-                "charge_point_id": cp.id,
-                "connector_id": connector or None,
-                "scope": "connector" if connector else "charge_point",
-                "kind": kind,
-                "fault_code": code,
-                "category": category,
-                "started_at": iso(self.ts(t0)),
-                "ended_at": iso(self.ts(t1)),
-                "fixed_by": fixed_by,
-                "vendor_code": vendor_code,
-            }
-        )
+        rec: dict[str, Any] = {
+            "incident_id": incident,
+            "charge_point_id": cp.id,
+            "connector_id": connector or None,
+            "scope": "connector" if connector else "charge_point",
+            "kind": kind,
+            "fault_code": code,
+            "category": category,
+            "started_at": iso(self.ts(t0)),
+            "ended_at": iso(self.ts(t1)),
+            "fixed_by": fixed_by,
+            "vendor_code": vendor_code,
+        }
+        if kind == "fault":  # the edge claims the sessions a fault stops (common/sessions.py)
+            rec["sessions_cut"] = 0
+            rec["energy_unmet_wh"] = 0.0
+            self.cut_records[(c, connector or 0, t0)] = rec
+        self.site_selfres.setdefault((cp.site_id, h), []).append(rec)
 
     def incident_id(self, f: PlannedFault, suffix: str = "") -> str:
         raw = f"{self.seed}/{f.fault_id}/{suffix}".encode()
@@ -451,9 +462,12 @@ class _Gen:
                 ]
                 if frame
                 else [],
+                sessions_cut=0 if kind == "fault" else None,
+                energy_unmet_wh=0.0 if kind == "fault" else None,
             )
         )
-        self.escalations.append((sent, esc.to_json()))
+        self.escalations.append((sent, esc))
+        self.cut_records[(c, f.connector if f.scope == "connector" else 0, t0)] = esc
         if f.end_s is not None and f.end_s < self.T and f.end_s > sent:
             self.site_cleared.setdefault((cp.site_id, self.h(f.end_s)), []).append(iid)
 
@@ -639,18 +653,26 @@ class _Gen:
             early = True
             if sev > 0 and rng.random() < 0.25 * sev / (bg.early_end_ratio + 0.25 * sev):
                 blame = self.psu[c]
-        for b in (b0, bk):
+        cut_by: tuple[int, int, float] | None = None
+        for conn, b in ((0, b0), (k, bk)):
             nxt = b.next_start(t)
             if nxt is not None and nxt[0] < end:
                 end, early, blame = nxt[0], True, nxt[1]
+                cut_by = (c, conn, nxt[0])
         d = self.drops.get(c)
         if d:
             j = bisect.bisect_right(d[0], t)
             if j < len(d[0]) and d[0][j] < end and rng.random() < DROP_ENDS_SESSION_P:
                 end, early, blame = d[0][j], True, d[2][j]
+                cut_by = None  # a dropped connection: the edge claims no session for it
         delivered = power * (end - t) / 3600
         if early and blame is not None:
             blame.energy_lost_wh += max(0.0, energy - delivered)
+        past = self.complete.setdefault(c, deque(maxlen=PAST_SESSIONS))
+        if cut_by is not None and cut_by in self.cut_records:
+            self.report_cut(self.cut_records[cut_by], hw.dc, want, power, t, end, past)
+        elif not early:
+            past.append((end, energy))
         self.sessions += 1
         self.energy_total += delivered
         h0 = int(t // 3600)
@@ -685,6 +707,44 @@ class _Gen:
             tt = upto
         return busy_until
 
+    @staticmethod
+    def report_cut(
+        rec: dict[str, Any] | Escalation,
+        dc: bool,
+        want: float,
+        power: float,
+        t: float,
+        end: float,
+        past: deque[tuple[float, float]],
+    ) -> None:
+        """Add a session cut at ``end`` to the incident's record, as the edge measures it: from
+        the car's SoC in the MeterValues every ``METER_INTERVAL_S`` (DC; the simulator's cars go
+        linearly from 20 % to 100 % over what they want, which is also the SoC the edge learns its
+        complete sessions end at), else from the unit's complete sessions seen so far."""
+        delivered = power * (end - t) / 3600
+        first = last = None
+        n = int((end - t) // METER_INTERVAL_S)
+        if dc and n >= 2:
+            e1 = power * METER_INTERVAL_S / 3600
+            en = power * n * METER_INTERVAL_S / 3600
+            first = (round(20 + 80 * e1 / want, 1), round(e1, 1))
+            last = (round(20 + 80 * en / want, 1), round(en, 1))
+        seen = [e for ended, e in past if ended <= end]
+        unmet = unmet_energy_wh(delivered, first, last, delivered, DEFAULT_TARGET_SOC, seen)
+        if isinstance(rec, Escalation):
+            rec.sessions_cut = (rec.sessions_cut or 0) + 1
+            rec.energy_unmet_wh = (
+                None
+                if unmet is None or rec.energy_unmet_wh is None
+                else round(rec.energy_unmet_wh + unmet, 1)
+            )
+        else:
+            rec["sessions_cut"] = (rec.get("sessions_cut") or 0) + 1
+            prev = rec.get("energy_unmet_wh")
+            rec["energy_unmet_wh"] = (
+                None if unmet is None or prev is None else round(prev + unmet, 1)
+            )
+
     # ------------------------------------------------------------ output
 
     def write(self, out: Path) -> HistorySummary:
@@ -693,8 +753,8 @@ class _Gen:
         n_digests = self.write_digests(out / "digests.jsonl")
         self.escalations.sort(key=lambda x: x[0])
         with (out / "escalations.jsonl").open("wb") as fh:
-            for _, line in self.escalations:
-                fh.write(line + b"\n")
+            for _, esc in self.escalations:
+                fh.write(esc.to_json() + b"\n")
         lost: dict[str, float] = {}
         with (out / "ground_truth.jsonl").open("wb") as fh:
             for f in self.faults:

@@ -292,13 +292,31 @@ class RebootingCp:
         await self._report([connector])
         return self.transactions[connector]
 
-    async def stop_transaction(self, connector: int) -> None:
-        """The driver stops charging on ``connector`` and leaves (1.6)."""
+    async def stop_transaction(
+        self, connector: int, meter_stop: int = 10_000, reason: str | None = None
+    ) -> None:
+        """The driver stops charging on ``connector`` and leaves, or ``reason`` stops it (1.6)."""
         tx = self.transactions.pop(connector)
         await self._call(
-            call16.StopTransaction(meter_stop=10_000, timestamp=iso_now(), transaction_id=tx)
+            call16.StopTransaction(
+                meter_stop=meter_stop, timestamp=iso_now(), transaction_id=tx, reason=reason
+            )
         )
         await self._report([connector])
+
+    async def meter_values(self, connector: int, wh: float, soc: float) -> None:
+        """One periodic sample of the session on ``connector``: the register and the car's SoC."""
+        sampled = [
+            {"value": str(wh), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+            {"value": str(soc), "measurand": "SoC", "unit": "Percent"},
+        ]
+        await self._call(
+            call16.MeterValues(
+                connector_id=connector,
+                transaction_id=self.transactions[connector],
+                meter_value=[{"timestamp": iso_now(), "sampled_value": sampled}],
+            )
+        )
 
     async def drop(self) -> None:
         """The network goes: the socket is cut, nothing is said."""

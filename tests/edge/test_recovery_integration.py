@@ -236,6 +236,24 @@ async def soft_reset_clears_the_fault(root: Path, broker: Mosquitto) -> Record:
         return await site.record(fault_at)
 
 
+async def fault_cutting_a_session(root: Path, broker: Mosquitto) -> Record:
+    async with Site(root, "rec-cut", broker.port, flap_period_s=1, digest_interval_s=1) as site:
+        cp = await site.charge_point("CP-1")
+        await cp.start_transaction(1)
+        await cp.meter_values(1, 2000, 25.0)
+        await cp.meter_values(1, 12_000, 50.0)  # 400 Wh a point of SoC
+        fault_at = now()
+        # the charger stops the session first, then says why
+        await cp.stop_transaction(1, meter_stop=12_000, reason="Other")
+        await cp.fault(1, "OtherError", "E-17", cleared_by=("Soft",))
+
+        def fixed() -> list[dict[str, Any]]:
+            return [s for d in site.digests() for s in d["self_resolved"] if s["kind"] == "fault"]
+
+        await site.observer.wait_for(lambda _: bool(fixed()), timeout=WINDOW_S)
+        return await site.record(fault_at, fixed=fixed())
+
+
 async def persisting_fault(root: Path, broker: Mosquitto) -> Record:
     async with Site(root, "rec-persist", broker.port) as site:
         cp = await site.charge_point("CP-1", serial="AMP-0042")
@@ -408,6 +426,7 @@ async def ocpp201_station(root: Path, broker: Mosquitto) -> Record:
 
 SCENARIOS: dict[str, Callable[[Path, Mosquitto], Coroutine[Any, Any, Record]]] = {
     "soft_reset": soft_reset_clears_the_fault,
+    "cut_session": fault_cutting_a_session,
     "persisting": persisting_fault,
     "ground_failure": lambda r, b: safety_fault(r, b, "rec-ground", "GroundFailure", ""),
     "cx002": lambda r, b: safety_fault(r, b, "rec-cx002", "OtherError", "CX002"),
@@ -495,6 +514,17 @@ async def test_reboot_ordered_by_the_agent_is_not_reported_as_a_lost_connection(
     assert [(s["kind"], s["fixed_by"]) for s in resolved] == [("fault", "soft_reset")]
     counters = [c for d in seen.digests for c in d["chargers"] if c["charge_point_id"] == "CP-1"]
     assert sum(c["disconnects"] for c in counters) == 0
+
+
+async def test_a_fault_that_stopped_a_session_reports_it_cut_and_what_its_driver_still_wanted(
+    scenarios: Scenarios,
+) -> None:
+    seen = await scenarios("cut_session")
+    fixed = seen.extra["fixed"]
+    assert len(fixed) == 1 and fixed[0]["fixed_by"] == "soft_reset"
+    assert fixed[0]["sessions_cut"] == 1
+    # stopped at 50 % SoC, 400 Wh a point: 50 points short of a full battery
+    assert fixed[0]["energy_unmet_wh"] == pytest.approx(20_000, rel=0.01)
 
 
 async def test_persisting_fault_is_escalated_once_with_steps_evidence_and_hardware(
