@@ -65,6 +65,13 @@ BATCH_DELAY = 0.02
 
 
 def build_payloads(n: int, per_digest: int, sites: int = 200) -> list[tuple[str, bytes]]:
+    """``n`` messages from ``sites`` sites: hourly digests of ``per_digest`` chargers each, with
+    the counters a real edge agent's digest carries (``occupied_s`` and ``connectors`` too:
+    without occupancy the revenue estimate takes a much slower fallback), and 1 % escalations.
+    Each is sent when a real agent would send it — a digest as its interval ends, an escalation
+    at the end of the recovery window after its fault began — not at the wall clock's now: an
+    escalation whose ``sent_at`` is months after its start is an open outage of months, which
+    the analysis then prices hour by hour."""
     out = []
     for i in range(n):
         site = f"site-{i % sites}"
@@ -74,16 +81,18 @@ def build_payloads(n: int, per_digest: int, sites: int = 200) -> list[tuple[str,
                 connector_id=None, scope="charge_point",
                 fault=Fault(code="InternalError", vendor_code="E1", category="software"),
                 started_at=T0 + timedelta(hours=i // sites), hardware=Hardware(vendor="Acme", model="DC50"),
+                sent_at=T0 + timedelta(hours=i // sites, seconds=630),
             )  # fmt: skip
             out.append((escalations_topic(site), msg.to_json()))
         else:
             start = T0 + timedelta(hours=i // sites)
             msg = Digest(
                 site_id=site, interval_start=start, interval_end=start + timedelta(hours=1), currency="EUR",
-                price_per_kwh=0.5,
+                price_per_kwh=0.5, sent_at=start + timedelta(hours=1, seconds=2),
                 chargers=[ChargerCounters(charge_point_id=f"{site}-cp-{c}", model="DC50", firmware="1.0",
                                           connectors=2, connected_s=3600, sessions_started=2, energy_wh=40000,
-                                          max_power_w=48000, rated_power_w=50000, mean_temperature_c=35)
+                                          occupied_s=3300, max_power_w=48000, rated_power_w=50000,
+                                          mean_temperature_c=35)
                           for c in range(per_digest)],
             )  # fmt: skip
             out.append((digests_topic(site), msg.to_json()))
