@@ -396,7 +396,8 @@ class Engine:
             start = window_end - timedelta(seconds=cfg.repeat_window_s)
             cur = await conn.execute(
                 "SELECT charge_point_id, incident_id, fault_code, vendor_code, category, started_at,"
-                " ended_at, fixed_by, connector_id FROM self_resolved WHERE site_id = %s"
+                " ended_at, fixed_by, connector_id, sessions_cut, energy_unmet_wh"
+                " FROM self_resolved WHERE site_id = %s"
                 " AND started_at > %s AND started_at <= %s AND charge_point_id IS NOT NULL"
                 " AND kind <> 'connectivity'",
                 (site_id, start, window_end),
@@ -704,7 +705,12 @@ class Engine:
     def _issue_outage(issue: Issue, as_of: datetime) -> revenue.Outage:
         """The capacity ``issue`` takes away at its site: its outages, on which connectors."""
         spans = [
-            revenue.Span(o.started_at, o.ended_at or max(as_of, o.started_at))
+            revenue.Span(
+                o.started_at,
+                o.ended_at or max(as_of, o.started_at),
+                o.sessions_cut,
+                o.energy_unmet_wh,
+            )
             for o in issue.outages
         ]
         if not revenue.out_of_service(issue.kind, issue.fault.code):
@@ -1397,7 +1403,15 @@ def repeat_issue(
         total_episodes=len(new_eps) + (prev.total_episodes if prev else 0),
         units_same_fault=prev.units_same_fault if prev else 0,
     )
-    outages = [Outage(started_at=e.started_at, ended_at=e.ended_at) for e in new_eps]
+    outages = [
+        Outage(
+            started_at=e.started_at,
+            ended_at=e.ended_at,
+            sessions_cut=e.sessions_cut,
+            energy_unmet_wh=e.energy_unmet_wh,
+        )
+        for e in new_eps
+    ]
     attempts = [
         RecoveryAttempt(action=e.fixed_by, at=e.ended_at, result="recovered")
         for e in new_eps

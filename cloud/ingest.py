@@ -497,7 +497,8 @@ async def _write_digests(
             await cur.executemany(
                 "INSERT INTO self_resolved (site_id, incident_id, message_id, charge_point_id,"
                 " connector_id, scope, kind, fault_code, category, started_at, ended_at, fixed_by,"
-                " vendor_code) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                " vendor_code, sessions_cut, energy_unmet_wh)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
                 [
                     (
                         d.site_id,
@@ -513,6 +514,8 @@ async def _write_digests(
                         s.ended_at,
                         s.fixed_by,
                         s.vendor_code,
+                        s.sessions_cut,
+                        s.energy_unmet_wh,
                     )
                     for d, s in blips
                 ],

@@ -142,6 +142,17 @@ def apply_escalation(
     is none, the most recent resolved one with that key (so a returning fault
     reopens it), or None. The input is not modified.
     """
+    issue = _apply(current, esc, new_id)
+    if issue is not None and esc.sessions_cut is not None:
+        # the sessions its incident cut short, on the outage it began (the edge's running tally)
+        o = next((o for o in issue.outages if o.started_at == esc.started_at), None)
+        if o is not None:
+            o.sessions_cut = esc.sessions_cut
+            o.energy_unmet_wh = esc.energy_unmet_wh
+    return issue
+
+
+def _apply(current: Issue | None, esc: Escalation, new_id: Callable[[], str]) -> Issue | None:
     if current is None:
         issue = open_issue_from(esc, new_id())
         if esc.status == "cleared":

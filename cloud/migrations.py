@@ -281,6 +281,14 @@ ALTER TABLE charger_daily SET (fillfactor = 70);
 ALTER TABLE model_daily SET (fillfactor = 70);
 """,
     ),
+    (
+        10,
+        "the sessions a self-resolved fault cut short, as the edge measured",
+        """
+ALTER TABLE self_resolved ADD COLUMN IF NOT EXISTS sessions_cut int;
+ALTER TABLE self_resolved ADD COLUMN IF NOT EXISTS energy_unmet_wh double precision;
+""",
+    ),
 ]
 
 PLAIN_VIEWS = """

@@ -32,6 +32,8 @@ class _Model(BaseModel):
 class Outage(_Model):
     started_at: UtcDatetime
     ended_at: UtcDatetime | None = None
+    sessions_cut: int | None = None  # sessions it cut short, as the edge measured
+    energy_unmet_wh: float | None = None  # what their drivers still wanted (edge estimate)
 
 
 class RevenueLost(_Model):

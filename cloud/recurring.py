@@ -209,6 +209,8 @@ class Episode:
     ended_at: datetime
     fixed_by: str
     connector_id: int | None = None
+    sessions_cut: int | None = None
+    energy_unmet_wh: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,10 @@ class IntervalUsage:
 class Span:
     started_at: datetime
     ended_at: datetime
+    sessions_cut: int | None = None
+    """Sessions the outage cut short as it began, as the edge measured (None: not measured)."""
+    energy_unmet_wh: float | None = None
+    """What their drivers still wanted, as the edge estimated (None: not estimated)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,15 +210,33 @@ def cut_short_sessions(rows: Iterable[IntervalUsage], fleet_rate: float | None) 
     return excess if excess > 2.0 * math.sqrt(normal) + 1.0 else 0.0
 
 
+def measured_cuts(own: Sequence[Outage]) -> tuple[int, float, int]:
+    """What the edge measured of the sessions the outages cut short as they began: sessions,
+    the energy their drivers still wanted (Wh), and sessions it could not estimate that for."""
+    n = unpriced = 0
+    wh = 0.0
+    for o in own:
+        for s in o.spans:
+            if s.sessions_cut is None:
+                continue
+            n += s.sessions_cut
+            if s.energy_unmet_wh is None:
+                unpriced += s.sessions_cut
+            else:
+                wh += s.energy_unmet_wh
+    return n, wh, unpriced
+
+
 def sessions_cut_at_start(own: Sequence[Outage], rows: Iterable[IntervalUsage]) -> float:
-    """Sessions the outages cut short as they began: the early ends the affected units reported
-    in the interval each outage began in (each interval once)."""
+    """Sessions the outages cut short as they began, where the edge did not measure them: the
+    early ends the affected units reported in the interval each outage began in (each interval
+    once)."""
     starts: dict[str, list[datetime]] = defaultdict(list)
     for o in own:
         if o.tried:  # a unit that fails starts (or is offline) has nothing in progress to cut
             continue
         for cp in o.connectors:
-            starts[cp].extend(s.started_at for s in o.spans)
+            starts[cp].extend(s.started_at for s in o.spans if s.sessions_cut is None)
     if not starts:
         return 0.0
     n = 0
@@ -817,8 +839,11 @@ def estimate_revenue_lost(
     # sessions the affected units cut short in the weeks before, at half their own mean session
     cut = cut_short_sessions(unit_rows, fleet_early_rate)
     at_start = sessions_cut_at_start(own, history) if cut_at_start else 0.0
+    n_measured, unmet_wh, unpriced = measured_cuts(own) if cut_at_start else (0, 0.0, 0)
     amount = (
-        (lost - retried) * (kwh or 0.0) + (retried + (cut + at_start) / 2.0) * (unit_kwh or 0.0)
+        (lost - retried) * (kwh or 0.0)
+        + (retried + (cut + at_start + unpriced) / 2.0) * (unit_kwh or 0.0)
+        + unmet_wh / 1000.0
     ) * price
     if cut >= 0.05:
         rest.append(
@@ -832,6 +857,18 @@ def estimate_revenue_lost(
             f"unit's early ends in that interval), each at half its mean session of "
             f"{unit_kwh or 0.0:.1f} kWh (a lower bound: a longer session is likelier to be in "
             "progress)"
+        )
+    if n_measured:
+        rest.append(
+            f"plus {n_measured} session(s) the outage cut short as it began, as the edge saw: "
+            f"{unmet_wh / 1000.0:.1f} kWh their drivers still wanted (from the car's state of "
+            "charge, else from the unit's past sessions)"
+            + (
+                f"; {unpriced} of them at half the unit's mean session of "
+                f"{unit_kwh or 0.0:.1f} kWh (no estimate)"
+                if unpriced
+                else ""
+            )
         )
     if stats.get("fallback"):
         rest.append(

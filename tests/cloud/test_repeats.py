@@ -29,6 +29,8 @@ def episode(
     vendor_code: str = "FW-0x3E7",
     category: str = "internal",
     fixed_by: str = "hard_reset",
+    sessions_cut: int | None = None,
+    energy_unmet_wh: float | None = None,
 ) -> SelfResolved:
     return SelfResolved(
         incident_id=uuid.uuid4().hex[:16],
@@ -42,6 +44,8 @@ def episode(
         started_at=at,
         ended_at=at + timedelta(minutes=4),
         fixed_by=fixed_by,
+        sessions_cut=sessions_cut,
+        energy_unmet_wh=energy_unmet_wh,
     )
 
 
@@ -173,6 +177,9 @@ async def test_one_unit_needing_resets_for_the_same_fault_gets_a_field_technicia
                 vendor_code="E-STATE-HANG",
                 category="other",
                 fixed_by="soft_reset",
+                # the edge saw the first two cut a session short, 12 kWh from a full charge
+                sessions_cut=1 if h < 10 else 0,
+                energy_unmet_wh=12_000.0 if h < 10 else 0.0,
             )
         ]
         for h in (2, 9, 17, 22)
@@ -185,6 +192,9 @@ async def test_one_unit_needing_resets_for_the_same_fault_gets_a_field_technicia
     assert issue["recommended_action"] == "field_technician", issue["diagnosis"]
     assert issue["repeats"]["units_same_fault"] == 0
     assert [x for x in issue["related"] if x["basis"] == "signature"] == []
+    method = issue["revenue_lost"]["method"]
+    assert "2 session(s) the outage cut short as it began, as the edge saw: 24.0 kWh" in method
+    assert issue["revenue_lost"]["amount"] >= 24.0 * 0.5
 
 
 async def test_psu_trips_repeating_until_it_fails_are_one_problem_with_the_failure(

@@ -206,6 +206,36 @@ def test_sessions_in_progress_when_the_outage_began_count_half_a_session_each() 
     assert off.amount == pytest.approx(quiet_loss, rel=1e-2)
 
 
+def test_sessions_the_edge_saw_cut_cost_what_their_drivers_still_wanted_not_half_a_session() -> (
+    None
+):
+    units = {"a": 1, "b": 1, "c": 1, "d": 1}
+    history = site(units, 1, 0.1, hours=4 * 7 * 24 + 24)
+    at = T0 + 10 * H + timedelta(minutes=20)
+    history = [  # the early end the edge measured is in the digests too: not counted twice
+        dataclasses.replace(r, sessions_ended_early=1)
+        if r.charge_point_id == "a" and r.interval_start == T0 + 10 * H
+        else r
+        for r in history
+    ]
+    quiet = revenue.estimate_revenue_lost(
+        [Span(at, at + H)], ["a"], history, 1.0, "EUR", cut_at_start=False
+    )
+    measured = revenue.estimate_revenue_lost(
+        [Span(at, at + H, sessions_cut=2, energy_unmet_wh=37_000.0)], ["a"], history, 1.0, "EUR"
+    )
+    assert measured.amount - quiet.amount == pytest.approx(37.0, rel=1e-3)
+    assert (
+        "2 session(s) the outage cut short as it began, as the edge saw: 37.0 kWh"
+        in measured.method
+    )
+    # measured, but with no estimate of what was missing: half the unit's mean session each
+    unknown = revenue.estimate_revenue_lost(
+        [Span(at, at + H, sessions_cut=2, energy_unmet_wh=None)], ["a"], history, 1.0, "EUR"
+    )
+    assert unknown.amount - quiet.amount == pytest.approx(2 * 0.5 * 20.0, rel=1e-2)
+
+
 def test_a_few_early_ends_are_chance_not_a_degrading_unit() -> None:
     rows = [IntervalUsage("a", T0, T0 + H, 200, 0.0, 1, 3)]
     assert revenue.cut_short_sessions(rows, 0.01) == 0.0  # 3 where 2 ± 1.4 are normal

@@ -39,6 +39,27 @@ async def test_a_lone_charger_loses_every_driver_it_would_have_served(running: R
     assert "as measured" in issue["revenue_lost"]["method"]
 
 
+async def test_an_escalated_fault_that_stopped_a_charge_adds_what_that_driver_still_wanted(
+    running: Running,
+) -> None:
+    r = running
+    await send(
+        r,
+        *usage_history("cut", ["c-1"], T0 - 2 * WEEK, 14 * 24, connectors=1, occupied_s=1800.0),
+    )
+    esc = escalation("cut", "c-1", started_at=T0 + 10 * H).model_copy(
+        update={"sessions_cut": 1, "energy_unmet_wh": 30_000.0}
+    )
+    await send(r, esc)
+    await send(r, *usage_history("cut", ["c-1"], T0 + 10 * H, 3, sessions=0, connectors=1))
+    (issue,) = (await r.get("/issues")).json()["issues"]
+    assert issue["outages"][0]["sessions_cut"] == 1
+    assert issue["outages"][0]["energy_unmet_wh"] == 30_000.0
+    # 3 hours × 2 sessions × 20 kWh, plus the 30 kWh the cut session missed, × 0.5 EUR
+    assert issue["revenue_lost"]["amount"] == pytest.approx(60.0 + 15.0)
+    assert "as the edge saw: 30.0 kWh" in issue["revenue_lost"]["method"]
+
+
 async def test_overlapping_outages_at_one_site_share_the_drivers_they_turn_away(
     running: Running,
 ) -> None:
