@@ -68,7 +68,10 @@ RETRYABLE = (
     psycopg.errors.DeadlockDetected,
     psycopg.errors.SerializationFailure,
 )
-MAX_INFLIGHT_BATCHES = 4  # batches being stored at once: overlaps validation with round trips
+# batches taken from the buffer and not yet acknowledged: one being stored while the next is
+# validated and sent. More only made concurrent transactions wait on each other's roll-up rows
+# (the same chargers' days) and kept more validated messages alive for the GC to scan.
+MAX_INFLIGHT_BATCHES = 2
 
 ANALYSIS_MAX_DEFER_S = 2.0  # while ingest has a backlog, analysis waits at most this long
 
@@ -194,7 +197,8 @@ _StoreTask = asyncio.Task[tuple[StoreResult, BatchReport]]
 class IngestLoop:
     """One process's ingest: batches from ``source``, validated off the event loop, up to
     ``MAX_INFLIGHT_BATCHES`` stored at once, and in receipt order: ``stored`` is awaited, then
-    the batch is acknowledged to the broker."""
+    the batch is acknowledged to the broker. No batch is taken while that many are in flight:
+    under load the next one grows in the buffer (up to ``batch_size``) meanwhile."""
 
     def __init__(
         self, config: IngestSection, db: Database, source: MqttSource, stored: StoredCallback
@@ -302,12 +306,19 @@ class IngestLoop:
         stop = asyncio.ensure_future(stopping.wait())
         try:
             while not stopping.is_set():
-                get = asyncio.ensure_future(self.source.batch(cfg.batch_size, cfg.batch_delay_s))
-                waits: set[asyncio.Future[Any]] = {get, stop}
+                # a new batch only while fewer than MAX_INFLIGHT_BATCHES are being stored: the
+                # rest waits in the buffer, so batches grow to what arrives while one is stored
+                get: asyncio.Future[list[Inbound]] | None = None
+                waits: set[asyncio.Future[Any]] = {stop}
+                if len(inflight) < MAX_INFLIGHT_BATCHES:
+                    get = asyncio.ensure_future(
+                        self.source.batch(cfg.batch_size, cfg.batch_delay_s)
+                    )
+                    waits.add(get)
                 if inflight:
                     waits.add(inflight[0][2])
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
+                if get is not None and get in done:
                     items = get.result()
                     # validation off the event loop, so database round trips and the MQTT
                     # socket are served while a batch is parsed (it yields the GIL every few ms)
@@ -315,11 +326,11 @@ class IngestLoop:
                     task = asyncio.create_task(self._store_classified(items, batch))
                     inflight.append((items, batch, task))
                     self.inflight = len(inflight)
-                else:
+                elif get is not None:
                     get.cancel()  # cancel-safe: nothing was taken from the buffer
                     with contextlib.suppress(asyncio.CancelledError):
                         await get
-                while inflight and (inflight[0][2].done() or len(inflight) > MAX_INFLIGHT_BATCHES):
+                while inflight and inflight[0][2].done():
                     items, batch, task = inflight.popleft()
                     self.inflight = len(inflight)
                     await self._finish(items, batch, task)
