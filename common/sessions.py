@@ -161,7 +161,8 @@ class SessionTracker:
         u: _Unit | None
         if isinstance(event, TransactionStarted):
             u = self._unit(event.charge_point_id)
-            u.live.pop(_key(None, event.connector_id), None)
+            # a new session on a connector: whatever was left there (a stop never seen) is over
+            u.live = {k: v for k, v in u.live.items() if v.connector != event.connector_id}
             u.live[_key(event.transaction_id, event.connector_id)] = _Live(
                 event.connector_id, event.meter_start_wh, event.meter_start_wh
             )
