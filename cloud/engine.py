@@ -809,13 +809,22 @@ class Engine:
         r = issue.recurring
         since = min(issue.started_at, r.window_start)  # a running total since the problem began
         cur = await conn.execute(
-            "SELECT charge_point_id, kind, started_at, ended_at FROM self_resolved"
-            " WHERE site_id = %s AND started_at >= %s AND started_at <= %s"
+            "SELECT charge_point_id, kind, started_at, ended_at, sessions_cut, energy_unmet_wh"
+            " FROM self_resolved WHERE site_id = %s AND started_at >= %s AND started_at <= %s"
             " AND charge_point_id IS NOT NULL",
             (issue.site_id, since, r.window_end),
         )
         by_cp: dict[tuple[str, bool], list[revenue.Span]] = defaultdict(list)
-        for row in await cur.fetchall():
+        rows = await cur.fetchall()
+        # what the edge saw the incidents cut short (every incident measured, else the estimate
+        # from early ends below): sessions, the energy their drivers still wanted, unestimated
+        measured = bool(rows) and all(row["sessions_cut"] is not None for row in rows)
+        cut_n = sum(int(row["sessions_cut"] or 0) for row in rows)
+        cut_wh = sum(float(row["energy_unmet_wh"] or 0.0) for row in rows)
+        cut_unpriced = sum(
+            int(row["sessions_cut"] or 0) for row in rows if row["energy_unmet_wh"] is None
+        )
+        for row in rows:
             # offline, a unit is still tried (its starts fail); a faulted one is skipped
             tried = row["kind"] == "connectivity"
             by_cp[(str(row["charge_point_id"]), tried)].append(
@@ -863,20 +872,37 @@ class Engine:
                     rate = healthy
                 normal = rate * float(mine["started"] or 0)
                 excess[col] = max(0.0, float(mine[col] or 0) - normal)
-        interrupted = excess["early"] / 2.0 * (kwh or 0.0) * price
-        method = (
+        head = (
             f"the {n} self-resolved incidents with a known duration since the problem began "
             f"({hours:.1f} charger-hours out), priced together: {est.method}; plus "
-            f"{excess['early']:.1f} sessions cut short beyond a healthy unit's early-end rate (the "
-            "fleet's lower quartile) over the same days, each at half a mean session "
+        )
+        retried = (
             f"({excess['failed']:.1f} failed starts beyond the fleet's rate are the drivers who "
             "retried, counted above when their retry failed too)"
         )
+        if measured:
+            interrupted = (cut_wh / 1000.0 + cut_unpriced / 2.0 * (kwh or 0.0)) * price
+            cut_sessions = cut_n / 2.0  # a session cut short counts half, as below
+            method = head + (
+                f"{cut_n} session(s) the incidents cut short, as the edge saw: {cut_wh / 1000.0:.1f}"
+                " kWh their drivers still wanted (from the car's state of charge, else from the "
+                "unit's past sessions)"
+                + (f", {cut_unpriced} of them at half a mean session" if cut_unpriced else "")
+                + f" {retried}"
+            )
+        else:
+            interrupted = excess["early"] / 2.0 * (kwh or 0.0) * price
+            cut_sessions = excess["early"] / 2.0
+            method = head + (
+                f"{excess['early']:.1f} sessions cut short beyond a healthy unit's early-end rate "
+                "(the fleet's lower quartile) over the same days, each at half a mean session "
+                + retried
+            )
         return RevenueLost(
             amount=round(amount + interrupted, 2),
             currency=site["currency"],
             method=method,
-            lost_sessions=round(sessions + excess["early"] / 2.0, 2),
+            lost_sessions=round(sessions + cut_sessions, 2),
             outage_hours=round(hours, 2),
             as_of=r.window_end,
         )

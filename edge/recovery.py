@@ -441,8 +441,12 @@ class RecoveryEngine:
                 self.digest.session_failed(out.charge_point_id)
 
     def _claim_sessions(self, inc: Incident, at: datetime) -> None:
-        """A fault stops the sessions on what it takes out: they are the incident's to report."""
-        if inc.kind != "fault" or inc.charge_point_id is None or inc.scope == "site":
+        """A fault stops the sessions on what it takes out, and a charge point that loses its
+        connection may stop them too (it says so with the stop it sends when it is back, before
+        the incident closes): they are the incident's to report."""
+        if inc.kind not in ("fault", "connectivity") or inc.scope == "site":
+            return
+        if inc.charge_point_id is None:
             return
         connectors = [inc.connector_id] if inc.scope == "connector" and inc.connector_id else None
         self.sessions.claim(inc.id, inc.charge_point_id, connectors, at)

@@ -213,10 +213,11 @@ class _Gen:
             "fixed_by": fixed_by,
             "vendor_code": vendor_code,
         }
-        if kind == "fault":  # the edge claims the sessions a fault stops (common/sessions.py)
-            rec["sessions_cut"] = 0
-            rec["energy_unmet_wh"] = 0.0
-            self.cut_records[(c, connector or 0, t0)] = rec
+        # the edge claims the sessions a fault stops, or a charge point stops while it is offline
+        # (common/sessions.py); a drop's record is keyed by connector -1
+        rec["sessions_cut"] = 0
+        rec["energy_unmet_wh"] = 0.0
+        self.cut_records[(c, -1 if kind == "connectivity" else connector or 0, t0)] = rec
         self.site_selfres.setdefault((cp.site_id, h), []).append(rec)
 
     def incident_id(self, f: PlannedFault, suffix: str = "") -> str:
@@ -664,7 +665,7 @@ class _Gen:
             j = bisect.bisect_right(d[0], t)
             if j < len(d[0]) and d[0][j] < end and rng.random() < DROP_ENDS_SESSION_P:
                 end, early, blame = d[0][j], True, d[2][j]
-                cut_by = None  # a dropped connection: the edge claims no session for it
+                cut_by = (c, -1, d[0][j])
         delivered = power * (end - t) / 3600
         if early and blame is not None:
             blame.energy_lost_wh += max(0.0, energy - delivered)

@@ -176,6 +176,36 @@ async def test_flaky_wifi_site_gets_one_site_issue_with_its_cost(running: Runnin
     assert [p["id"] for p in site["recurring_problems"]] == [issue["id"]]
 
 
+async def test_a_flaky_sites_cost_counts_the_sessions_its_drops_cut_as_the_edge_saw_them(
+    running: Running,
+) -> None:
+    r = running
+    cps = ["m-1", "m-2", "m-3"]
+    await send(r, *usage_history("mall", cps, T0 - 2 * WEEK, 14 * 24))
+    digests = []
+    for h in range(24):
+        cp = cps[h % 3]
+        # the edge measured every drop: three of them stopped a session 10 kWh from done
+        b = blip(cp, T0 + timedelta(hours=h, minutes=10), minutes=30).model_copy(
+            update={"sessions_cut": int(h < 3), "energy_unmet_wh": 10_000.0 if h < 3 else 0.0}
+        )
+        counters_h = [
+            counters(c, sessions_started=2, energy_wh=40_000, disconnects=int(c == cp),
+                     self_resolved=int(c == cp))
+            for c in cps
+        ]  # fmt: skip
+        digests.append(digest("mall", T0 + timedelta(hours=h), counters_h, self_resolved=[b]))
+    await send(r, *digests)
+    (issue,) = (await r.get("/issues")).json()["issues"]
+    assert issue["scope"] == "site" and issue["recurring"]["incidents"] == 24
+    # 240 EUR of drivers turned away (as above) + 3 × 10 kWh × 0.5 EUR the cut sessions missed
+    assert issue["revenue_lost"]["amount"] == pytest.approx(255.0)
+    assert (
+        "3 session(s) the incidents cut short, as the edge saw: 30.0 kWh"
+        in (issue["revenue_lost"]["method"])
+    )
+
+
 async def test_duplicate_deliveries_make_one_issue(running: Running) -> None:
     r = running
     esc = escalation("dup", "d-1")

@@ -574,6 +574,33 @@ async def test_silent_reconnect_is_confirmed_with_trigger_message_then_self_reso
     assert (resolved.kind, resolved.fixed_by) == ("connectivity", "confirm")
 
 
+async def test_a_session_the_charger_stopped_while_offline_is_reported_cut_with_the_drop(
+    h: Harness,
+) -> None:
+    h.connect("CP1")
+    h.engine.handle(TransactionStarted("CP1", h.clock.now(), 1, "tx-1", meter_start_wh=0))
+    h.engine.handle(TransactionStarted("CP1", h.clock.now(), 2, "tx-2", meter_start_wh=0))
+    await h.clock.advance(60)
+    h.engine.handle(ConnectionDown("CP1", h.clock.now(), "1006"))
+    h.charger.offline.add("CP1")
+    await h.clock.advance(3)
+    stopped_at = h.clock.now()
+    h.charger.offline.discard("CP1")
+    h.connect("CP1")
+    # back: it sends the stop it queued (tx-1 ended while it was offline); tx-2 goes on
+    h.engine.handle(
+        TransactionEnded("CP1", stopped_at, "tx-1", None, meter_stop_wh=4000, reason="PowerLoss")
+    )
+    await h.clock.advance(WINDOW * 2)
+    h.engine.handle(
+        TransactionEnded("CP1", h.clock.now(), "tx-2", None, meter_stop_wh=9000, reason="Local")
+    )
+    (resolved,) = h.engine.cut_digest().self_resolved
+    assert resolved.kind == "connectivity"
+    assert resolved.sessions_cut == 1
+    assert resolved.energy_unmet_wh is None  # no SoC, no past sessions: not estimated
+
+
 async def test_session_without_stop_transaction_ends_with_finishing_and_no_longer_blocks_resets(
     h: Harness,
 ) -> None:
