@@ -824,10 +824,14 @@ class Engine:
         cut_unpriced = sum(
             int(row["sessions_cut"] or 0) for row in rows if row["energy_unmet_wh"] is None
         )
+        offline_h = 0.0
         for row in rows:
-            # offline, a unit is still tried (its starts fail); a faulted one is skipped
-            tried = row["kind"] == "connectivity"
-            by_cp[(str(row["charge_point_id"]), tried)].append(
+            if row["kind"] == "connectivity":
+                # offline for minutes, a unit may well still charge (local authorisation): the
+                # drivers it failed are in the failed starts below, not in its capacity
+                offline_h += (row["ended_at"] - row["started_at"]).total_seconds() / 3600.0
+                continue
+            by_cp[(str(row["charge_point_id"]), False)].append(
                 revenue.Span(row["started_at"], row["ended_at"])
             )
         history = await self._site_usage(
@@ -837,7 +841,7 @@ class Engine:
             revenue.Outage(spans, {cp: 0}, tried=tried, label=cp)
             for (cp, tried), spans in sorted(by_cp.items())
         ]
-        n = sum(len(v) for v in by_cp.values())
+        n = len(rows)
         est = revenue.estimate_revenue_lost(
             [],
             [],
@@ -849,7 +853,7 @@ class Engine:
             cut_at_start=False,  # the sessions blips cut short are counted below, site-wide
             reference_before_outage=False,  # minutes-long blips never suppressed their reference
         )
-        amount, sessions, hours = est.amount, est.lost_sessions, est.outage_hours
+        amount, sessions, hours = est.amount, est.lost_sessions, est.outage_hours + offline_h
         kwh = est.kwh_per_session
         price = site["price_per_kwh"] or 0.0
         if kwh is None:
@@ -864,22 +868,30 @@ class Engine:
         totals = {bool(x["mine"]): x for x in await cur.fetchall()}
         excess = {"early": 0.0, "failed": 0.0}
         mine, rest = totals.get(True), totals.get(False)
-        if mine is not None and rest is not None:
+        if mine is not None:
             healthy = await self._fleet_early_rate(conn, since, r.window_end + timedelta(days=1))
             for col in ("early", "failed"):
-                rate = float(rest[col] or 0) / max(1.0, float(rest["started"] or 0))
+                rate = (  # no other site to compare with: every one counts
+                    float(rest[col] or 0) / max(1.0, float(rest["started"] or 0))
+                    if rest is not None
+                    else 0.0
+                )
                 if col == "early" and healthy is not None:
                     rate = healthy
                 normal = rate * float(mine["started"] or 0)
                 excess[col] = max(0.0, float(mine[col] or 0) - normal)
+        # a driver whose start fails tries again; one who fails twice leaves
+        gave_up = excess["failed"] / 2.0
         head = (
             f"the {n} self-resolved incidents with a known duration since the problem began "
-            f"({hours:.1f} charger-hours out), priced together: {est.method}; plus "
+            f"({hours:.1f} charger-hours out, {offline_h:.1f} of them offline)"
+            + (f", faults priced together: {est.method}" if by_cp else "")
+            + f"; plus {gave_up:.1f} drivers who left after a second failed start "
+            f"({excess['failed']:.1f} failed starts beyond the fleet's rate over the same days), "
+            f"each at a mean {kwh or 0.0:.1f} kWh; plus "
         )
-        retried = (
-            f"({excess['failed']:.1f} failed starts beyond the fleet's rate are the drivers who "
-            "retried, counted above when their retry failed too)"
-        )
+        amount += gave_up * (kwh or 0.0) * price
+        sessions += gave_up
         if measured:
             interrupted = (cut_wh / 1000.0 + cut_unpriced / 2.0 * (kwh or 0.0)) * price
             cut_sessions = cut_n / 2.0  # a session cut short counts half, as below
@@ -888,15 +900,13 @@ class Engine:
                 " kWh their drivers still wanted (from the car's state of charge, else from the "
                 "unit's past sessions)"
                 + (f", {cut_unpriced} of them at half a mean session" if cut_unpriced else "")
-                + f" {retried}"
             )
         else:
             interrupted = excess["early"] / 2.0 * (kwh or 0.0) * price
             cut_sessions = excess["early"] / 2.0
             method = head + (
                 f"{excess['early']:.1f} sessions cut short beyond a healthy unit's early-end rate "
-                "(the fleet's lower quartile) over the same days, each at half a mean session "
-                + retried
+                "(the fleet's lower quartile) over the same days, each at half a mean session"
             )
         return RevenueLost(
             amount=round(amount + interrupted, 2),

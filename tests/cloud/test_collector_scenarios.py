@@ -155,6 +155,8 @@ async def test_flaky_wifi_site_gets_one_site_issue_with_its_cost(running: Runnin
                         energy_wh=40_000,
                         disconnects=int(c == cp),
                         self_resolved=int(c == cp),
+                        # the drivers who came while it was offline: two failed starts each
+                        sessions_failed=2 * int(c == cp),
                     )
                     for c in cps
                 ],
@@ -170,7 +172,7 @@ async def test_flaky_wifi_site_gets_one_site_issue_with_its_cost(running: Runnin
     assert sorted(issue["chargers"]) == cps
     assert issue["recommended_action"] == "network_fix"
     assert issue["recurring"]["incidents"] == 24
-    # 24 half-hour outages × 2 sessions/h × 20 kWh × 0.5 EUR = 240 EUR
+    # 24 drivers who failed twice and left (48 failed starts) × 20 kWh × 0.5 EUR = 240 EUR
     assert issue["revenue_lost"]["amount"] == pytest.approx(240.0)
     site = (await r.get("/sites/cafe")).json()
     assert [p["id"] for p in site["recurring_problems"]] == [issue["id"]]
@@ -191,7 +193,7 @@ async def test_a_flaky_sites_cost_counts_the_sessions_its_drops_cut_as_the_edge_
         )
         counters_h = [
             counters(c, sessions_started=2, energy_wh=40_000, disconnects=int(c == cp),
-                     self_resolved=int(c == cp))
+                     self_resolved=int(c == cp), sessions_failed=2 * int(c == cp))
             for c in cps
         ]  # fmt: skip
         digests.append(digest("mall", T0 + timedelta(hours=h), counters_h, self_resolved=[b]))
