@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from chargesight.cloud.db import Database
+from chargesight.common.messages import Digest
 from tests.cloud.conftest import OPERATOR, VIEWER, Running, make_config, start_collector
 from tests.cloud.helpers import T0, Publisher, blip, counters, digest, escalation, usage_history
 from tests.servers import Mosquitto
@@ -135,35 +136,31 @@ async def test_same_signature_on_three_chargers_at_two_sites_lists_the_others_as
     assert issues["s-2"]["recommended_action"] == "field_technician"
 
 
+def flaky_day(site: str, cps: list[str], cut_hours: int = 0) -> list[Digest]:
+    """24 half-hour disconnects over one day, one an hour in turn over ``cps`` (none escalated),
+    each costing two failed starts (the driver who came while it was offline, twice); in the
+    first ``cut_hours`` the edge saw the drop stop a session 10 kWh from done."""
+    digests = []
+    for h in range(24):
+        cp = cps[h % 3]
+        cut = h < cut_hours
+        b = blip(cp, T0 + timedelta(hours=h, minutes=10), minutes=30).model_copy(
+            update={"sessions_cut": int(cut), "energy_unmet_wh": 10_000.0 if cut else 0.0}
+        )
+        counters_h = [
+            counters(c, sessions_started=2, energy_wh=40_000, disconnects=int(c == cp),
+                     self_resolved=int(c == cp), sessions_failed=2 * int(c == cp))
+            for c in cps
+        ]  # fmt: skip
+        digests.append(digest(site, T0 + timedelta(hours=h), counters_h, self_resolved=[b]))
+    return digests
+
+
 async def test_flaky_wifi_site_gets_one_site_issue_with_its_cost(running: Running) -> None:
     r = running
     cps = ["w-1", "w-2", "w-3"]
     await send(r, *usage_history("cafe", cps, T0 - 2 * WEEK, 14 * 24))
-    # 24 short disconnects over one day, spread over the three chargers: none escalated
-    digests = []
-    for h in range(24):
-        cp = cps[h % 3]
-        at = T0 + timedelta(hours=h, minutes=10)
-        digests.append(
-            digest(
-                "cafe",
-                T0 + timedelta(hours=h),
-                [
-                    counters(
-                        c,
-                        sessions_started=2,
-                        energy_wh=40_000,
-                        disconnects=int(c == cp),
-                        self_resolved=int(c == cp),
-                        # the drivers who came while it was offline: two failed starts each
-                        sessions_failed=2 * int(c == cp),
-                    )
-                    for c in cps
-                ],
-                self_resolved=[blip(cp, at, minutes=30)],
-            )
-        )
-    await send(r, *digests)
+    await send(r, *flaky_day("cafe", cps))
     issues = (await r.get("/issues")).json()["issues"]
     assert len(issues) == 1
     issue = issues[0]
@@ -184,28 +181,13 @@ async def test_a_flaky_sites_cost_counts_the_sessions_its_drops_cut_as_the_edge_
     r = running
     cps = ["m-1", "m-2", "m-3"]
     await send(r, *usage_history("mall", cps, T0 - 2 * WEEK, 14 * 24))
-    digests = []
-    for h in range(24):
-        cp = cps[h % 3]
-        # the edge measured every drop: three of them stopped a session 10 kWh from done
-        b = blip(cp, T0 + timedelta(hours=h, minutes=10), minutes=30).model_copy(
-            update={"sessions_cut": int(h < 3), "energy_unmet_wh": 10_000.0 if h < 3 else 0.0}
-        )
-        counters_h = [
-            counters(c, sessions_started=2, energy_wh=40_000, disconnects=int(c == cp),
-                     self_resolved=int(c == cp), sessions_failed=2 * int(c == cp))
-            for c in cps
-        ]  # fmt: skip
-        digests.append(digest("mall", T0 + timedelta(hours=h), counters_h, self_resolved=[b]))
-    await send(r, *digests)
+    await send(r, *flaky_day("mall", cps, cut_hours=3))
     (issue,) = (await r.get("/issues")).json()["issues"]
     assert issue["scope"] == "site" and issue["recurring"]["incidents"] == 24
-    # 240 EUR of drivers turned away (as above) + 3 × 10 kWh × 0.5 EUR the cut sessions missed
+    # 240 EUR of drivers who left (as above) + 3 × 10 kWh × 0.5 EUR the cut sessions missed
     assert issue["revenue_lost"]["amount"] == pytest.approx(255.0)
-    assert (
-        "3 session(s) the incidents cut short, as the edge saw: 30.0 kWh"
-        in (issue["revenue_lost"]["method"])
-    )
+    method = issue["revenue_lost"]["method"]
+    assert "3 session(s) the incidents cut short, as the edge saw: 30.0 kWh" in method
 
 
 async def test_duplicate_deliveries_make_one_issue(running: Running) -> None:
