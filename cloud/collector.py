@@ -1,8 +1,10 @@
 """The collector service: MQTT ingest → PostgreSQL → analysis, and the API beside it.
 
-Start order: database (embedded server when configured, migrations), MQTT
-subscription (or the ingest worker processes, each with its own), then the
-API's listening port — so the port opens only when the collector is ready.
+Start order: database (embedded server when configured, migrations), the
+catch-up of what collectors now gone stored and never analysed
+(cloud/catchup.py), MQTT subscription (or the ingest worker processes, each
+with its own), then the API's listening port — so the port opens only when the
+collector is ready.
 Shutdown order: stop the API, stop taking messages, store and acknowledge
 what was received, finish analysis, close the pool, stop the embedded server.
 
@@ -49,6 +51,7 @@ import psycopg
 import uvicorn
 
 from chargesight.cloud.api import ApiState, create_app
+from chargesight.cloud.catchup import AnalysisOwner, catch_up, mark_analysed
 from chargesight.cloud.config import CloudConfig, IngestSection
 from chargesight.cloud.db import Database, DatabaseError, open_database
 from chargesight.cloud.embedded import EmbeddedPostgres, start_embedded
@@ -74,6 +77,9 @@ RETRYABLE = (
 MAX_INFLIGHT_BATCHES = 2
 
 ANALYSIS_MAX_DEFER_S = 2.0  # while ingest has a backlog, analysis waits at most this long
+# tests only: analysis sleeps this long before each step, so a test can kill the collector
+# between a batch's commit and its analysis
+TEST_ANALYSIS_DELAY_ENV = "CHARGESIGHT_TEST_ANALYSIS_DELAY_S"
 
 KIND_OF = {"escalations": "escalation", "digests": "digest", "state": "state", "replies": "reply"}
 
@@ -140,10 +146,12 @@ def check_workers(config: CloudConfig) -> None:
 class Pending:
     escalations: list[Escalation] = field(default_factory=list)
     digests: list[Digest] = field(default_factory=list)
+    batch_keys: list[str] = field(default_factory=list)  # their ``unanalysed`` rows
 
-    def add(self, escalations: list[Escalation], digests: list[Digest]) -> None:
+    def add(self, escalations: list[Escalation], digests: list[Digest], keys: list[str]) -> None:
         self.escalations.extend(escalations)
         self.digests.extend(digests)
+        self.batch_keys.extend(keys)
 
     def __bool__(self) -> bool:
         return bool(self.escalations or self.digests)
@@ -208,6 +216,7 @@ class IngestLoop:
         self.source = source
         self._stored = stored
         self.inflight = 0  # batches taken from the buffer and not yet acknowledged
+        self.owner: int | None = None  # the analysis owner its batches are recorded under
 
     def classify(self, items: list[Inbound]) -> Classified:
         out = Classified()
@@ -237,7 +246,7 @@ class IngestLoop:
             try:
                 t0 = time.perf_counter()
                 async with self.db.pool.connection() as conn:
-                    result = await store_batch(conn, msgs, dead)
+                    result = await store_batch(conn, msgs, dead, owner=self.owner)
                 report.seconds = time.perf_counter() - t0
                 break
             except RETRYABLE as exc:
@@ -266,7 +275,7 @@ class IngestLoop:
         for m in msgs:
             try:
                 async with self.db.pool.connection() as conn:
-                    r = await store_batch(conn, [m])
+                    r = await store_batch(conn, [m], owner=self.owner)
             except RETRYABLE:
                 raise
             except psycopg.Error as exc:
@@ -279,6 +288,7 @@ class IngestLoop:
             total.replies += r.replies
             total.duplicates += r.duplicates
             total.sites |= r.sites
+            total.batch_keys += r.batch_keys
         async with self.db.pool.connection() as conn:
             r = await store_batch(conn, [], refused)
         total.dead_letters = r.dead_letters
@@ -482,10 +492,13 @@ async def _worker(config: CloudConfig, spec: dict[str, Any], out: int) -> int:
             # what is new goes to the collector's analysis before the broker hears of it
             new = [("e", payloads[m.message_id]) for m in result.escalations]
             new += [("d", payloads[m.message_id]) for m in result.digests]
-            header = {"t": "batch", "report": asdict(report), "new": [(k, len(p)) for k, p in new]}
+            header = {"t": "batch", "report": asdict(report), "new": [(k, len(p)) for k, p in new],
+                      "keys": result.batch_keys}  # fmt: skip
             await send(header, [p for _, p in new])
 
-        await IngestLoop(config.ingest, db, source, stored).run(stopping)
+        loop_ = IngestLoop(config.ingest, db, source, stored)
+        loop_.owner = int(spec["owner"]) if spec.get("owner") is not None else None
+        await loop_.run(stopping)
         return 0
     finally:
         await source.close()
@@ -509,7 +522,9 @@ def _parse_new(header: dict[str, Any], rest: bytes) -> tuple[list[Escalation], l
     return escalations, digests
 
 
-WorkerBatchCallback = Callable[[int, BatchReport, list[Escalation], list[Digest]], Awaitable[None]]
+WorkerBatchCallback = Callable[
+    [int, BatchReport, list[Escalation], list[Digest], list[str]], Awaitable[None]
+]
 
 
 class IngestWorkers:
@@ -544,6 +559,7 @@ class IngestWorkers:
         self.exit_codes: list[int | None] = [None] * self.count  # of each one's last process
         self.restarts = 0
         self._stopping = False
+        self.owner: int | None = None  # the collector's analysis owner, for their batches
 
     @property
     def depth(self) -> int:
@@ -562,7 +578,7 @@ class IngestWorkers:
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches the collector, which stops us
         )
-        spec = {**self._spec, "index": k, "client_id": self.client_ids[k]}
+        spec = {**self._spec, "index": k, "client_id": self.client_ids[k], "owner": self.owner}
         assert proc.stdin is not None
         self._procs[k] = proc
         proc.stdin.write(orjson.dumps(spec) + b"\n")
@@ -614,7 +630,7 @@ class IngestWorkers:
             escalations, digests = (
                 await asyncio.to_thread(_parse_new, header, rest) if header["new"] else ([], [])
             )
-            await self._on_batch(k, report, escalations, digests)
+            await self._on_batch(k, report, escalations, digests, list(header.get("keys", ())))
 
     async def _stop(self, k: int) -> int | None:
         """Close the worker's stdin (it stores what it has and exits); kill it if it hangs."""
@@ -741,6 +757,9 @@ class Collector:
         else:
             self.source = MqttSource(config.mqtt, config.ingest.queue_max)
             self.ingest = IngestLoop(config.ingest, db, self.source, self._stored)
+        self.analysis_owner = AnalysisOwner(db.url)
+        self.caught_up = 0  # messages analysed at catch-up (stored by collectors now gone)
+        self._test_analysis_delay = float(os.environ.get(TEST_ANALYSIS_DELAY_ENV) or 0)
         self._stopping = asyncio.Event()
         self._ingest_done = asyncio.Event()
         self._pending = Pending()
@@ -762,22 +781,26 @@ class Collector:
     ) -> None:  # fmt: skip
         apply_report(self.metrics, report)
         self.metrics.queue_depth.set(report.depth)
-        await self._handled(report.handled, result.stored, result.escalations, result.digests)
+        await self._handled(
+            report.handled, result.stored, result.escalations, result.digests, result.batch_keys
+        )
 
     async def _worker_stored(
-        self, k: int, report: BatchReport, escalations: list[Escalation], digests: list[Digest]
-    ) -> None:
+        self, k: int, report: BatchReport, escalations: list[Escalation], digests: list[Digest],
+        keys: list[str],
+    ) -> None:  # fmt: skip
         apply_report(self.metrics, report)
         self.metrics.queue_depth.set(self._ingest_depth())
-        await self._handled(report.handled, sum(report.stored.values()), escalations, digests)
+        await self._handled(report.handled, sum(report.stored.values()), escalations, digests, keys)
 
     async def _handled(
-        self, handled: int, stored: int, escalations: list[Escalation], digests: list[Digest]
-    ) -> None:
+        self, handled: int, stored: int, escalations: list[Escalation], digests: list[Digest],
+        keys: list[str],
+    ) -> None:  # fmt: skip
         self.handled_total += handled
         self.stored_total += stored
         if escalations or digests:
-            self._pending.add(escalations, digests)
+            self._pending.add(escalations, digests, keys)
             self._analysis_idle.clear()
             self._pending_event.set()
         await self._notify()
@@ -814,11 +837,16 @@ class Collector:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ANALYSIS_MAX_DEFER_S), self._progress:
                     await self._progress.wait_for(self._ingest_quiet)
+            if self._test_analysis_delay:
+                await asyncio.sleep(self._test_analysis_delay)
             batch, self._pending = self._pending, Pending()
             t0 = time.perf_counter()
             try:
                 await self.engine.on_stored(batch.escalations, batch.digests)
+                await mark_analysed(self.db.pool, batch.batch_keys)
             except Exception as exc:  # analysis must never stop ingest; the data is stored
+                # its ``unanalysed`` rows stay: the next start (or another replica, once this
+                # one is gone) analyses them again
                 log.error("analysis failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
             self.metrics.analysis_seconds.observe(time.perf_counter() - t0)
             self.analysed_batches += 1
@@ -843,10 +871,20 @@ class Collector:
             if self._stopping.is_set():
                 return
             try:
+                await self.analysis_owner.keep()
+                await self._catch_up()  # replicas that died since
                 await self.engine.refresh_open()
                 await self.engine.fleet_models()
             except psycopg.Error as exc:
                 log.warning("refresh failed", error=str(exc))
+
+    async def _catch_up(self) -> None:
+        """Analyse what collectors now gone stored and never analysed (cloud/catchup.py)."""
+        n = await catch_up(self.engine, self.db.url, self.analysis_owner.owner)
+        if n:
+            self.caught_up += n
+            self.metrics.caught_up.inc(n)
+            await self._update_issue_gauges()
 
     async def _notify(self) -> None:
         async with self._progress:
@@ -867,7 +905,26 @@ class Collector:
     # -------------------------------------------------------------- service
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
-        """Subscribe (or start the ingest workers), serve the API, run until :meth:`stop`."""
+        """Catch up on what a collector now gone stored and never analysed, subscribe (or
+        start the ingest workers), serve the API, run until :meth:`stop`."""
+        owner = await self.analysis_owner.acquire()
+        try:
+            await self._catch_up()
+        except psycopg.Error as exc:  # the rows stay: the next pass takes them
+            log.error("catch-up failed", error=str(exc))
+        except BaseException:
+            await self.analysis_owner.close()
+            raise
+        if self.ingest is not None:
+            self.ingest.owner = owner
+        if self.workers is not None:
+            self.workers.owner = owner
+        try:
+            await self._subscribe_and_serve(ready)
+        finally:
+            await self.analysis_owner.close()
+
+    async def _subscribe_and_serve(self, ready: asyncio.Event | None) -> None:
         if self.workers is not None:
             await self.workers.start()
         elif self.source is not None:

@@ -71,6 +71,19 @@ async def _lock(conn: Conn, key: IssueKey) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(_key_text(key)),))
 
 
+async def _applied_before(conn: Conn, message_id: str) -> bool:
+    """Mark the stored escalation ``message_id`` applied (in the transaction that saves its
+    issue, under the issue key's lock); True when it already was. One not stored: False."""
+    cur = await conn.execute(
+        "UPDATE escalations e SET analysed_at = now() FROM escalations old"
+        " WHERE e.message_id = %s AND old.message_id = e.message_id"
+        " RETURNING old.analysed_at IS NOT NULL AS before",
+        (message_id,),
+    )
+    row = await cur.fetchone()
+    return bool(row and row["before"])
+
+
 def _doc(row: dict[str, Any]) -> Issue:
     doc = row["doc"]
     if isinstance(doc, (bytes, str)):
@@ -279,6 +292,8 @@ class Engine:
         key = issue_key(esc)
         async with self.pool.connection() as conn, conn.transaction():
             await _lock(conn, key)
+            if await _applied_before(conn, esc.message_id):
+                return None  # analysed again (catch-up after a crash): counted once
             current = await load_for_key(conn, key)
             new = apply_escalation(current, esc, new_issue_id)
             if new is None:

@@ -105,6 +105,8 @@ class StoreResult:
     duplicates: int = 0
     dead_letters: int = 0
     sites: set[str] = field(default_factory=set)
+    # the ``unanalysed`` rows written with it (store_batch's ``owner``): deleted once analysed
+    batch_keys: list[str] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -157,8 +159,14 @@ async def store_batch(
     conn: psycopg.AsyncConnection[dict[str, object]],
     messages: Sequence[EdgeMessage],
     dead: Sequence[DeadLetter] = (),
+    *,
+    owner: int | None = None,
 ) -> StoreResult:
-    """Store a batch in one transaction; return what was new."""
+    """Store a batch in one transaction; return what was new.
+
+    With ``owner`` (a collector's analysis owner, see cloud/catchup.py), the new escalations
+    and digests are also recorded in ``unanalysed`` (one row for the batch, in the same
+    transaction and pipeline): stored but not yet analysed until that row is deleted."""
     result = StoreResult(dead_letters=len(dead))
     unique: dict[str, EdgeMessage] = {}
     for m in messages:
@@ -221,6 +229,14 @@ async def store_batch(
                         ],
                     )
             await _touch_sites(conn, new)
+            to_analyse = [m.message_id for m in new if isinstance(m, Escalation | Digest)]
+            if owner is not None and to_analyse:
+                # keyed by its first new message's id: fresh in the ledger, so unique
+                await conn.execute(
+                    "INSERT INTO unanalysed (batch_key, owner, message_ids) VALUES (%s, %s, %s)",
+                    (to_analyse[0], owner, to_analyse),
+                )
+                result.batch_keys.append(to_analyse[0])
     if charger_updates:
         _known_chargers.setdefault(_db_key(conn), {}).update(charger_updates)
     result.escalations.sort(key=lambda e: (e.sent_at, e.message_id))

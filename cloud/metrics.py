@@ -43,3 +43,8 @@ class Metrics:
         self.analysis_seconds = Histogram(
             "chargesight_analysis_seconds", "Time to analyse one stored batch", registry=r
         )
+        self.caught_up = Counter(
+            "chargesight_analysis_caught_up",
+            "Messages a collector now gone stored and never analysed, analysed at catch-up",
+            registry=r,
+        )

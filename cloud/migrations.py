@@ -289,6 +289,27 @@ ALTER TABLE self_resolved ADD COLUMN IF NOT EXISTS sessions_cut int;
 ALTER TABLE self_resolved ADD COLUMN IF NOT EXISTS energy_unmet_wh double precision;
 """,
     ),
+    (
+        11,
+        "stored but not yet analysed: one row per stored batch until its analysis succeeded",
+        # ``owner`` is the collector that will analyse the batch; it holds the session advisory
+        # lock (ANALYSIS_OWNER_LOCK, owner) while it lives, so a collector that can take that
+        # lock knows the owner is gone and analyses its rows (cloud/catchup.py).
+        # ``escalations.analysed_at``: an escalation is applied to its issue once, whoever
+        # analyses it and however often.
+        """
+CREATE TABLE IF NOT EXISTS unanalysed (
+    batch_key text PRIMARY KEY,
+    owner int NOT NULL,
+    message_ids text[] NOT NULL,
+    stored_at timestamptz NOT NULL DEFAULT now(),
+    attempts int NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS unanalysed_owner ON unanalysed (owner, stored_at);
+CREATE SEQUENCE IF NOT EXISTS analysis_owner_seq AS int;
+ALTER TABLE escalations ADD COLUMN IF NOT EXISTS analysed_at timestamptz;
+""",
+    ),
 ]
 
 PLAIN_VIEWS = """

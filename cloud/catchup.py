@@ -1,0 +1,221 @@
+"""Stored but not yet analysed: durable until analysed, caught up by whoever is left.
+
+The collector acknowledges a batch once it is committed, and analyses it later (the
+analysis loop coalesces batches). A collector killed in between used to leave those
+messages stored and never analysed — an escalation in ``escalations`` with no issue — and
+the broker's redelivery is a duplicate, so nothing brought them back. Now:
+
+* ``store_batch(..., owner=N)`` writes one ``unanalysed`` row per batch that had new
+  escalations or digests (its key, ``owner`` and the message ids), in the batch's own
+  transaction and pipeline: one small INSERT per batch, no round trip, nothing per message.
+* After ``Engine.on_stored`` succeeded for them, the collector deletes its batches' rows
+  (:func:`mark_analysed`, one DELETE per analysis step). A failed analysis leaves them.
+* **Owners.** Each collector process takes a fresh ``owner`` number at start
+  (``analysis_owner_seq``) and holds the session advisory lock ``(ANALYSIS_OWNER_LOCK,
+  owner)`` on a connection of its own while it lives (:class:`AnalysisOwner`); its ingest
+  workers write its number. A collector that *can* take another owner's lock knows that
+  owner is gone (killed, crashed, scaled away), and analyses its rows while holding the
+  lock (:func:`catch_up`) — at start, before it subscribes, and then every
+  ``[analysis] refresh_interval_s``. So with several replicas sharing one database, a live
+  replica's in-flight batches are never taken (its lock is held), a dead one's are taken at
+  once rather than after some guessed age, and two replicas catching up together never take
+  the same owner's rows (the second cannot get the lock). This was chosen over an age
+  threshold (``stored_at < now() - X``), which either waits X after a restart or steals a
+  slow live replica's batches, and over ``FOR UPDATE SKIP LOCKED``, which would need the
+  transaction that stored a batch to stay open until its analysis.
+* **Idempotent analysis.** If the lock's connection drops while its replica lives, or a
+  collector dies *during* analysis, a batch may be analysed twice. Every step of
+  ``on_stored`` is safe to repeat: an escalation is applied to its issue at most once
+  (``escalations.analysed_at``, set in the transaction that saves the issue), a cleared
+  incident clears once, and the recurring/repeat rules and enrichment recompute from the
+  stored data.
+
+Digests are rebuilt from the stored rows only as far as ``on_stored`` reads them: site,
+interval, tariff, cleared incidents, the self-resolved incidents and each charger's
+interval counters (``charger_intervals``), not features or per-connector health.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from chargesight.cloud.engine import Engine, Pool
+from chargesight.common.logs import get_logger
+from chargesight.common.messages import ChargerCounters, Digest, Escalation, SelfResolved
+
+log = get_logger(__name__)
+
+ANALYSIS_OWNER_LOCK = 727_012  # pg_advisory_lock(ANALYSIS_OWNER_LOCK, owner): owner alive
+CATCH_UP_CHUNK = 2_000  # messages analysed in one on_stored call at catch-up
+MAX_ATTEMPTS = 3  # catch-ups of a batch that failed; then it is left alone (and logged)
+
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+
+class AnalysisOwner:
+    """This collector's owner number, and its lock held on a connection of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.owner: int | None = None
+        self._conn: Conn | None = None
+
+    async def acquire(self) -> int:
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, row_factory=dict_row
+        )
+        try:
+            if self.owner is None:
+                row = await (
+                    await conn.execute("SELECT nextval('analysis_owner_seq') AS n")
+                ).fetchone()
+                assert row is not None
+                self.owner = int(str(row["n"]))
+            await conn.execute("SELECT pg_advisory_lock(%s, %s)", (ANALYSIS_OWNER_LOCK, self.owner))
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        return self.owner
+
+    async def keep(self) -> None:
+        """Take the lock again if its connection was lost (the database restarted): until
+        then another collector may analyse this one's batches too, which is harmless."""
+        if self._conn is not None and not self._conn.closed:
+            try:
+                await self._conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                await self._conn.close()
+        log.warning("analysis owner lock lost, taking it again", owner=self.owner)
+        await self.acquire()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+async def mark_analysed(pool: Pool, keys: list[str]) -> None:
+    """The batches ``keys`` were analysed: forget them."""
+    if keys:
+        async with pool.connection() as conn:
+            await conn.execute("DELETE FROM unanalysed WHERE batch_key = ANY(%s)", (keys,))
+
+
+async def load_stored(conn: Conn, ids: list[str]) -> tuple[list[Escalation], list[Digest]]:
+    """The escalations and (as far as analysis reads them) digests stored under ``ids``."""
+    cur = await conn.execute("SELECT body FROM escalations WHERE message_id = ANY(%s)", (ids,))
+    escalations = [Escalation.model_validate(r["body"]) for r in await cur.fetchall()]
+    escalations.sort(key=lambda e: (e.sent_at, e.message_id))
+    cur = await conn.execute(
+        "SELECT d.message_id, d.site_id, d.interval_start, d.interval_end, d.currency,"
+        " d.price_per_kwh, d.cleared_incidents, m.sent_at"
+        " FROM digests d JOIN messages m USING (message_id) WHERE d.message_id = ANY(%s)",
+        (ids,),
+    )
+    heads = await cur.fetchall()
+    if not heads:
+        return escalations, []
+    digest_ids = [str(r["message_id"]) for r in heads]
+    sites = sorted({str(r["site_id"]) for r in heads})
+    chargers: dict[str, list[ChargerCounters]] = defaultdict(list)
+    cur = await conn.execute(
+        "SELECT ci.message_id, ci.charge_point_id, ci.disconnects, ci.faults, ci.self_resolved,"
+        " ci.sessions_started, ci.sessions_failed, ci.sessions_ended_early, ci.energy_wh,"
+        " ci.connected_s FROM digests d JOIN charger_intervals ci ON ci.site_id = d.site_id"
+        " AND ci.interval_start = d.interval_start AND ci.message_id = d.message_id"
+        " WHERE d.message_id = ANY(%s)",
+        (digest_ids,),
+    )
+    for r in await cur.fetchall():
+        mid = str(r.pop("message_id"))
+        chargers[mid].append(ChargerCounters.model_validate(r))
+    blips: dict[str, list[SelfResolved]] = defaultdict(list)
+    cur = await conn.execute(
+        "SELECT message_id, incident_id, charge_point_id, connector_id, scope, kind, fault_code,"
+        " category, started_at, ended_at, fixed_by, vendor_code, sessions_cut, energy_unmet_wh"
+        " FROM self_resolved WHERE site_id = ANY(%s) AND message_id = ANY(%s)",
+        (sites, digest_ids),
+    )
+    for r in await cur.fetchall():
+        mid = str(r.pop("message_id"))
+        blips[mid].append(SelfResolved.model_validate(r))
+    digests = []
+    for h in heads:
+        mid = str(h["message_id"])
+        digests.append(
+            Digest.model_validate(
+                {**h, "cleared_incidents": list(h["cleared_incidents"] or []),
+                 "chargers": chargers.get(mid, []), "self_resolved": blips.get(mid, [])}
+            )
+        )  # fmt: skip
+    digests.sort(key=lambda d: (d.interval_end, d.message_id))
+    return escalations, digests
+
+
+async def catch_up(engine: Engine, url: str, me: int | None) -> int:
+    """Analyse what collectors that are gone stored and did not analyse; return how many
+    messages. One owner's failure is logged and its rows stay for the next pass.
+
+    The owners' locks are taken on a connection of its own (the engine uses its pool)."""
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        cur = await conn.execute(
+            "SELECT DISTINCT owner FROM unanalysed WHERE owner IS DISTINCT FROM %s"
+            " AND attempts < %s",
+            (me, MAX_ATTEMPTS),
+        )
+        owners = sorted(int(str(r["owner"])) for r in await cur.fetchall())
+        total = 0
+        for owner in owners:
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s) AS got", (ANALYSIS_OWNER_LOCK, owner)
+            )
+            row = await cur.fetchone()
+            if row is None or not row["got"]:
+                continue  # alive, or another collector is catching it up
+            try:
+                total += await _catch_up_owner(engine, conn, owner)
+            finally:
+                await conn.execute(
+                    "SELECT pg_advisory_unlock(%s, %s)", (ANALYSIS_OWNER_LOCK, owner)
+                )
+        return total
+
+
+async def _catch_up_owner(engine: Engine, conn: Conn, owner: int) -> int:
+    cur = await conn.execute(
+        "SELECT batch_key, message_ids FROM unanalysed WHERE owner = %s AND attempts < %s"
+        " ORDER BY stored_at, batch_key",
+        (owner, MAX_ATTEMPTS),
+    )
+    rows = [(str(r["batch_key"]), list(r["message_ids"])) for r in await cur.fetchall()]
+    done = 0
+    while rows:
+        keys: list[str] = []
+        ids: list[str] = []
+        while rows and (not ids or len(ids) + len(rows[0][1]) <= CATCH_UP_CHUNK):
+            key, mids = rows.pop(0)
+            keys.append(key)
+            ids.extend(mids)
+        try:
+            escalations, digests = await load_stored(conn, ids)
+            await engine.on_stored(escalations, digests)
+        except Exception as exc:  # logged; the rows stay for another pass
+            log.error("catch-up analysis failed", owner=owner, batches=len(keys),
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)  # fmt: skip
+            await conn.execute(
+                "UPDATE unanalysed SET attempts = attempts + 1 WHERE batch_key = ANY(%s)", (keys,)
+            )
+            continue
+        await conn.execute("DELETE FROM unanalysed WHERE batch_key = ANY(%s)", (keys,))
+        done += len(ids)
+        log.info("caught up on stored messages never analysed", owner=owner,
+                 escalations=len(escalations), digests=len(digests))  # fmt: skip
+    return done
