@@ -375,16 +375,17 @@ def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> di
     scope_ok = sum(1 for t, i in matches if i["scope"] == t["scope"])
     action_ok = sum(1 for t, i in matches if i["recommended_action"] == t["fix"])
     # related units: ordered pairs within a related group, among the matched faults
-    group_of = {
-        str(t["charge_point_id"]): t["related_group"] for t in truth if t.get("related_group")
-    }
+    members: dict[object, set[str]] = {}  # a unit can be in several groups (a PSU and a bug)
+    for t in truth:
+        if t.get("related_group"):
+            members.setdefault(t["related_group"], set()).add(str(t["charge_point_id"]))
     truth_pairs = set()
     found_pairs = set()
     for t, i in matches:
         cp = str(t["charge_point_id"])
         g = t.get("related_group")
         if g:
-            truth_pairs |= {(cp, o) for o, og in group_of.items() if og == g and o != cp}
+            truth_pairs |= {(cp, o) for o in members[g] if o != cp}
         rel = i["related"]
         assert isinstance(rel, list)
         if g:  # scored where the simulator knows the relatives (its related_group)

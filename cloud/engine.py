@@ -560,12 +560,13 @@ class Engine:
         since: datetime,
         until: datetime,
         exclude: str | None,
+        min_incidents: int | None = None,
     ) -> list[dict[str, Any]]:
         """Charge points of ``model`` where the fault (category, code, vendor code) repeated.
 
-        Repeated: ``repeat_min_incidents`` episodes within ``repeat_window_s`` at some point
-        in ``(since, until]`` — the rule that opens a repeat issue. Each with its site, its
-        latest episode and the firmware it ran then.
+        Repeated: ``min_incidents`` (default ``repeat_min_incidents``: the rule that opens a
+        repeat issue) episodes within ``repeat_window_s`` at some point in ``(since, until]``.
+        Each with its site, its latest episode and the firmware it ran then.
         """
         category, code, vendor_code = fault
         cur = await conn.execute(
@@ -590,7 +591,7 @@ class Engine:
                 "since": since,
                 "until": until,
                 "cp": exclude or "",
-                "min": self.config.repeat_min_incidents,
+                "min": min_incidents or self.config.repeat_min_incidents,
                 "model": model,
             },
         )
@@ -968,16 +969,20 @@ class Engine:
     async def _repeat_hits(
         self, conn: Conn, issue: Issue, since: datetime
     ) -> list[related.SignatureHit]:
-        """Other charge points of the model where the same fault repeated."""
+        """Other charge points of the model with the same fault: on the same firmware, once is
+        the same signature in the recent past; on another firmware, only where it repeated."""
         f = issue.fault
-        units = await self._repeating_units(
-            conn,
-            (f.category, f.code, f.vendor_code),
-            issue.hardware.model,
-            since,
-            issue.last_seen_at,
-            issue.charge_point_id,
-        )
+        key = (f.category, f.code, f.vendor_code)
+        model, cp, until = issue.hardware.model, issue.charge_point_id, issue.last_seen_at
+        units = await self._repeating_units(conn, key, model, since, until, cp)
+        seen = {u["charge_point_id"] for u in units}
+        units += [
+            u
+            for u in await self._repeating_units(
+                conn, key, model, since, until, cp, min_incidents=RELATED_MIN_EPISODES
+            )
+            if u["charge_point_id"] not in seen and u["firmware"] == issue.hardware.firmware
+        ]
         if not units:
             return []
         cur = await conn.execute(
@@ -1424,6 +1429,10 @@ def recurring_issue(
     return issue
 
 
+RELATED_MIN_EPISODES = 1
+"""Episodes of the same fault signature (in the related window) that make another unit of the
+model and firmware related to a repeat issue: like an escalation, one is the same fault in the
+recent past."""
 MAX_REPEAT_OUTAGES = 200  # episodes kept on a repeating-fault issue (the newest)
 
 
