@@ -429,6 +429,7 @@ class RecoveryEngine:
             elif isinstance(out, Closed):
                 self._closed(out.incident)
             elif isinstance(out, Absorbed):
+                self.sessions.release(out.incident.id)  # no record of its own is sent
                 run = self._runs.get(out.incident.id)
                 if run is not None:
                     run.outcome = "absorbed"
