@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chargesight.common.events import MeterSample, TransactionEnded, TransactionStarted
+from chargesight.common.normalise import events_from_call
 from chargesight.common.sessions import SessionTracker, unmet_energy_wh
 
 T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)
@@ -146,3 +147,36 @@ def test_unmet_energy_from_soc_counts_the_energy_after_the_last_sample() -> None
     ) == pytest.approx(45_000)
     # too few points of SoC to say: the past sessions are used, and none: unknown
     assert unmet_energy_wh(1000, (20.0, 0.0), (20.5, 1000.0), 1000.0, 100.0, []) is None
+
+
+def test_an_ocpp201_session_ended_by_a_fault_is_measured_from_its_transaction_events() -> None:
+    tr = SessionTracker()
+
+    def tx_event(kind: str, seq: int, wh: float, soc: float, reason: str | None = None) -> None:
+        info: dict[str, object] = {"transactionId": "T-201"}
+        if reason:
+            info["stoppedReason"] = reason
+        sampled = [
+            {"value": wh, "measurand": "Energy.Active.Import.Register"},
+            {"value": soc, "measurand": "SoC"},
+        ]
+        payload = {
+            "eventType": kind,
+            "timestamp": at(60 * seq).isoformat(),
+            "triggerReason": "MeterValuePeriodic",
+            "seqNo": seq,
+            "transactionInfo": info,
+            "evse": {"id": 1, "connectorId": 1},
+            "meterValue": [{"timestamp": at(60 * seq).isoformat(), "sampledValue": sampled}],
+        }
+        for e in events_from_call("CS-1", "2.0.1", "TransactionEvent", payload, at(60 * seq)):
+            tr.feed(e)
+
+    tx_event("Started", 0, 0.0, 20.0)
+    tx_event("Updated", 1, 5_000.0, 30.0)  # 500 Wh a point
+    tx_event("Updated", 2, 10_000.0, 40.0)
+    tr.claim("inc-201", "CS-1", [1], at(125))
+    tx_event("Ended", 3, 10_000.0, 40.0, reason="Other")
+    t = tr.tally("inc-201")
+    assert t is not None and t.sessions == 1
+    assert t.energy_unmet_wh == pytest.approx(60 * 500.0)  # 60 points short at 500 Wh
