@@ -45,8 +45,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from chargesight.cloud.collector import Collector, tune_gc
 from chargesight.cloud.config import CloudConfig
 from chargesight.cloud.db import open_database
-from chargesight.cloud.engine import save_issue
 from chargesight.cloud.issues import apply_escalation
+from chargesight.cloud.issuestore import save_issue
 from chargesight.common.logs import configure_logging
 from chargesight.common.messages import (
     ChargerCounters,

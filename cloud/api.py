@@ -24,8 +24,9 @@ from chargesight.cloud import ask, queries
 from chargesight.cloud import requests as edge_requests
 from chargesight.cloud.config import TokenEntry
 from chargesight.cloud.console import mount_console
-from chargesight.cloud.engine import Engine, Pool, load_issue, save_issue
+from chargesight.cloud.engine import Engine
 from chargesight.cloud.issues import IssueStateError, acknowledge, resolve
+from chargesight.cloud.issuestore import Pool, load_issue, save_issue
 from chargesight.cloud.metrics import Metrics
 from chargesight.common.messages import RecommendedAction, RequestKind
 

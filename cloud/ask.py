@@ -14,7 +14,8 @@ import re
 from typing import Any
 
 from chargesight.cloud import queries
-from chargesight.cloud.engine import Conn, Engine, _doc
+from chargesight.cloud.engine import Engine
+from chargesight.cloud.issuestore import Conn, issue_from_row
 from chargesight.cloud.model import Issue
 
 HELP = (
@@ -72,7 +73,7 @@ async def _active(conn: Conn, where: str = "TRUE", args: tuple[Any, ...] = ()) -
         f"SELECT doc FROM issues WHERE status <> 'resolved' AND {where} ORDER BY priority DESC LIMIT 20".encode(),
         args,
     )
-    return [_doc(r) for r in await cur.fetchall()]
+    return [issue_from_row(r) for r in await cur.fetchall()]
 
 
 async def answer(conn: Conn, engine: Engine, question: str) -> dict[str, Any]:
@@ -85,7 +86,7 @@ async def answer(conn: Conn, engine: Engine, question: str) -> dict[str, Any]:
         cur = await conn.execute("SELECT doc FROM issues WHERE id = ANY(%s)", (list(tokens),))
         rows = await cur.fetchall()
         if rows:
-            i = _doc(rows[0])
+            i = issue_from_row(rows[0])
             return {"answer": f"Issue {i.id}: {_summary(i)}. {i.diagnosis}", "data": [queries.issue_json(i)],
                     "issues": [_ref(i)], "understood": "issue id"}  # fmt: skip
         cur = await conn.execute(

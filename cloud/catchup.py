@@ -43,7 +43,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from chargesight.cloud.engine import Engine, Pool
+from chargesight.cloud.engine import Engine
+from chargesight.cloud.issuestore import Pool
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import ChargerCounters, Digest, Escalation, SelfResolved
 

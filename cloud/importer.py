@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from chargesight.cloud.engine import Cleared, Conn, Engine, Pool
+from chargesight.cloud.engine import Cleared, Engine
 from chargesight.cloud.ingest import DeadLetter, _reason, store_batch
+from chargesight.cloud.issuestore import Conn, Pool
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
 

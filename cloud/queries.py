@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 
 from chargesight.cloud import fleet
-from chargesight.cloud.engine import Conn, Engine, _doc
+from chargesight.cloud.engine import Engine
 from chargesight.cloud.health import WINDOW_DAYS, ChargerEvidence, ShortFault, charger_health
+from chargesight.cloud.issuestore import Conn, issue_from_row
 from chargesight.cloud.model import Issue
 
 STATUSES = ("open", "acknowledged", "resolved", "active", "all")
@@ -39,7 +40,7 @@ async def list_issues(
         f"SELECT doc FROM issues WHERE {where} ORDER BY priority DESC, started_at DESC, id LIMIT %s".encode(),
         args,
     )
-    return [issue_json(_doc(r)) for r in await cur.fetchall()]
+    return [issue_json(issue_from_row(r)) for r in await cur.fetchall()]
 
 
 async def site_summary(conn: Conn, engine: Engine, site_id: str) -> dict[str, Any] | None:
@@ -74,7 +75,7 @@ async def site_summary(conn: Conn, engine: Engine, site_id: str) -> dict[str, An
         " ORDER BY priority DESC",
         (site_id, start30),
     )
-    issues = [_doc(r) for r in await cur.fetchall()]
+    issues = [issue_from_row(r) for r in await cur.fetchall()]
     revenue_open = sum(
         i.revenue_lost.amount for i in issues if i.revenue_lost and i.status != "resolved"
     )
@@ -165,7 +166,7 @@ async def charger_summary(conn: Conn, engine: Engine, cp: str) -> dict[str, Any]
         " ORDER BY started_at DESC LIMIT 50",
         (cp, cp),
     )
-    issues = [_doc(r) for r in await cur.fetchall()]
+    issues = [issue_from_row(r) for r in await cur.fetchall()]
     spans = (await engine.outage_spans(conn, charge_point_id=cp)).get(cp, [])
     cur = await conn.execute("SELECT last_data_at FROM sites WHERE site_id = %s", (ch["site_id"],))
     site_row = await cur.fetchone()
@@ -252,7 +253,7 @@ async def _health_scores(
     )
     issues: dict[str, list[Issue]] = {cp: [] for cp in cps}
     for r in await cur.fetchall():
-        i = _doc(r)
+        i = issue_from_row(r)
         issues.setdefault(i.charge_point_id or "", []).append(i)
     cur = await conn.execute(
         "SELECT charge_point_id, started_at, category, fault_code, connector_id FROM self_resolved"

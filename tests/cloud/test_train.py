@@ -437,9 +437,10 @@ async def test_training_from_the_database_labels_its_stored_failures_and_learns_
 ) -> None:
     """small.toml's three Voltix DC150 PSU failures, imported, become the supervised labels."""
     from chargesight.cloud.config import AnalysisSection
-    from chargesight.cloud.engine import Engine, load_issue, save_issue
+    from chargesight.cloud.engine import Engine
     from chargesight.cloud.importer import import_dir
     from chargesight.cloud.issues import resolve
+    from chargesight.cloud.issuestore import load_issue, save_issue
 
     await import_dir(database.pool, Engine(database.pool, AnalysisSection()), history)
     truth = {
