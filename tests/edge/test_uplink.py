@@ -78,8 +78,13 @@ async def test_online_state_is_retained_and_clean_close_publishes_offline(
 ) -> None:
     site = "presence"
     topic = state_topic(site)
-    async with Uplink(mqtt(mosquitto.url), site, outbox) as up:
+    async with (
+        Observer(mosquitto.port, [topic]) as early,
+        Uplink(mqtt(mosquitto.url), site, outbox) as up,
+    ):
         await up.wait_connected()
+        # the broker has the state (SUBACK alone does not say the online PUBLISH got there)
+        await early.wait_for(lambda o: any(m[1]["state"] == "online" for m in o.messages))
         async with Observer(mosquitto.port, [topic]) as late:  # joins after: sees the retained one
             await late.wait_for(lambda o: bool(o.messages))
             _, payload, retained = late.messages[0]
