@@ -151,6 +151,52 @@ def start_mosquitto(port: int | None = None) -> Mosquitto:
 
 
 @dataclass
+class TlsMosquitto(Mosquitto):
+    """Mosquitto over TLS with a private CA (``cafile``) and password authentication."""
+
+    cafile: Path = field(default_factory=Path)
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+
+def start_tls_mosquitto(user: str, password: str) -> TlsMosquitto:
+    """A TLS listener with a certificate from a fresh CA, anonymous clients refused, and one
+    ``user`` with ``password``."""
+    from tests.certs import make_ca_and_cert
+
+    reap_stale_servers()
+    workdir = Path(tempfile.mkdtemp(prefix="cs-mosq-tls-"))
+    workdir.chmod(0o755)  # mosquitto started as root reads these as its own user
+    certs = make_ca_and_cert(workdir)
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    subprocess.run([passwd, "-b", "-c", str(workdir / "passwd"), user, password], check=True)
+    for f in workdir.iterdir():
+        f.chmod(0o644)
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\ncafile {certs.ca}\ncertfile {certs.cert}\n"
+        f"keyfile {certs.key}\nallow_anonymous false\npassword_file {workdir}/passwd\n"
+        "persistence false\nlog_type error\n"
+    )
+    proc = subprocess.Popen(
+        [find_mosquitto(), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=workdir,
+    )
+    _claim(workdir, proc.pid)
+    try:
+        wait_port(port, proc=proc)
+    except Exception:
+        proc.kill()
+        raise
+    return TlsMosquitto(port, proc, workdir, certs.ca)
+
+
+@dataclass
 class Postgres:
     port: int
     datadir: Path

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -28,9 +23,12 @@ from chargesight.cloud.mqttsource import (
     ServerDisconnect,
     Suback,
 )
-from tests.certs import make_ca_and_cert
 from tests.cloud.helpers import Publisher
-from tests.servers import Mosquitto, find_mosquitto, free_port, wait_port
+from tests.servers import (
+    Mosquitto,
+    TlsMosquitto,
+    start_tls_mosquitto,
+)
 
 USER, PASSWORD = "collector", "s3cret-pw"
 
@@ -214,46 +212,16 @@ async def test_unacknowledged_messages_come_back_after_the_connection_drops(
         await source.close()
 
 
-@dataclass
-class TlsBroker:
-    port: int
-    cafile: Path
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
-def tls_broker() -> Iterator[TlsBroker]:
-    d = Path(tempfile.mkdtemp(prefix="cs-mosq-tls-"))
-    d.chmod(0o755)  # mosquitto started as root reads these as its own user
-    certs = make_ca_and_cert(d)
-    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    subprocess.run([passwd, "-b", "-c", str(d / "passwd"), USER, PASSWORD], check=True)
-    for f in d.iterdir():
-        f.chmod(0o644)
-    port = free_port()
-    (d / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\ncafile {certs.ca}\ncertfile {certs.cert}\n"
-        f"keyfile {certs.key}\nallow_anonymous false\npassword_file {d}/passwd\n"
-        "persistence false\nlog_type error\n"
-    )
-    proc = subprocess.Popen(
-        [find_mosquitto(), "-c", str(d / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def tls_broker() -> Iterator[TlsMosquitto]:
+    broker = start_tls_mosquitto(USER, PASSWORD)
     try:
-        wait_port(port, proc=proc)
-        yield TlsBroker(port, certs.ca)
+        yield broker
     finally:
-        proc.terminate()
-        proc.wait(5)
-        shutil.rmtree(d, ignore_errors=True)
+        broker.stop()
 
 
-def tls_publish(broker: TlsBroker, topic: str, payload: bytes) -> None:
+def tls_publish(broker: TlsMosquitto, topic: str, payload: bytes) -> None:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     c.tls_set(ca_certs=str(broker.cafile))
     c.username_pw_set(USER, PASSWORD)
@@ -267,7 +235,7 @@ def tls_publish(broker: TlsBroker, topic: str, payload: bytes) -> None:
 
 
 @pytest.mark.mqtt
-async def test_mqtts_with_a_private_ca_and_a_password_receives(tls_broker: TlsBroker) -> None:
+async def test_mqtts_with_a_private_ca_and_a_password_receives(tls_broker: TlsMosquitto) -> None:
     cfg = section(tls_broker.url, cafile=tls_broker.cafile, username=USER, password=PASSWORD)
     source = MqttSource(cfg)
     await source.start()
@@ -283,7 +251,7 @@ async def test_mqtts_with_a_private_ca_and_a_password_receives(tls_broker: TlsBr
 
 @pytest.mark.mqtt
 async def test_a_wrong_password_is_an_error_that_names_the_url_and_the_reason(
-    tls_broker: TlsBroker,
+    tls_broker: TlsMosquitto,
 ) -> None:
     cfg = section(tls_broker.url, cafile=tls_broker.cafile, username=USER, password="wrong")
     with pytest.raises(MqttError, match=r"mqtts://127\.0\.0\.1:\d+: connection refused: (bad|not)"):
@@ -291,7 +259,7 @@ async def test_a_wrong_password_is_an_error_that_names_the_url_and_the_reason(
 
 
 @pytest.mark.mqtt
-async def test_an_unknown_certificate_authority_is_refused(tls_broker: TlsBroker) -> None:
+async def test_an_unknown_certificate_authority_is_refused(tls_broker: TlsMosquitto) -> None:
     cfg = section(tls_broker.url, username=USER, password=PASSWORD)  # no cafile: system CAs
     with pytest.raises(MqttError, match=r"cannot connect: .*CERTIFICATE_VERIFY_FAILED"):
         await MqttSource(cfg).start()

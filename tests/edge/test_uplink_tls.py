@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,52 +12,21 @@ from chargesight.common.messages import escalations_topic
 from chargesight.edge.config import MqttSection
 from chargesight.edge.outbox import Outbox
 from chargesight.edge.uplink import Uplink
-from tests.certs import make_ca_and_cert
 from tests.edge.uplink_support import escalation
-from tests.servers import find_mosquitto, free_port, wait_port
+from tests.servers import TlsMosquitto, start_tls_mosquitto
 
 pytestmark = pytest.mark.mqtt
 
 USER, PASSWORD = "edge", "s3cret-pw"
 
 
-@dataclass
-class TlsBroker:
-    port: int
-    cafile: Path
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
-def tls_broker() -> Iterator[TlsBroker]:
-    d = Path(tempfile.mkdtemp(prefix="cs-mosq-tls-"))
-    d.chmod(0o755)  # mosquitto started as root reads these as its own user
-    certs = make_ca_and_cert(d)
-    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    subprocess.run([passwd, "-b", "-c", str(d / "passwd"), USER, PASSWORD], check=True)
-    for f in d.iterdir():
-        f.chmod(0o644)
-    port = free_port()
-    (d / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\ncafile {certs.ca}\ncertfile {certs.cert}\n"
-        f"keyfile {certs.key}\nallow_anonymous false\npassword_file {d}/passwd\n"
-        "persistence false\nlog_type error\n"
-    )
-    proc = subprocess.Popen(
-        [find_mosquitto(), "-c", str(d / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def tls_broker() -> Iterator[TlsMosquitto]:
+    broker = start_tls_mosquitto(USER, PASSWORD)
     try:
-        wait_port(port, proc=proc)
-        yield TlsBroker(port, certs.ca)
+        yield broker
     finally:
-        proc.terminate()
-        proc.wait(5)
-        shutil.rmtree(d, ignore_errors=True)
+        broker.stop()
 
 
 @pytest.fixture
@@ -71,7 +36,7 @@ async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
 
 
 async def test_mqtts_with_private_ca_and_password_delivers(
-    tls_broker: TlsBroker, outbox: Outbox
+    tls_broker: TlsMosquitto, outbox: Outbox
 ) -> None:
     site = "tls-ok"
     cfg = MqttSection(
@@ -85,7 +50,7 @@ async def test_mqtts_with_private_ca_and_password_delivers(
 
 
 async def test_wrong_password_is_reported_in_status_and_nothing_is_lost(
-    tls_broker: TlsBroker, outbox: Outbox
+    tls_broker: TlsMosquitto, outbox: Outbox
 ) -> None:
     site = "tls-badpw"
     cfg = MqttSection(url=tls_broker.url, cafile=tls_broker.cafile, username=USER, password="no")
@@ -98,7 +63,7 @@ async def test_wrong_password_is_reported_in_status_and_nothing_is_lost(
 
 
 async def test_untrusted_broker_certificate_is_not_accepted(
-    tls_broker: TlsBroker, outbox: Outbox
+    tls_broker: TlsMosquitto, outbox: Outbox
 ) -> None:
     site = "tls-untrusted"
     cfg = MqttSection(url=tls_broker.url, username=USER, password=PASSWORD)  # system CAs only
