@@ -59,6 +59,25 @@ SocSample = tuple[float, float]
 """(SoC %, meter register Wh) of one sample."""
 
 
+def soc_at_stop(
+    first: SocSample | None, last: SocSample | None, stop_register_wh: float | None
+) -> tuple[float, float | None] | None:
+    """The SoC when the session stopped, and the Wh per SoC point it was charging at.
+
+    From the first and last samples with a SoC (at least ``MIN_SOC_SPAN`` points apart, else
+    ``None``): the last sample's SoC moved on by the energy after it (``stop_register_wh``).
+    With no energy between the samples the rate is unknown (``None``) and the SoC is the last
+    sample's."""
+    if first is None or last is None or last[0] - first[0] < MIN_SOC_SPAN:
+        return None
+    wh = last[1] - first[1]
+    if wh <= 0:
+        return min(100.0, last[0]), None
+    per_point = wh / (last[0] - first[0])
+    after = max(0.0, (stop_register_wh or last[1]) - last[1])
+    return min(100.0, last[0] + after / per_point), per_point
+
+
 def unmet_energy_wh(
     delivered_wh: float,
     first: SocSample | None,
@@ -73,14 +92,9 @@ def unmet_energy_wh(
     the meter register when it stopped (the energy after the last sample moved the SoC on).
     ``past_energies_wh``: the unit's recent complete sessions.
     """
-    if first is not None and last is not None:
-        span = last[0] - first[0]
-        wh = last[1] - first[1]
-        if span >= MIN_SOC_SPAN and wh > 0:
-            per_point = wh / span
-            after = max(0.0, (stop_register_wh or last[1]) - last[1])
-            soc_stop = min(100.0, last[0] + after / per_point)
-            return max(0.0, target_soc - soc_stop) * per_point
+    soc, per_point = soc_at_stop(first, last, stop_register_wh) or (0.0, None)
+    if per_point is not None:
+        return max(0.0, target_soc - soc) * per_point
     if len(past_energies_wh) < MIN_PAST_SESSIONS:
         return None
     beyond = [w - delivered_wh for w in past_energies_wh if w > delivered_wh]
@@ -228,10 +242,9 @@ class SessionTracker:
         delivered = self._delivered(s)
         if delivered > 0:
             u.energies.append(delivered)
-        if s.first is not None and s.last is not None and s.last[0] - s.first[0] >= MIN_SOC_SPAN:
-            per_point = (s.last[1] - s.first[1]) / (s.last[0] - s.first[0])
-            after = max(0.0, (s.register_wh or s.last[1]) - s.last[1])
-            u.finals.append(min(100.0, s.last[0] + (after / per_point if per_point > 0 else 0.0)))
+        stop = soc_at_stop(s.first, s.last, s.register_wh)
+        if stop is not None:
+            u.finals.append(stop[0])
 
     # ------------------------------------------------------------ incidents
 
