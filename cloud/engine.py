@@ -515,33 +515,30 @@ class Engine(RepeatRules):
             " AND charge_point_id IS NOT NULL",
             (issue.site_id, since, r.window_end),
         )
-        by_cp: dict[tuple[str, bool], list[revenue.Span]] = defaultdict(list)
         rows = await cur.fetchall()
+        spans = [
+            revenue.Span(
+                row["started_at"], row["ended_at"], row["sessions_cut"], row["energy_unmet_wh"]
+            )
+            for row in rows
+        ]
         # what the edge saw the incidents cut short (every incident measured, else the estimate
         # from early ends below): sessions, the energy their drivers still wanted, unestimated
-        measured = bool(rows) and all(row["sessions_cut"] is not None for row in rows)
-        cut_n = sum(int(row["sessions_cut"] or 0) for row in rows)
-        cut_wh = sum(float(row["energy_unmet_wh"] or 0.0) for row in rows)
-        cut_unpriced = sum(
-            int(row["sessions_cut"] or 0) for row in rows if row["energy_unmet_wh"] is None
-        )
+        measured = bool(spans) and all(sp.sessions_cut is not None for sp in spans)
+        cut_n, cut_wh, cut_unpriced = revenue.measured_cuts([revenue.Outage(spans, {})])
         offline_h = 0.0
-        for row in rows:
+        by_cp: dict[str, list[revenue.Span]] = defaultdict(list)
+        for row, span in zip(rows, spans, strict=True):
             if row["kind"] == "connectivity":
                 # offline for minutes, a unit may well still charge (local authorisation): the
                 # drivers it failed are in the failed starts below, not in its capacity
-                offline_h += (row["ended_at"] - row["started_at"]).total_seconds() / 3600.0
+                offline_h += (span.ended_at - span.started_at).total_seconds() / 3600.0
                 continue
-            by_cp[(str(row["charge_point_id"]), False)].append(
-                revenue.Span(row["started_at"], row["ended_at"])
-            )
+            by_cp[str(row["charge_point_id"])].append(span)
         history = await self._site_usage(
             conn, issue.site_id, since - timedelta(weeks=weeks), r.window_end
         )
-        own = [
-            revenue.Outage(spans, {cp: 0}, tried=tried, label=cp)
-            for (cp, tried), spans in sorted(by_cp.items())
-        ]
+        own = [revenue.Outage(sp, {cp: 0}, label=cp) for cp, sp in sorted(by_cp.items())]
         n = len(rows)
         est = revenue.estimate_revenue_lost(
             [],
