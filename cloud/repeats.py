@@ -204,7 +204,8 @@ class RepeatRules:
 
         Repeated: ``min_incidents`` (default ``repeat_min_incidents``: the rule that opens a
         repeat issue) episodes within ``repeat_window_s`` at some point in ``(since, until]``.
-        Each with its site, its latest episode and the firmware it ran then.
+        Each with its site, its latest episode, the firmware it ran then and its most episodes
+        within one window (``peak``).
         """
         category, code, vendor_code = fault
         cur = await conn.execute(
@@ -215,9 +216,9 @@ class RepeatRules:
             " AND s.vendor_code IS NOT DISTINCT FROM %(vc)s AND s.started_at > %(since)s"
             " AND s.started_at <= %(until)s AND s.charge_point_id IS NOT NULL"
             " AND s.charge_point_id <> %(cp)s),"
-            " u AS (SELECT charge_point_id, max(site_id) AS site_id, max(started_at) AS started_at"
-            " FROM e GROUP BY 1 HAVING max(n) >= %(min)s)"
-            " SELECT u.charge_point_id, u.site_id, u.started_at, ci.firmware FROM u"
+            " u AS (SELECT charge_point_id, max(site_id) AS site_id, max(started_at) AS started_at,"
+            " max(n) AS peak FROM e GROUP BY 1 HAVING max(n) >= %(min)s)"
+            " SELECT u.charge_point_id, u.site_id, u.started_at, u.peak, ci.firmware FROM u"
             " CROSS JOIN LATERAL (SELECT model, firmware FROM charger_intervals i"
             " WHERE i.charge_point_id = u.charge_point_id AND i.interval_start <= u.started_at"
             " ORDER BY i.interval_start DESC LIMIT 1) ci WHERE ci.model IS NOT DISTINCT FROM %(model)s",
@@ -260,14 +261,13 @@ class RepeatRules:
         f = issue.fault
         key = (f.category, f.code, f.vendor_code)
         model, cp, until = issue.hardware.model, issue.charge_point_id, issue.last_seen_at
-        units = await self._repeating_units(conn, key, model, since, until, cp)
-        seen = {u["charge_point_id"] for u in units}
-        units += [
+        units = [
             u
             for u in await self._repeating_units(
                 conn, key, model, since, until, cp, min_incidents=RELATED_MIN_EPISODES
             )
-            if u["charge_point_id"] not in seen and u["firmware"] == issue.hardware.firmware
+            if u["peak"] >= self.config.repeat_min_incidents
+            or u["firmware"] == issue.hardware.firmware
         ]
         if not units:
             return []
