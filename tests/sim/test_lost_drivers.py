@@ -92,17 +92,22 @@ def test_driver_who_met_no_fault_is_lost_to_none() -> None:
 # ------------------------------------------------------------ live
 
 
-async def test_live_ordinary_failed_start_after_a_broken_connector_is_not_the_faults(
-    csms: Csms,
-) -> None:
-    sim = Simulation(
-        parse_scenario(scenario(failed_start_ratio=1.0)),
+def arrivals_by_hand(csms: Csms, failed_start_ratio: float) -> Simulation:
+    """The two-charger site, live, with no drivers or faults of its own: the test brings both."""
+    return Simulation(
+        parse_scenario(scenario(failed_start_ratio=failed_start_ratio)),
         csms.url,
         speed=600,
         seed=3,
         drivers=False,
         scheduled_faults=False,
     )
+
+
+async def test_live_ordinary_failed_start_after_a_broken_connector_is_not_the_faults(
+    csms: Csms,
+) -> None:
+    sim = arrivals_by_hand(csms, failed_start_ratio=1.0)
     async with sim:
         await sim.wait_connected(timeout=10)
         broken = sim.inject("solo-01", "ground_failure", connector=1)
@@ -119,14 +124,7 @@ async def test_live_ordinary_failed_start_after_a_broken_connector_is_not_the_fa
 async def test_live_driver_turned_away_by_two_identical_faults_is_shared_half_and_half(
     csms: Csms,
 ) -> None:
-    sim = Simulation(
-        parse_scenario(scenario(failed_start_ratio=0.0)),
-        csms.url,
-        speed=600,
-        seed=3,
-        drivers=False,
-        scheduled_faults=False,
-    )
+    sim = arrivals_by_hand(csms, failed_start_ratio=0.0)
     async with sim:
         await sim.wait_connected(timeout=10)
         one = sim.inject("solo-01", "ground_failure", connector=1)
