@@ -212,11 +212,11 @@ class _Gen:
             "ended_at": iso(self.ts(t1)),
             "fixed_by": fixed_by,
             "vendor_code": vendor_code,
+            "sessions_cut": 0,
+            "energy_unmet_wh": 0.0,
         }
         # the edge claims the sessions a fault stops, or a charge point stops while it is offline
-        # (common/sessions.py); a drop's record is keyed by connector -1
-        rec["sessions_cut"] = 0
-        rec["energy_unmet_wh"] = 0.0
+        # (common/sessions.py): report_cut adds them; a drop's record is keyed by connector -1
         self.cut_records[(c, -1 if kind == "connectivity" else connector or 0, t0)] = rec
         self.site_selfres.setdefault((cp.site_id, h), []).append(rec)
 
