@@ -491,7 +491,9 @@ async def _worker(config: CloudConfig, spec: dict[str, Any], out: int) -> int:
         ) -> None:  # fmt: skip
             # what is new goes to the collector's analysis before the broker hears of it
             new = [("e", payloads[m.message_id]) for m in result.escalations]
-            new += [("d", payloads[m.message_id]) for m in result.digests]
+            for d in result.digests:  # only what the analysis reads: less to validate again
+                view = Engine.analysis_view(d)
+                new.append(("d", payloads[d.message_id] if view is d else view.to_json()))
             header = {"t": "batch", "report": asdict(report), "new": [(k, len(p)) for k, p in new],
                       "keys": result.batch_keys}  # fmt: skip
             await send(header, [p for _, p in new])
@@ -508,7 +510,8 @@ async def _worker(config: CloudConfig, spec: dict[str, Any], out: int) -> int:
 
 def _parse_new(header: dict[str, Any], rest: bytes) -> tuple[list[Escalation], list[Digest]]:
     """The new messages a worker stored, validated again from their bytes (the collector's
-    analysis works on the models; the worker validated them against the same schemas)."""
+    analysis works on the models; the worker validated them against the same schemas).
+    Digests come as ``Engine.analysis_view``: only the chargers the analysis reads."""
     escalations: list[Escalation] = []
     digests: list[Digest] = []
     pos = 0

@@ -114,6 +114,18 @@ class Engine(RepeatRules):
 
     # ---------------------------------------------------------------- lifecycle
 
+    @staticmethod
+    def analysis_view(digest: Digest) -> Digest:
+        """What ``on_stored`` reads of a digest: the digest without the chargers that had no
+        disconnect and no self-resolved incident (their counters are stored, and the analysis
+        reads them from the tables). Ingest workers hand this to the collector's analysis: a
+        digest of a quiet site is then a few hundred bytes to validate again, not the whole
+        message. Keep it in step with ``on_stored``."""
+        busy = [c for c in digest.chargers if c.disconnects or c.self_resolved]
+        if len(busy) == len(digest.chargers):
+            return digest
+        return digest.model_copy(update={"chargers": busy})
+
     async def on_stored(
         self,
         escalations: Sequence[Escalation],

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chargesight.cloud import diagnosis, fleet, recurring, related, revenue
+from chargesight.cloud.engine import Engine
 from chargesight.cloud.issues import (
     IssueStateError,
     acknowledge,
@@ -17,7 +18,7 @@ from chargesight.cloud.issues import (
 )
 from chargesight.cloud.model import RelatedUnit
 from chargesight.cloud.stats import gamma_cdf, gamma_ppf, poisson_rate_ci
-from tests.cloud.helpers import T0, escalation
+from tests.cloud.helpers import T0, blip, counters, digest, escalation
 
 H = timedelta(hours=1)
 WEEK = timedelta(days=7)
@@ -447,3 +448,17 @@ def test_sessions_a_degrading_unit_cut_short_before_it_failed_count_half_a_sessi
     # early counting as half a session each (1,680 kWh ÷ 157.5)
     assert est.amount - plain.amount == pytest.approx(cut / 2 * 1680 / (168 - 21 / 2))
     assert "cut short" in est.method
+
+
+def test_the_analysis_view_of_a_digest_keeps_its_header_and_only_its_busy_chargers() -> None:
+    quiet, dropped, fixed = (
+        counters("q"),
+        counters("d", disconnects=2),
+        counters("f", self_resolved=1),
+    )
+    d = digest("s", T0, [quiet, dropped, fixed], self_resolved=[blip("f", T0)], cleared=["inc-1"])
+    view = Engine.analysis_view(d)
+    assert [c.charge_point_id for c in view.chargers] == ["d", "f"]
+    assert view.model_dump(exclude={"chargers"}) == d.model_dump(exclude={"chargers"})
+    busy = digest("s", T0, [dropped, fixed])
+    assert Engine.analysis_view(busy) is busy  # nothing to leave out: not copied

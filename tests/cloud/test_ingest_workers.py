@@ -20,7 +20,8 @@ from chargesight.cloud.config import CloudConfig
 from chargesight.cloud.db import Database
 from chargesight.common.configload import ConfigError
 from tests.cloud.conftest import OPERATOR, make_config, start_collector
-from tests.cloud.helpers import T0, Publisher, counters, digest, escalation
+from tests.cloud.helpers import T0, Publisher, counters, digest, escalation, usage_history
+from tests.cloud.test_collector_scenarios import WEEK, flaky_day
 from tests.servers import Mosquitto, free_port
 
 # each test on a broker of its own: the session's broker holds other tests' retained messages,
@@ -85,6 +86,42 @@ async def test_two_workers_split_the_stream_and_store_every_message_exactly_once
         assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_what_workers_hand_to_the_analysis_still_raises_site_problems_and_clears_faults(
+    database: Database, mosquitto_private: Mosquitto
+) -> None:
+    # workers hand the analysis each digest without its quiet chargers (Engine.analysis_view):
+    # the flaky site must still be found and costed, and a cleared fault resolved, as in one process
+    config = with_workers(
+        make_config(database.url, mosquitto_private.url, recurring_min_incidents=20), 2
+    )
+    collector, task = await start_collector(config, database)
+    pub = await asyncio.to_thread(Publisher, mosquitto_private.url)
+    try:
+        cps = ["w-1", "w-2", "w-3"]
+        history = usage_history("cafe", cps, T0 - 2 * WEEK, 14 * 24)
+        fault = escalation("depot", "d-1", incident_id="inc-d1")
+        n = await asyncio.to_thread(pub.send, *history, *flaky_day("cafe", cps), fault)
+        await collector.wait_stored(n, timeout=60)
+        healed = digest("depot", T0 + timedelta(hours=2), [counters("d-1")], cleared=["inc-d1"])
+        n += await asyncio.to_thread(pub.send, healed)
+        await collector.wait_stored(n, timeout=60)
+
+        async with database.pool.connection() as conn:
+            cur = await conn.execute("SELECT site_id, scope, status, doc FROM issues ORDER BY 1")
+            rows = await cur.fetchall()
+        assert [(r["site_id"], r["scope"], r["status"]) for r in rows] == [
+            ("cafe", "site", "open"),
+            ("depot", "charge_point", "resolved"),
+        ]
+        cafe = rows[0]["doc"]
+        assert isinstance(cafe, dict)
+        assert cafe["recurring"]["incidents"] == 24
+        assert cafe["revenue_lost"]["amount"] == pytest.approx(240.0)  # as in one process
+    finally:
+        await asyncio.to_thread(pub.close)
+        await stop(collector, task)
 
 
 async def test_a_killed_worker_loses_nothing_its_unacknowledged_messages_come_back(
