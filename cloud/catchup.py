@@ -37,16 +37,16 @@ interval counters (``charger_intervals``), not features or per-connector health.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from chargesight.cloud.engine import Engine
+from chargesight.cloud.ingest import DigestSummary
 from chargesight.cloud.issuestore import Pool
 from chargesight.common.logs import get_logger
-from chargesight.common.messages import ChargerCounters, Digest, Escalation, SelfResolved
+from chargesight.common.messages import Escalation
 
 log = get_logger(__name__)
 
@@ -108,54 +108,33 @@ async def mark_analysed(pool: Pool, keys: list[str]) -> None:
             await conn.execute("DELETE FROM unanalysed WHERE batch_key = ANY(%s)", (keys,))
 
 
-async def load_stored(conn: Conn, ids: list[str]) -> tuple[list[Escalation], list[Digest]]:
-    """The escalations and (as far as analysis reads them) digests stored under ``ids``."""
+async def load_stored(conn: Conn, ids: list[str]) -> tuple[list[Escalation], list[DigestSummary]]:
+    """The escalations and the digests (as the analysis reads them) stored under ``ids``."""
     cur = await conn.execute("SELECT body FROM escalations WHERE message_id = ANY(%s)", (ids,))
     escalations = [Escalation.model_validate(r["body"]) for r in await cur.fetchall()]
     escalations.sort(key=lambda e: (e.sent_at, e.message_id))
     cur = await conn.execute(
-        "SELECT d.message_id, d.site_id, d.interval_start, d.interval_end, d.currency,"
-        " d.price_per_kwh, d.cleared_incidents, m.sent_at"
-        " FROM digests d JOIN messages m USING (message_id) WHERE d.message_id = ANY(%s)",
+        "SELECT d.site_id, d.interval_end, d.cleared_incidents,"
+        " EXISTS (SELECT 1 FROM self_resolved s WHERE s.site_id = d.site_id"
+        "   AND s.message_id = d.message_id)"
+        " OR EXISTS (SELECT 1 FROM charger_intervals ci WHERE ci.site_id = d.site_id"
+        "   AND ci.interval_start = d.interval_start AND ci.message_id = d.message_id"
+        "   AND (ci.disconnects <> 0 OR ci.self_resolved <> 0)) AS small,"
+        " EXISTS (SELECT 1 FROM self_resolved s WHERE s.site_id = d.site_id"
+        "   AND s.message_id = d.message_id AND s.kind <> 'connectivity') AS fault_blips"
+        " FROM digests d WHERE d.message_id = ANY(%s) ORDER BY d.interval_end, d.message_id",
         (ids,),
     )
-    heads = await cur.fetchall()
-    if not heads:
-        return escalations, []
-    digest_ids = [str(r["message_id"]) for r in heads]
-    sites = sorted({str(r["site_id"]) for r in heads})
-    chargers: dict[str, list[ChargerCounters]] = defaultdict(list)
-    cur = await conn.execute(
-        "SELECT ci.message_id, ci.charge_point_id, ci.disconnects, ci.faults, ci.self_resolved,"
-        " ci.sessions_started, ci.sessions_failed, ci.sessions_ended_early, ci.energy_wh,"
-        " ci.connected_s FROM digests d JOIN charger_intervals ci ON ci.site_id = d.site_id"
-        " AND ci.interval_start = d.interval_start AND ci.message_id = d.message_id"
-        " WHERE d.message_id = ANY(%s)",
-        (digest_ids,),
-    )
-    for r in await cur.fetchall():
-        mid = str(r.pop("message_id"))
-        chargers[mid].append(ChargerCounters.model_validate(r))
-    blips: dict[str, list[SelfResolved]] = defaultdict(list)
-    cur = await conn.execute(
-        "SELECT message_id, incident_id, charge_point_id, connector_id, scope, kind, fault_code,"
-        " category, started_at, ended_at, fixed_by, vendor_code, sessions_cut, energy_unmet_wh"
-        " FROM self_resolved WHERE site_id = ANY(%s) AND message_id = ANY(%s)",
-        (sites, digest_ids),
-    )
-    for r in await cur.fetchall():
-        mid = str(r.pop("message_id"))
-        blips[mid].append(SelfResolved.model_validate(r))
-    digests = []
-    for h in heads:
-        mid = str(h["message_id"])
-        digests.append(
-            Digest.model_validate(
-                {**h, "cleared_incidents": list(h["cleared_incidents"] or []),
-                 "chargers": chargers.get(mid, []), "self_resolved": blips.get(mid, [])}
-            )
-        )  # fmt: skip
-    digests.sort(key=lambda d: (d.interval_end, d.message_id))
+    digests = [
+        DigestSummary(
+            str(r["site_id"]),
+            r["interval_end"],
+            tuple(r["cleared_incidents"] or ()),
+            bool(r["small"]),
+            bool(r["fault_blips"]),
+        )
+        for r in await cur.fetchall()
+    ]
     return escalations, digests
 
 

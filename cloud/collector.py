@@ -56,13 +56,21 @@ from chargesight.cloud.config import CloudConfig, IngestSection
 from chargesight.cloud.db import Database, DatabaseError, open_database
 from chargesight.cloud.embedded import EmbeddedPostgres, start_embedded
 from chargesight.cloud.engine import Engine
-from chargesight.cloud.ingest import DeadLetter, StoreResult, classify, store_batch
+from chargesight.cloud.ingest import (
+    DeadLetter,
+    DigestSummary,
+    Received,
+    StoreResult,
+    classify,
+    store_batch,
+    topic_of,
+)
 from chargesight.cloud.metrics import Metrics
 from chargesight.cloud.mqttsource import PERSISTENT_SESSION_S, Inbound, MqttError, MqttSource
 from chargesight.cloud.requests import RequestSender
 from chargesight.common.configload import ConfigError, parse_host_port
 from chargesight.common.logs import configure_logging, get_logger
-from chargesight.common.messages import Digest, EdgeMessage, Escalation
+from chargesight.common.messages import Escalation
 
 log = get_logger(__name__)
 
@@ -145,10 +153,12 @@ def check_workers(config: CloudConfig) -> None:
 @dataclass
 class Pending:
     escalations: list[Escalation] = field(default_factory=list)
-    digests: list[Digest] = field(default_factory=list)
+    digests: list[DigestSummary] = field(default_factory=list)
     batch_keys: list[str] = field(default_factory=list)  # their ``unanalysed`` rows
 
-    def add(self, escalations: list[Escalation], digests: list[Digest], keys: list[str]) -> None:
+    def add(
+        self, escalations: list[Escalation], digests: list[DigestSummary], keys: list[str]
+    ) -> None:
         self.escalations.extend(escalations)
         self.digests.extend(digests)
         self.batch_keys.extend(keys)
@@ -188,7 +198,7 @@ def apply_report(metrics: Metrics, r: BatchReport) -> None:
 class Classified:
     """One batch after validation."""
 
-    msgs: list[EdgeMessage] = field(default_factory=list)
+    msgs: list[Received] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     received: dict[str, int] = field(default_factory=dict)  # by kind
     payloads: dict[str, bytes] = field(default_factory=dict)  # message_id → the bytes received
@@ -235,7 +245,7 @@ class IngestLoop:
         return out
 
     async def store(
-        self, msgs: list[EdgeMessage], dead: list[DeadLetter], report: BatchReport | None = None
+        self, msgs: list[Received], dead: list[DeadLetter], report: BatchReport | None = None
     ) -> StoreResult:
         """Store one batch. Connection trouble is retried until it succeeds; a batch the
         database refuses (bad data) is stored message by message, and what it still refuses
@@ -269,7 +279,7 @@ class IngestLoop:
         report.stored = {k: n for k, n in stored.items() if n}
         return result
 
-    async def _store_singly(self, msgs: list[EdgeMessage], dead: list[DeadLetter]) -> StoreResult:
+    async def _store_singly(self, msgs: list[Received], dead: list[DeadLetter]) -> StoreResult:
         total = StoreResult()
         refused: list[DeadLetter] = list(dead)
         for m in msgs:
@@ -279,8 +289,7 @@ class IngestLoop:
             except RETRYABLE:
                 raise
             except psycopg.Error as exc:
-                topic = f"chargesight/v1/sites/{m.site_id}/{type(m).__name__.lower()}"
-                refused.append(DeadLetter(topic, f"database refused it: {exc}", m.to_json()))
+                refused.append(DeadLetter(topic_of(m), f"database refused it: {exc}", m.to_json()))
                 continue
             total.escalations += r.escalations
             total.digests += r.digests
@@ -490,13 +499,12 @@ async def _worker(config: CloudConfig, spec: dict[str, Any], out: int) -> int:
             payloads: dict[str, bytes],
         ) -> None:  # fmt: skip
             # what is new goes to the collector's analysis before the broker hears of it
-            new = [("e", payloads[m.message_id]) for m in result.escalations]
-            for d in result.digests:  # only what the analysis reads: less to validate again
-                view = Engine.analysis_view(d)
-                new.append(("d", payloads[d.message_id] if view is d else view.to_json()))
-            header = {"t": "batch", "report": asdict(report), "new": [(k, len(p)) for k, p in new],
+            # escalations as received; digests as what the analysis reads of them
+            new = [payloads[m.message_id] for m in result.escalations]
+            header = {"t": "batch", "report": asdict(report), "new": [len(p) for p in new],
+                      "digests": [d.to_list() for d in result.digests],
                       "keys": result.batch_keys}  # fmt: skip
-            await send(header, [p for _, p in new])
+            await send(header, new)
 
         loop_ = IngestLoop(config.ingest, db, source, stored)
         loop_.owner = int(spec["owner"]) if spec.get("owner") is not None else None
@@ -508,25 +516,20 @@ async def _worker(config: CloudConfig, spec: dict[str, Any], out: int) -> int:
         stdin.close()
 
 
-def _parse_new(header: dict[str, Any], rest: bytes) -> tuple[list[Escalation], list[Digest]]:
-    """The new messages a worker stored, validated again from their bytes (the collector's
-    analysis works on the models; the worker validated them against the same schemas).
-    Digests come as ``Engine.analysis_view``: only the chargers the analysis reads."""
+def _parse_new(header: dict[str, Any], rest: bytes) -> tuple[list[Escalation], list[DigestSummary]]:
+    """What a worker stored, for the collector's analysis: the escalations validated again
+    from their bytes (the analysis works on the models; the worker validated them against
+    the same schemas), the digests as their summaries."""
     escalations: list[Escalation] = []
-    digests: list[Digest] = []
     pos = 0
-    for kind, size in header["new"]:
-        raw = rest[pos : pos + size]
+    for size in header["new"]:
+        escalations.append(Escalation.model_validate_json(rest[pos : pos + size]))
         pos += size
-        if kind == "e":
-            escalations.append(Escalation.model_validate_json(raw))
-        else:
-            digests.append(Digest.model_validate_json(raw))
-    return escalations, digests
+    return escalations, [DigestSummary.from_list(v) for v in header.get("digests", ())]
 
 
 WorkerBatchCallback = Callable[
-    [int, BatchReport, list[Escalation], list[Digest], list[str]], Awaitable[None]
+    [int, BatchReport, list[Escalation], list[DigestSummary], list[str]], Awaitable[None]
 ]
 
 
@@ -630,9 +633,10 @@ class IngestWorkers:
             report = BatchReport(**header["report"])
             self.depths[k] = report.depth
             self.handled[k] += report.handled
-            escalations, digests = (
-                await asyncio.to_thread(_parse_new, header, rest) if header["new"] else ([], [])
-            )
+            if header["new"]:
+                escalations, digests = await asyncio.to_thread(_parse_new, header, rest)
+            else:
+                escalations, digests = _parse_new(header, rest)
             await self._on_batch(k, report, escalations, digests, list(header.get("keys", ())))
 
     async def _stop(self, k: int) -> int | None:
@@ -789,7 +793,8 @@ class Collector:
         )
 
     async def _worker_stored(
-        self, k: int, report: BatchReport, escalations: list[Escalation], digests: list[Digest],
+        self, k: int, report: BatchReport, escalations: list[Escalation],
+        digests: list[DigestSummary],
         keys: list[str],
     ) -> None:  # fmt: skip
         apply_report(self.metrics, report)
@@ -797,7 +802,8 @@ class Collector:
         await self._handled(report.handled, sum(report.stored.values()), escalations, digests, keys)
 
     async def _handled(
-        self, handled: int, stored: int, escalations: list[Escalation], digests: list[Digest],
+        self, handled: int, stored: int, escalations: list[Escalation],
+        digests: list[DigestSummary],
         keys: list[str],
     ) -> None:  # fmt: skip
         self.handled_total += handled

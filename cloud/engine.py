@@ -30,6 +30,7 @@ import psycopg
 
 from chargesight.cloud import diagnosis, fleet, foresight, recurring, related, revenue
 from chargesight.cloud.config import AnalysisSection
+from chargesight.cloud.ingest import DigestSummary
 from chargesight.cloud.issues import (
     IssueKey,
     apply_cleared,
@@ -56,7 +57,7 @@ from chargesight.cloud.model import (
 )
 from chargesight.cloud.repeats import RepeatRules
 from chargesight.common.logs import get_logger
-from chargesight.common.messages import Digest, Escalation, Fault
+from chargesight.common.messages import Escalation, Fault
 
 log = get_logger(__name__)
 
@@ -114,22 +115,10 @@ class Engine(RepeatRules):
 
     # ---------------------------------------------------------------- lifecycle
 
-    @staticmethod
-    def analysis_view(digest: Digest) -> Digest:
-        """What ``on_stored`` reads of a digest: the digest without the chargers that had no
-        disconnect and no self-resolved incident (their counters are stored, and the analysis
-        reads them from the tables). Ingest workers hand this to the collector's analysis: a
-        digest of a quiet site is then a few hundred bytes to validate again, not the whole
-        message. Keep it in step with ``on_stored``."""
-        busy = [c for c in digest.chargers if c.disconnects or c.self_resolved]
-        if len(busy) == len(digest.chargers):
-            return digest
-        return digest.model_copy(update={"chargers": busy})
-
     async def on_stored(
         self,
         escalations: Sequence[Escalation],
-        digests: Sequence[Digest],
+        digests: Sequence[DigestSummary],
         *,
         recurring_check: bool = True,
     ) -> set[str]:
@@ -143,11 +132,7 @@ class Engine(RepeatRules):
         if recurring_check and digests:
             # only sites with small incidents in this batch, or a recurring issue still open
             # (which may clear as the window moves), need the recurring rule evaluated
-            check = {
-                d.site_id
-                for d in digests
-                if d.self_resolved or any(c.disconnects or c.self_resolved for c in d.chargers)
-            }
+            check = {d.site_id for d in digests if d.small_incidents}
             batch_sites = {d.site_id for d in digests}
             check |= await self._sites_with_open(batch_sites, "recurring")
             for site in sorted(check):
@@ -155,9 +140,7 @@ class Engine(RepeatRules):
                 if iid:
                     touched.add(iid)
             # one charge point's same fault, cleared again and again
-            repeat = {
-                d.site_id for d in digests if any(b.kind != "connectivity" for b in d.self_resolved)
-            }
+            repeat = {d.site_id for d in digests if d.fault_blips}
             repeat |= await self._sites_with_open(batch_sites, "repeat")
             for site in sorted(repeat):
                 touched |= await self.check_repeats(site)

@@ -23,7 +23,8 @@ import orjson
 from pydantic import ValidationError
 
 from chargesight.cloud.engine import Cleared, Engine
-from chargesight.cloud.ingest import DeadLetter, _reason, store_batch
+from chargesight.cloud.fastdigest import decode_digest, out_of_range
+from chargesight.cloud.ingest import DeadLetter, Received, _reason, store_batch
 from chargesight.cloud.issuestore import Conn, Pool
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
@@ -135,14 +136,15 @@ async def import_dir(
         if not path.exists():
             log.warning("missing file", file=str(path))
             continue
-        msgs: list[EdgeMessage] = []
+        msgs: list[Received] = []
         dead: list[DeadLetter] = []
         for lineno, raw in _lines(path):
             report.lines += 1
-            try:
-                msgs.append(model.model_validate_json(raw))
-            except ValidationError as exc:
-                dead.append(DeadLetter(f"import:{name}:{lineno}", _reason(exc), raw))
+            parsed = _parse(model, raw, f"import:{name}:{lineno}")
+            if isinstance(parsed, DeadLetter):
+                dead.append(parsed)
+            else:
+                msgs.append(parsed)
             if len(msgs) + len(dead) >= batch:
                 await _flush(pool, msgs, dead, report, escalations, cleared)
                 msgs, dead = [], []
@@ -158,9 +160,22 @@ async def import_dir(
     return report
 
 
+def _parse(model: type[EdgeMessage], raw: bytes, where: str) -> Received | DeadLetter:
+    """One line, validated as the collector validates what it receives (cloud/fastdigest.py)."""
+    if model is Digest and (fast := decode_digest(raw)) is not None:
+        return fast
+    try:
+        msg = model.model_validate_json(raw)
+    except ValidationError as exc:
+        return DeadLetter(where, _reason(exc), raw)
+    if isinstance(msg, Digest) and (why := out_of_range(msg)):
+        return DeadLetter(where, why, raw)
+    return msg
+
+
 async def _flush(
     pool: Pool,
-    msgs: list[EdgeMessage],
+    msgs: list[Received],
     dead: list[DeadLetter],
     report: ImportReport,
     escalations: list[Escalation],

@@ -27,8 +27,9 @@ import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
+from chargesight.cloud.fastdigest import ChargerRecord, DigestRecord, decode_digest, out_of_range
 from chargesight.common.messages import (
     SCHEMA_VERSION,
     ChargerCounters,
@@ -43,6 +44,9 @@ from chargesight.common.messages import (
 
 KINDS = ("escalations", "digests", "state", "replies")
 MAX_PAYLOAD = 4 * 1024 * 1024
+
+# what the store path takes: the models, or a digest as msgspec decoded it (cloud/fastdigest.py)
+Received = EdgeMessage | DigestRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +71,10 @@ def _reason(exc: ValidationError) -> str:
     return "schema validation failed: " + "; ".join(parts) + more
 
 
-def classify(topic: str, payload: bytes) -> EdgeMessage | DeadLetter:
-    """Validate one received message against the common schemas (never raises)."""
+def classify(topic: str, payload: bytes) -> Received | DeadLetter:
+    """Validate one received message against the common schemas (never raises). A digest
+    comes back as msgspec decoded it when msgspec accepts it, else as pydantic validated it
+    (or a dead letter with pydantic's reason): see cloud/fastdigest.py."""
     parsed = parse_site_topic(topic)
     if parsed is None:
         return DeadLetter(topic, "topic is not chargesight/v1/sites/{site_id}/{kind}", payload)
@@ -79,12 +85,16 @@ def classify(topic: str, payload: bytes) -> EdgeMessage | DeadLetter:
         return DeadLetter(
             topic, f"payload of {len(payload)} bytes is over the limit", payload[:MAX_PAYLOAD]
         )
+    msg: Received | None = decode_digest(payload) if kind == "digests" else None
     try:
-        msg = parse_edge_message(kind, payload)
+        if msg is None:
+            msg = parse_edge_message(kind, payload)
     except ValidationError as exc:
         return DeadLetter(topic, _reason(exc), payload)
     except ValueError as exc:
         return DeadLetter(topic, str(exc), payload)
+    if isinstance(msg, Digest) and (why := out_of_range(msg)):
+        return DeadLetter(topic, why, payload)
     if msg.schema_version != SCHEMA_VERSION:
         return DeadLetter(topic, f"unsupported schema_version {msg.schema_version}", payload)
     if msg.site_id != site_id:
@@ -94,12 +104,50 @@ def classify(topic: str, payload: bytes) -> EdgeMessage | DeadLetter:
     return msg
 
 
+@dataclass(frozen=True, slots=True)
+class DigestSummary:
+    """What the analysis (``Engine.on_stored``) reads of a stored digest; the counters
+    themselves it reads from the tables."""
+
+    site_id: str
+    interval_end: datetime
+    cleared_incidents: tuple[str, ...] = ()
+    # self-resolved incidents or disconnects in it: the site's recurring rule is evaluated
+    small_incidents: bool = False
+    # a self-resolved incident that was not a connectivity drop: the repeat rule is evaluated
+    fault_blips: bool = False
+
+    @classmethod
+    def of(cls, d: Digest | DigestRecord) -> DigestSummary:
+        return cls(
+            d.site_id,
+            d.interval_end,
+            tuple(d.cleared_incidents),
+            bool(d.self_resolved) or any(c.disconnects or c.self_resolved for c in d.chargers),
+            any(b.kind != "connectivity" for b in d.self_resolved),
+        )
+
+    def to_list(self) -> list[object]:
+        """As JSON values (ingest workers hand summaries to the collector's analysis)."""
+        return [
+            self.site_id,
+            self.interval_end.isoformat(),
+            list(self.cleared_incidents),
+            self.small_incidents,
+            self.fault_blips,
+        ]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> DigestSummary:
+        return cls(str(v[0]), datetime.fromisoformat(v[1]), tuple(v[2]), bool(v[3]), bool(v[4]))
+
+
 @dataclass
 class StoreResult:
-    """What a batch added: only messages that were new."""
+    """What a batch added: only messages that were new (digests as what the analysis reads)."""
 
     escalations: list[Escalation] = field(default_factory=list)
-    digests: list[Digest] = field(default_factory=list)
+    digests: list[DigestSummary] = field(default_factory=list)
     states: int = 0
     replies: int = 0
     duplicates: int = 0
@@ -113,14 +161,27 @@ class StoreResult:
         return len(self.escalations) + len(self.digests) + self.states + self.replies
 
 
-def _kind(msg: EdgeMessage) -> str:
+def _kind(msg: Received) -> str:
     if isinstance(msg, Escalation):
         return "escalation"
-    if isinstance(msg, Digest):
+    if isinstance(msg, Digest | DigestRecord):
         return "digest"
     if isinstance(msg, SiteState):
         return "state"
     return "reply"
+
+
+_TOPIC_KIND = {
+    "escalation": "escalations",
+    "digest": "digests",
+    "state": "state",
+    "reply": "replies",
+}
+
+
+def topic_of(msg: Received) -> str:
+    """The site topic a message is received on."""
+    return f"chargesight/v1/sites/{msg.site_id}/{_TOPIC_KIND[_kind(msg)]}"
 
 
 INTERVAL_COLS = (
@@ -157,7 +218,7 @@ INTERVAL_COLS = (
 
 async def store_batch(
     conn: psycopg.AsyncConnection[dict[str, object]],
-    messages: Sequence[EdgeMessage],
+    messages: Sequence[Received],
     dead: Sequence[DeadLetter] = (),
     *,
     owner: int | None = None,
@@ -168,7 +229,7 @@ async def store_batch(
     and digests are also recorded in ``unanalysed`` (one row for the batch, in the same
     transaction and pipeline): stored but not yet analysed until that row is deleted."""
     result = StoreResult(dead_letters=len(dead))
-    unique: dict[str, EdgeMessage] = {}
+    unique: dict[str, Received] = {}
     for m in messages:
         if m.message_id in unique:
             result.duplicates += 1
@@ -200,22 +261,23 @@ async def store_batch(
         fresh = {str(r["message_id"]) for r in await cur.fetchall()}
         result.duplicates += len(ids) - len(fresh)
         new = [unique[i] for i in ids if i in fresh]
+        digests: list[Digest | DigestRecord] = []
         for m in new:
             result.sites.add(m.site_id)
             if isinstance(m, Escalation):
                 result.escalations.append(m)
-            elif isinstance(m, Digest):
-                result.digests.append(m)
+            elif isinstance(m, Digest | DigestRecord):
+                digests.append(m)
             elif isinstance(m, SiteState):
                 result.states += 1
             else:
                 result.replies += 1
-        charger_updates = _charger_meta(result.digests, _db_key(conn))
-        await _stage_intervals(conn, result.digests)
+        charger_updates = _charger_meta(digests, _db_key(conn))
+        await _stage_intervals(conn, digests)
         # everything below depends only on ``fresh``: sent in one pipeline, one round trip
         async with conn.pipeline():
             await _write_escalations(conn, result.escalations)
-            await _write_digests(conn, result.digests, charger_updates)
+            await _write_digests(conn, digests, charger_updates)
             await _write_states(conn, [m for m in new if isinstance(m, SiteState)])
             replies = [m for m in new if isinstance(m, Reply)]
             if replies:
@@ -229,7 +291,9 @@ async def store_batch(
                         ],
                     )
             await _touch_sites(conn, new)
-            to_analyse = [m.message_id for m in new if isinstance(m, Escalation | Digest)]
+            to_analyse = [
+                m.message_id for m in new if isinstance(m, Escalation | Digest | DigestRecord)
+            ]
             if owner is not None and to_analyse:
                 # keyed by its first new message's id: fresh in the ledger, so unique
                 await conn.execute(
@@ -239,8 +303,9 @@ async def store_batch(
                 result.batch_keys.append(to_analyse[0])
     if charger_updates:
         _known_chargers.setdefault(_db_key(conn), {}).update(charger_updates)
+    in_order = sorted(digests, key=lambda d: (d.interval_end, d.message_id))
+    result.digests = [DigestSummary.of(d) for d in in_order]
     result.escalations.sort(key=lambda e: (e.sent_at, e.message_id))
-    result.digests.sort(key=lambda d: (d.interval_end, d.message_id))
     return result
 
 
@@ -300,18 +365,6 @@ _DIGEST_JSON_COLS = (
     "message_id text, site_id text, interval_start timestamptz, interval_end timestamptz,"
     " currency text, price_per_kwh float8"
 )
-_DIGEST_HEAD: Any = {
-    "__all__": {
-        "message_id",
-        "site_id",
-        "interval_start",
-        "interval_end",
-        "currency",
-        "price_per_kwh",
-    }
-}
-_DIGEST_LIST: TypeAdapter[list[Digest]] = TypeAdapter(list[Digest])
-
 _DIGESTS = (
     "INSERT INTO digests (message_id, site_id, interval_start, interval_end, currency,"
     " price_per_kwh) SELECT message_id, site_id, interval_start, interval_end, currency,"
@@ -427,7 +480,9 @@ def _db_key(conn: psycopg.AsyncConnection[dict[str, object]]) -> tuple[str, ...]
     return (str(info.host), str(info.port), str(info.dbname))
 
 
-def _charger_meta(digests: list[Digest], db: tuple[str, ...]) -> dict[str, tuple[object, ...]]:
+def _charger_meta(
+    digests: list[Digest | DigestRecord], db: tuple[str, ...]
+) -> dict[str, tuple[object, ...]]:
     """Charger metadata (site, vendor, model, firmware, connectors, rated power) that differs
     from what this process last wrote: only those chargers are upserted."""
     known = _known_chargers.get(db, {})
@@ -442,7 +497,7 @@ def _charger_meta(digests: list[Digest], db: tuple[str, ...]) -> dict[str, tuple
 
 
 async def _stage_intervals(
-    conn: psycopg.AsyncConnection[dict[str, object]], digests: list[Digest]
+    conn: psycopg.AsyncConnection[dict[str, object]], digests: list[Digest | DigestRecord]
 ) -> None:
     """Binary COPY of the digests' charger rows into the session's staging table (before the
     pipeline: COPY cannot run in one); maps become jsonb through orjson.
@@ -483,7 +538,7 @@ async def _stage_intervals(
             await copy.write(buf)
 
 
-def _tail(c: ChargerCounters) -> tuple[object, object]:
+def _tail(c: ChargerCounters | ChargerRecord) -> tuple[object, object]:
     """``features`` (an empty map is stored as NULL: the edge sent none) and
     ``connector_health`` (connector numbers become the JSON object's keys)."""
     per = c.connector_health
@@ -492,7 +547,7 @@ def _tail(c: ChargerCounters) -> tuple[object, object]:
 
 async def _write_digests(
     conn: psycopg.AsyncConnection[dict[str, object]],
-    digests: list[Digest],
+    digests: list[Digest | DigestRecord],
     updates: dict[str, tuple[object, ...]],
 ) -> None:
     """Digest rows, self-resolved incidents, charger intervals (the staging table, then one
@@ -500,7 +555,19 @@ async def _write_digests(
     if not digests:
         return
     async with conn.cursor() as cur:
-        heads = _DIGEST_LIST.dump_json(digests, include=_DIGEST_HEAD).decode()
+        heads = orjson.dumps(
+            [
+                {
+                    "message_id": d.message_id,
+                    "site_id": d.site_id,
+                    "interval_start": d.interval_start,
+                    "interval_end": d.interval_end,
+                    "currency": d.currency,
+                    "price_per_kwh": d.price_per_kwh,
+                }
+                for d in digests
+            ]
+        ).decode()
         await cur.execute(_DIGESTS, (heads,))
         with_cleared = [d for d in digests if d.cleared_incidents]
         if with_cleared:
@@ -565,14 +632,14 @@ async def _write_states(
         )
 
 
-def _data_time(m: EdgeMessage) -> datetime:
-    if isinstance(m, Digest):
+def _data_time(m: Received) -> datetime:
+    if isinstance(m, Digest | DigestRecord):
         return m.interval_end
     return m.sent_at
 
 
 async def _touch_sites(
-    conn: psycopg.AsyncConnection[dict[str, object]], new: list[EdgeMessage]
+    conn: psycopg.AsyncConnection[dict[str, object]], new: list[Received]
 ) -> None:
     """Keep each site's latest data time and tariff (from the newest digest carrying one)."""
     latest: dict[str, datetime] = {}
@@ -582,7 +649,7 @@ async def _touch_sites(
             continue
         t = _data_time(m)
         latest[m.site_id] = max(latest.get(m.site_id, t), t)
-        if isinstance(m, Digest) and (m.price_per_kwh is not None or m.currency):
+        if isinstance(m, Digest | DigestRecord) and (m.price_per_kwh is not None or m.currency):
             prev = tariff.get(m.site_id)
             if prev is None or prev[0] <= t:
                 tariff[m.site_id] = (t, m.currency, m.price_per_kwh)

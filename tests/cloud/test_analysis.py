@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from chargesight.cloud import diagnosis, fleet, recurring, related, revenue
-from chargesight.cloud.engine import Engine
+from chargesight.cloud.ingest import DigestSummary
 from chargesight.cloud.issues import (
     IssueStateError,
     acknowledge,
@@ -450,15 +451,16 @@ def test_sessions_a_degrading_unit_cut_short_before_it_failed_count_half_a_sessi
     assert "cut short" in est.method
 
 
-def test_the_analysis_view_of_a_digest_keeps_its_header_and_only_its_busy_chargers() -> None:
-    quiet, dropped, fixed = (
-        counters("q"),
-        counters("d", disconnects=2),
-        counters("f", self_resolved=1),
+def test_a_digest_summary_says_which_rules_its_site_needs_and_what_it_cleared() -> None:
+    quiet = digest("s", T0, [counters("q"), counters("q2")], cleared=["inc-1"])
+    assert DigestSummary.of(quiet) == DigestSummary("s", T0 + H, ("inc-1",), False, False)
+    dropped = digest("s", T0, [counters("q"), counters("d", disconnects=2)])
+    assert DigestSummary.of(dropped).small_incidents
+    assert not DigestSummary.of(dropped).fault_blips
+    fixed = digest("s", T0, [counters("f")], self_resolved=[blip("f", T0, kind="fault")])
+    assert (DigestSummary.of(fixed).small_incidents, DigestSummary.of(fixed).fault_blips) == (
+        True,
+        True,
     )
-    d = digest("s", T0, [quiet, dropped, fixed], self_resolved=[blip("f", T0)], cleared=["inc-1"])
-    view = Engine.analysis_view(d)
-    assert [c.charge_point_id for c in view.chargers] == ["d", "f"]
-    assert view.model_dump(exclude={"chargers"}) == d.model_dump(exclude={"chargers"})
-    busy = digest("s", T0, [dropped, fixed])
-    assert Engine.analysis_view(busy) is busy  # nothing to leave out: not copied
+    summary = DigestSummary.of(fixed)
+    assert DigestSummary.from_list(orjson.loads(orjson.dumps(summary.to_list()))) == summary

@@ -29,7 +29,7 @@ from chargesight.cloud.collector import TEST_ANALYSIS_DELAY_ENV
 from chargesight.cloud.config import AnalysisSection
 from chargesight.cloud.db import Database
 from chargesight.cloud.engine import Engine
-from chargesight.cloud.ingest import store_batch
+from chargesight.cloud.ingest import DigestSummary, store_batch
 from tests.cloud.conftest import OPERATOR
 from tests.cloud.helpers import T0, Publisher, blip, counters, digest, escalation
 from tests.servers import Mosquitto, free_port
@@ -215,25 +215,26 @@ async def test_a_live_replicas_batches_are_left_to_it_a_dead_ones_are_caught_up(
         await engine.close()
 
 
-async def test_digests_rebuilt_for_catch_up_carry_what_analysis_reads(database: Database) -> None:
+async def test_digests_read_back_for_catch_up_carry_what_analysis_reads(database: Database) -> None:
     d = digest(
         "rebuilt", T0,
         [counters("rebuilt-1", disconnects=3, self_resolved=2, faults=1), counters("rebuilt-2")],
         self_resolved=[blip("rebuilt-1", T0 + timedelta(minutes=5), kind="fault")],
         cleared=["inc-a", "inc-b"],
     )  # fmt: skip
+    quiet = digest("rebuilt", T0 + timedelta(hours=1), [counters("rebuilt-1")])
+    drops = digest("rebuilt", T0 + timedelta(hours=2), [counters("rebuilt-2", disconnects=1)])
     async with database.pool.connection() as conn:
-        await store_batch(conn, [d], owner=1)
-        escalations, digests = await load_stored(conn, [d.message_id])
+        await store_batch(conn, [d, quiet, drops], owner=1)
+        escalations, digests = await load_stored(
+            conn, [drops.message_id, d.message_id, quiet.message_id]
+        )
     assert escalations == []
-    (r,) = digests
-    assert (r.message_id, r.site_id, r.sent_at, r.interval_start, r.interval_end) == (
-        d.message_id, d.site_id, d.sent_at, d.interval_start, d.interval_end
-    )  # fmt: skip
-    assert (r.currency, r.price_per_kwh, r.cleared_incidents) == ("EUR", 0.5, ["inc-a", "inc-b"])
-    assert r.self_resolved == d.self_resolved
-    got = {c.charge_point_id: (c.disconnects, c.self_resolved, c.faults) for c in r.chargers}
-    assert got == {"rebuilt-1": (3, 2, 1), "rebuilt-2": (0, 0, 0)}
+    assert digests == [DigestSummary.of(x) for x in (d, quiet, drops)]  # as ingest summed them
+    assert [(x.small_incidents, x.fault_blips) for x in digests] == [
+        (True, True), (False, False), (True, False)
+    ]  # fmt: skip
+    assert digests[0].cleared_incidents == ("inc-a", "inc-b")
 
 
 async def test_without_an_owner_nothing_is_recorded_as_unanalysed(database: Database) -> None:

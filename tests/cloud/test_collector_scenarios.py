@@ -246,6 +246,26 @@ async def test_malformed_message_goes_to_dead_letters_and_the_collector_keeps_go
     assert "chargesight_ingest_dead_letters_total 2.0" in (await r.api.get("/metrics")).text
 
 
+async def test_a_counter_too_large_to_store_is_a_dead_letter_and_the_rest_is_stored(
+    running: Running,
+) -> None:
+    # valid JSON and schema, but 3e9 connectors do not fit the database's int column (a binary
+    # COPY would have wrapped it silently): that digest alone becomes a dead letter, saying why
+    r = running
+    huge = digest("vast", T0, [counters("v-1", connectors=3_000_000_000)])
+    fine = digest("vast", T0 + timedelta(hours=1), [counters("v-1")])
+    await send(r, huge, fine)
+    async with r.collector.db.pool.connection() as conn:
+        cur = await conn.execute("SELECT topic, reason, payload FROM dead_letters")
+        (row,) = await cur.fetchall()
+        cur = await conn.execute("SELECT message_id, connectors FROM charger_intervals")
+        stored = [(x["message_id"], x["connectors"]) for x in await cur.fetchall()]
+    assert row["topic"] == "chargesight/v1/sites/vast/digests"
+    assert row["reason"] == "chargers[v-1].connectors: 3000000000 is out of range (int32)"
+    assert Digest.model_validate_json(row["payload"]) == huge
+    assert stored == [(fine.message_id, 2)]
+
+
 async def test_fault_reported_healthy_again_resolves_the_issue_as_cleared(running: Running) -> None:
     r = running
     await send(r, escalation("clr", "c-1", incident_id="inc-1"))
