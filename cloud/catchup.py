@@ -30,9 +30,12 @@ the broker's redelivery is a duplicate, so nothing brought them back. Now:
   incident clears once, and the recurring/repeat rules and enrichment recompute from the
   stored data.
 
-Digests are rebuilt from the stored rows only as far as ``on_stored`` reads them: site,
-interval, tariff, cleared incidents, the self-resolved incidents and each charger's
-interval counters (``charger_intervals``), not features or per-connector health.
+* **A failed analysis in a living collector** (the database refused a query, a bug): its
+  batches are analysed again at the collector's next refresh (:func:`retry_failed`), up to
+  ``MAX_ATTEMPTS`` times like a catch-up; then the rows stay, logged.
+
+Digests are read back as the analysis reads them (``ingest.DigestSummary``): site, interval
+end, cleared incidents, and whether the digest had small incidents or fault blips.
 """
 
 from __future__ import annotations
@@ -169,11 +172,28 @@ async def catch_up(engine: Engine, url: str, me: int | None) -> int:
         return total
 
 
-async def _catch_up_owner(engine: Engine, conn: Conn, owner: int) -> int:
+async def retry_failed(engine: Engine, url: str, owner: int, keys: list[str]) -> list[str]:
+    """Analyse again this collector's batches ``keys``, whose analysis failed; return the
+    keys that failed again and may still be tried (fewer than ``MAX_ATTEMPTS``)."""
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        await _catch_up_owner(engine, conn, owner, keys)
+        cur = await conn.execute(
+            "SELECT batch_key FROM unanalysed WHERE batch_key = ANY(%s) AND attempts < %s"
+            " ORDER BY stored_at, batch_key",
+            (keys, MAX_ATTEMPTS),
+        )
+        return [str(r["batch_key"]) for r in await cur.fetchall()]
+
+
+async def _catch_up_owner(
+    engine: Engine, conn: Conn, owner: int, only: list[str] | None = None
+) -> int:
     cur = await conn.execute(
         "SELECT batch_key, message_ids FROM unanalysed WHERE owner = %s AND attempts < %s"
-        " ORDER BY stored_at, batch_key",
-        (owner, MAX_ATTEMPTS),
+        " AND (%s::text[] IS NULL OR batch_key = ANY(%s)) ORDER BY stored_at, batch_key",
+        (owner, MAX_ATTEMPTS, only, only),
     )
     rows = [(str(r["batch_key"]), list(r["message_ids"])) for r in await cur.fetchall()]
     done = 0

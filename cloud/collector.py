@@ -51,7 +51,7 @@ import psycopg
 import uvicorn
 
 from chargesight.cloud.api import ApiState, create_app
-from chargesight.cloud.catchup import AnalysisOwner, catch_up, mark_analysed
+from chargesight.cloud.catchup import AnalysisOwner, catch_up, mark_analysed, retry_failed
 from chargesight.cloud.config import CloudConfig, IngestSection
 from chargesight.cloud.db import Database, DatabaseError, open_database
 from chargesight.cloud.embedded import EmbeddedPostgres, start_embedded
@@ -766,6 +766,7 @@ class Collector:
             self.ingest = IngestLoop(config.ingest, db, self.source, self._stored)
         self.analysis_owner = AnalysisOwner(db.url)
         self.caught_up = 0  # messages analysed at catch-up (stored by collectors now gone)
+        self._failed_keys: list[str] = []  # batches whose analysis failed, tried again later
         self._test_analysis_delay = float(os.environ.get(TEST_ANALYSIS_DELAY_ENV) or 0)
         self._stopping = asyncio.Event()
         self._ingest_done = asyncio.Event()
@@ -854,9 +855,10 @@ class Collector:
                 await self.engine.on_stored(batch.escalations, batch.digests)
                 await mark_analysed(self.db.pool, batch.batch_keys)
             except Exception as exc:  # analysis must never stop ingest; the data is stored
-                # its ``unanalysed`` rows stay: the next start (or another replica, once this
-                # one is gone) analyses them again
+                # its ``unanalysed`` rows stay: analysed again at the next refresh (or by the
+                # next start, or another replica once this one is gone)
                 log.error("analysis failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+                self._failed_keys.extend(batch.batch_keys)
             self.metrics.analysis_seconds.observe(time.perf_counter() - t0)
             self.analysed_batches += 1
             await self._update_issue_gauges()
@@ -882,10 +884,25 @@ class Collector:
             try:
                 await self.analysis_owner.keep()
                 await self._catch_up()  # replicas that died since
+                await self._retry_failed()  # this one's analyses that failed
                 await self.engine.refresh_open()
                 await self.engine.fleet_models()
             except psycopg.Error as exc:
                 log.warning("refresh failed", error=str(exc))
+
+    async def _retry_failed(self) -> None:
+        owner = self.analysis_owner.owner
+        if not self._failed_keys or owner is None:
+            return
+        keys, self._failed_keys = self._failed_keys, []
+        try:
+            self._failed_keys = await retry_failed(self.engine, self.db.url, owner, keys)
+        except psycopg.Error:
+            self._failed_keys = keys + self._failed_keys
+            raise
+        if len(self._failed_keys) < len(keys):
+            await self._update_issue_gauges()
+        await self._notify()
 
     async def _catch_up(self) -> None:
         """Analyse what collectors now gone stored and never analysed (cloud/catchup.py)."""

@@ -9,6 +9,7 @@ replica's batches.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from chargesight.cloud.config import AnalysisSection
 from chargesight.cloud.db import Database
 from chargesight.cloud.engine import Engine
 from chargesight.cloud.ingest import DigestSummary, store_batch
-from tests.cloud.conftest import OPERATOR
+from tests.cloud.conftest import OPERATOR, make_config, start_collector
 from tests.cloud.helpers import T0, Publisher, blip, counters, digest, escalation
 from tests.servers import Mosquitto, free_port
 
@@ -245,3 +246,36 @@ async def test_without_an_owner_nothing_is_recorded_as_unanalysed(database: Data
         cur = await conn.execute("SELECT count(*) AS n FROM unanalysed")
         row = await cur.fetchone()
     assert row is not None and row["n"] == 0
+
+
+@pytest.mark.mqtt
+async def test_an_analysis_that_failed_in_a_running_collector_is_tried_again_at_its_refresh(
+    database: Database, mosquitto: Mosquitto
+) -> None:
+    config = make_config(database.url, mosquitto.url, refresh_interval_s=0.3)
+    collector, task = await start_collector(config, database)
+    pub = await asyncio.to_thread(Publisher, mosquitto.url)
+    real = collector.engine.on_stored
+    calls = 0
+
+    async def fails_once(*args: Any, **kw: Any) -> set[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+        return await real(*args, **kw)
+
+    collector.engine.on_stored = fails_once  # type: ignore[method-assign]
+    try:
+        n = await asyncio.to_thread(pub.send, escalation("retry", "retry-1"))
+        await collector.wait_stored(n)
+        assert calls == 1 and query(database.url, "SELECT id FROM issues") == []
+        # the next refresh analyses the batch again, from what was stored
+        await collector.wait_until(lambda: calls >= 2, timeout=30)
+        issues = query(database.url, "SELECT charge_point_id FROM issues")
+        assert [r["charge_point_id"] for r in issues] == ["retry-1"]
+        assert query(database.url, "SELECT batch_key FROM unanalysed") == []
+    finally:
+        await asyncio.to_thread(pub.close)
+        collector.stop()
+        await asyncio.wait_for(task, 20)
