@@ -7,6 +7,8 @@ Measured in the same run, on the same Mosquitto and PostgreSQL:
 1. a bare paho subscriber (MQTT 5, shared subscription, QoS 1) receiving N
    messages from a publisher process — the ceiling, measured before and after
    the collector runs (the mean is the reference: the machine's load drifts);
+   A paho subscriber that validates each message with pydantic and stores nothing is
+   measured too: what the schema check alone leaves of (1).
 2. the collector receiving the same N messages and storing them (validated,
    idempotent, acknowledged after commit) — as a ratio to (1): in one process
    (``[ingest] workers = 0``), and with ``--workers`` ingest processes;
@@ -56,6 +58,7 @@ from chargesight.common.messages import (
     Hardware,
     digests_topic,
     escalations_topic,
+    parse_edge_message,
 )
 from tests.servers import start_mosquitto, start_postgres
 
@@ -126,7 +129,9 @@ def run_publisher(url: str, payloads: list[tuple[str, bytes]]) -> tuple[mp.Proce
     return p, ev
 
 
-def bare_subscriber(url: str, payloads: list[tuple[str, bytes]]) -> float:
+def bare_subscriber(url: str, payloads: list[tuple[str, bytes]], validate: bool = False) -> float:
+    """Messages/s a paho subscriber receives; with ``validate``, each validated by pydantic
+    as it arrives (the schema check alone, nothing stored)."""
     host, port = url.removeprefix("mqtt://").split(":")
     n = len(payloads)
     got = 0
@@ -138,6 +143,8 @@ def bare_subscriber(url: str, payloads: list[tuple[str, bytes]]) -> float:
         nonlocal got, first, last
         if got == 0:
             first = time.perf_counter()
+        if validate:
+            parse_edge_message(m.topic.rsplit("/", 1)[1], m.payload)
         got += 1
         last = time.perf_counter()
         if got >= n:
@@ -532,6 +539,9 @@ def main() -> int:
         bare_after = bare_subscriber(broker.url, payloads)
         print(f"bare paho subscriber, again:  {bare_after:10.0f} msg/s")
         bare = (bare + bare_after) / 2
+        validating = bare_subscriber(broker.url, payloads, validate=True)
+        print(f"paho subscriber validating each message (pydantic), nothing stored: "
+              f"{validating:8.0f} msg/s = {validating / bare:.0%}")  # fmt: skip
         for w, (stored, analysed) in runs.items():
             who = "1 process" if w == 0 else f"{w} ingest workers"
             print(f"collector ({who}), stored + acked:    {stored:8.0f} msg/s  = {stored / bare:.0%}"
