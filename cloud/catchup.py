@@ -32,7 +32,9 @@ the broker's redelivery is a duplicate, so nothing brought them back. Now:
 
 * **A failed analysis in a living collector** (the database refused a query, a bug): its
   batches are analysed again at the collector's next refresh (:func:`retry_failed`), up to
-  ``MAX_ATTEMPTS`` times like a catch-up; then the rows stay, logged.
+  ``MAX_ATTEMPTS`` more times like a catch-up; then the rows stay, logged. Batches analysed
+  together whose analysis failed are tried one by one before an attempt is counted, so one
+  batch that cannot be analysed does not use up the attempts of the others.
 
 Digests are read back as the analysis reads them (``ingest.DigestSummary``): site, interval
 end, cleared incidents, and whether the digest had small incidents or fault blips.
@@ -196,20 +198,27 @@ async def _catch_up_owner(
         (owner, MAX_ATTEMPTS, only, only),
     )
     rows = [(str(r["batch_key"]), list(r["message_ids"])) for r in await cur.fetchall()]
+    alone: set[str] = set()  # batches of a chunk that failed: each is tried on its own
     done = 0
     while rows:
-        keys: list[str] = []
-        ids: list[str] = []
-        while rows and (not ids or len(ids) + len(rows[0][1]) <= CATCH_UP_CHUNK):
-            key, mids = rows.pop(0)
-            keys.append(key)
-            ids.extend(mids)
+        chunk = [rows.pop(0)]
+        if chunk[0][0] not in alone:
+            size = len(chunk[0][1])
+            while rows and rows[0][0] not in alone and size + len(rows[0][1]) <= CATCH_UP_CHUNK:
+                size += len(rows[0][1])
+                chunk.append(rows.pop(0))
+        keys = [k for k, _ in chunk]
+        ids = [i for _, mids in chunk for i in mids]
         try:
             escalations, digests = await load_stored(conn, ids)
             await engine.on_stored(escalations, digests)
         except Exception as exc:  # logged; the rows stay for another pass
             log.error("catch-up analysis failed", owner=owner, batches=len(keys),
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)  # fmt: skip
+            if len(chunk) > 1:  # which batch? each on its own, before counting an attempt
+                alone.update(keys)
+                rows[:0] = chunk
+                continue
             await conn.execute(
                 "UPDATE unanalysed SET attempts = attempts + 1 WHERE batch_key = ANY(%s)", (keys,)
             )

@@ -896,11 +896,13 @@ class Collector:
             return
         keys, self._failed_keys = self._failed_keys, []
         try:
-            self._failed_keys = await retry_failed(self.engine, self.db.url, owner, keys)
+            again = await retry_failed(self.engine, self.db.url, owner, keys)
         except psycopg.Error:
             self._failed_keys = keys + self._failed_keys
             raise
-        if len(self._failed_keys) < len(keys):
+        # and what failed in the analysis loop meanwhile
+        self._failed_keys = again + self._failed_keys
+        if len(again) < len(keys):
             await self._update_issue_gauges()
         await self._notify()
 

@@ -37,8 +37,12 @@ MessageId = Annotated[str, msgspec.Meta(min_length=8, max_length=64)]
 Scope = Literal["connector", "charge_point", "site"]
 # the counters go to int columns by binary COPY, which would wrap a larger value silently:
 # msgspec refuses one outside int4, and ``ingest.classify`` makes a digest pydantic accepted
-# with one a dead letter (``out_of_range``)
+# with one a dead letter (``out_of_range``); the same for counts by fault category and 64 bits
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+# a count by fault category goes to a jsonb column through orjson, which writes 64-bit ints
+# (and msgspec bounds no further than int64)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 Int4 = Annotated[int, msgspec.Meta(ge=INT4_MIN, le=INT4_MAX)]
 
 
@@ -55,7 +59,7 @@ class ChargerRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc
     connected_s: float = 0.0
     disconnects: Int4 = 0
     faults: Int4 = 0
-    faults_by_category: dict[str, int] = msgspec.field(default_factory=dict)
+    faults_by_category: dict[str, Int64] = msgspec.field(default_factory=dict)
     self_resolved: Int4 = 0
     fixed_by: dict[str, int] = msgspec.field(default_factory=dict)
     sessions_started: Int4 = 0
@@ -118,7 +122,7 @@ def decode_digest(payload: bytes) -> DigestRecord | None:
     """The digest in ``payload``, or None when msgspec refuses it (pydantic then decides)."""
     try:
         return _decoder.decode(payload)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8 in a string
         return None
 
 
@@ -128,11 +132,19 @@ INT4_FIELDS = tuple(
 
 
 def out_of_range(digest: Digest) -> str | None:
-    """Why a digest pydantic accepted cannot be stored (a counter beyond the int columns),
-    or None. Only digests msgspec refused get here, so this costs nothing on the hot path."""
+    """Why a digest pydantic accepted cannot be stored (a counter beyond the int columns, or
+    a count by fault category beyond what the jsonb column's encoder writes), or None. Only
+    digests msgspec refused get here (its records are bounded alike), so this costs nothing
+    on the hot path."""
     for c in digest.chargers:
         for name in INT4_FIELDS:
             v = getattr(c, name)
             if v is not None and not INT4_MIN <= v <= INT4_MAX:
                 return f"chargers[{c.charge_point_id}].{name}: {v} is out of range (int32)"
+        for cat, n in c.faults_by_category.items():
+            if not INT64_MIN <= n <= INT64_MAX:
+                return (
+                    f"chargers[{c.charge_point_id}].faults_by_category.{cat}: {n} is out of"
+                    " range (64-bit)"
+                )
     return None

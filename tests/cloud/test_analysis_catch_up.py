@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from chargesight.cloud.catchup import AnalysisOwner, catch_up, load_stored
+from chargesight.cloud.catchup import AnalysisOwner, catch_up, load_stored, retry_failed
 from chargesight.cloud.collector import TEST_ANALYSIS_DELAY_ENV
 from chargesight.cloud.config import AnalysisSection
 from chargesight.cloud.db import Database
@@ -279,3 +279,34 @@ async def test_an_analysis_that_failed_in_a_running_collector_is_tried_again_at_
         await asyncio.to_thread(pub.close)
         collector.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_a_batch_that_cannot_be_analysed_does_not_use_up_the_attempts_of_its_chunk(
+    database: Database,
+) -> None:
+    # two batches retried together; the analysis fails whenever the poisoned one is in it
+    engine = Engine(database.pool, AnalysisSection())
+    real = engine.on_stored
+
+    async def poisoned(escalations: Any, digests: Any, **kw: Any) -> set[str]:
+        if any(e.charge_point_id == "poison-1" for e in escalations):
+            raise ValueError("a bug this batch's data triggers")
+        return await real(escalations, digests, **kw)
+
+    engine.on_stored = poisoned  # type: ignore[method-assign]
+    me = AnalysisOwner(database.url)
+    owner = await me.acquire()
+    try:
+        keys = []
+        for cp in ("poison-1", "fine-1"):
+            async with database.pool.connection() as conn:
+                keys += (await store_batch(conn, [escalation("chunk", cp)], owner=owner)).batch_keys
+        left = await retry_failed(engine, database.url, owner, keys)
+    finally:
+        await me.close()
+        await engine.close()
+    assert left == [keys[0]]  # tried again next time; the other batch was analysed
+    rows = query(database.url, "SELECT batch_key, attempts FROM unanalysed")
+    assert [(r["batch_key"], r["attempts"]) for r in rows] == [(keys[0], 1)]
+    issues = query(database.url, "SELECT charge_point_id FROM issues")
+    assert [r["charge_point_id"] for r in issues] == ["fine-1"]

@@ -24,6 +24,8 @@ from chargesight.cloud.fastdigest import (
     INT4_FIELDS,
     INT4_MAX,
     INT4_MIN,
+    INT64_MAX,
+    INT64_MIN,
     ChargerRecord,
     DigestRecord,
     SelfResolvedRecord,
@@ -94,7 +96,10 @@ def _msgspec_type(t: msgspec.inspect.Type, name: str) -> str:
         return "str" + (f"{{{','.join(sorted(cons))}}}" if cons else "")
     if isinstance(t, i.IntType):
         if (t.ge, t.le) == (INT4_MIN, INT4_MAX):
-            assert name in INT4_FIELDS  # the one deliberate narrowing: the int columns
+            assert name in INT4_FIELDS  # deliberate narrowing: the int columns ...
+            return "int"
+        if (t.ge, t.le) == (INT64_MIN, INT64_MAX):
+            assert name == "faults_by_category"  # ... and the jsonb one orjson writes
             return "int"
         assert (t.ge, t.le, t.gt, t.lt) == (None,) * 4
         return "int"
@@ -290,3 +295,29 @@ def test_ingest_takes_the_msgspec_record_and_falls_back_to_pydantics_lax_reading
     bad = classify("chargesight/v1/sites/site-a/digests", orjson.dumps(doc))
     assert isinstance(bad, DeadLetter)
     assert bad.reason.startswith("schema validation failed: chargers.1.connectors")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'"\xff"', b'"\xc3"', b'"\xed\xa0\x80"', b'"caf\xe9"'],
+    ids=["ff", "truncated", "surrogate", "latin-1"],
+)
+def test_invalid_utf8_in_a_digest_is_a_dead_letter_not_an_exception(bad: bytes) -> None:
+    doc = orjson.dumps(_rich())
+    for raw in (
+        doc.replace(b'"EUR"', bad),  # in a value
+        doc.replace(b'"power"', bad),  # in a key
+    ):
+        assert decode_digest(raw) is None
+        res = classify("chargesight/v1/sites/site-a/digests", raw)
+        assert isinstance(res, DeadLetter)
+        assert res.reason.startswith("schema validation failed")
+
+
+def test_a_count_by_category_beyond_64_bits_is_a_dead_letter_saying_so() -> None:
+    raw = orjson.dumps(_rich()).replace(b'"power":2', b'"power":' + str(2**64).encode())
+    res = classify("chargesight/v1/sites/site-a/digests", raw)
+    assert isinstance(res, DeadLetter)
+    assert res.reason == (
+        f"chargers[cp-1].faults_by_category.power: {2**64} is out of range (64-bit)"
+    )

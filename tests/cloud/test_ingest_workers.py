@@ -91,7 +91,7 @@ async def test_two_workers_split_the_stream_and_store_every_message_exactly_once
 async def test_what_workers_hand_to_the_analysis_still_raises_site_problems_and_clears_faults(
     database: Database, mosquitto_private: Mosquitto
 ) -> None:
-    # workers hand the analysis each digest without its quiet chargers (Engine.analysis_view):
+    # workers hand the analysis a summary of each digest (ingest.DigestSummary), not the digest:
     # the flaky site must still be found and costed, and a cleared fault resolved, as in one process
     config = with_workers(
         make_config(database.url, mosquitto_private.url, recurring_min_incidents=20), 2
