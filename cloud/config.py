@@ -155,6 +155,20 @@ class CloudConfig(_Section):
     analysis: AnalysisSection = AnalysisSection()
     ingest: IngestSection = IngestSection()
     logging: LoggingSection = LoggingSection()
+    # ``chargesight cloud train --config``'s settings (cloud/train.py ``TrainConfig``), so one
+    # file serves both commands; ``cloud run`` only checks the keys
+    train: dict[str, float | int] = Field(default_factory=dict)
+
+    @field_validator("train")
+    @classmethod
+    def _known_train_keys(cls, v: dict[str, float | int]) -> dict[str, float | int]:
+        if v:
+            from chargesight.cloud.train import TrainConfig  # numpy: only when there is one
+
+            unknown = sorted(set(v) - set(TrainConfig.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(unknown)}")
+        return v
 
 
 def load_cloud_config(path: str | Path) -> CloudConfig:

@@ -167,7 +167,7 @@ class OfflineSection(_Section):
     auth_cache_ttl_s: float = Field(default=7 * 86400, gt=0)
     unknown_id_policy: Literal["accept", "reject", "limit"] = "limit"
     unknown_id_limit: int = Field(default=20, ge=0)  # with "limit": unknown ids accepted per outage
-    queue_max_messages: int = Field(default=1_000_000, ge=100)  # a week of a busy 100-charger site
+    queue_max_messages: int = Field(default=1_000_000, ge=100)  # ~9 weeks of a busy 100-CP site
     replay_timeout_s: float = Field(default=30, gt=0)
     replay_max_attempts: int = Field(default=5, ge=1)
     replay_backoff_s: float = Field(default=1.0, ge=0)

@@ -43,12 +43,21 @@ def test_a_good_config_loads_with_the_documented_defaults(tmp_path: Path) -> Non
         (GOOD.replace("postgresql://", "mysql://"), "database.url"),
         ('[database]\nurl = "embedded"\n', "database"),
         (GOOD.replace("127.0.0.1:8080", "nowhere"), "api.listen"),
+        (GOOD + "[train]\nmin_failure = 3\n", "train"),
     ],
 )
 def test_bad_config_is_an_error_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_cloud_config(write(tmp_path, text))
     assert key in str(exc.value)
+
+
+def test_the_same_file_carries_the_training_settings_for_cloud_train(tmp_path: Path) -> None:
+    from chargesight.cloud.train import load_train_config
+
+    path = write(tmp_path, GOOD + "[train]\nmin_failures = 3\nhorizon_days = 7\n")
+    assert load_cloud_config(path).train == {"min_failures": 3, "horizon_days": 7}
+    assert load_train_config(path).min_failures == 3  # what `cloud train --config` reads
 
 
 def test_environment_overrides_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
