@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from datetime import timedelta
 
@@ -14,7 +15,7 @@ from chargesight.cloud.db import Database
 from chargesight.common.messages import Digest
 from tests.cloud.conftest import OPERATOR, VIEWER, Running, make_config, start_collector
 from tests.cloud.helpers import T0, Publisher, blip, counters, digest, escalation, usage_history
-from tests.servers import Mosquitto
+from tests.servers import Mosquitto, Postgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
 
@@ -387,16 +388,37 @@ async def test_fleet_models_show_failure_rate_with_confidence_interval(running: 
     assert lo < m["failure_rate_per_1000_charger_days"] < hi
 
 
-async def test_idempotent_store_survives_a_database_outage_retry(
-    running: Running, fresh_db: str
+async def test_messages_received_while_the_database_is_unreachable_are_stored_once_it_is_back(
+    running: Running, fresh_db: str, postgres: Postgres
 ) -> None:
-    """Re-delivery after a lost ack: the same message_id stored twice is one row."""
     r = running
-    esc = escalation("idem", "i-1")
-    await send(r, esc)
+    name = fresh_db.rsplit("/", 1)[1]
+    before, handled = r.collector.stored_total, r.collector.handled_total
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        # the database goes away: its connections are cut and new ones are refused
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        try:
+            esc = escalation("outage", "o-1")
+            healthy = digest("outage", T0, [counters("o-2")])
+            n = await asyncio.to_thread(r.publisher.send, esc, healthy)
+            await asyncio.sleep(1.5)  # received, retried, not stored (nor acknowledged)
+            assert r.collector.stored_total == before
+        finally:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    await r.collector.wait_stored(handled + n, timeout=60)
+    assert r.collector.stored_total == before + 2
+    # and the broker's redelivery of the same messages stores nothing twice
+    await send(r, esc, healthy)
     async with await psycopg.AsyncConnection.connect(fresh_db) as conn:
-        cur = await conn.execute("SELECT count(*) FROM escalations")
-        assert (await cur.fetchone()) == (1,)
+        for table, rows in (("escalations", 1), ("digests", 1), ("issues", 1)):
+            cur = await conn.execute(f"SELECT count(*) FROM {table}")
+            assert (await cur.fetchone()) == (rows,), table
+    metrics = (await r.api.get("/metrics")).text
+    retried = re.search(r"^chargesight_ingest_db_errors_total (\S+)$", metrics, re.M)
+    assert retried is not None and float(retried.group(1)) >= 1  # it did meet the outage
 
 
 async def test_collector_on_mqtt_3_1_1_subscribes_plainly_and_ingests(
