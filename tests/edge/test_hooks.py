@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -98,11 +99,31 @@ async def test_hook_exit_codes_map_to_outcomes(tmp_path: Path, code: int, outcom
     assert result.stderr.strip() == "bye"
 
 
-async def test_hook_past_its_time_limit_is_killed(tmp_path: Path) -> None:
-    _script(tmp_path, "hang", "import time\ntime.sleep(30)\n")
-    result = await HookRunner(tmp_path, timeout_s=0.3).run("hang", REQUEST)
+def _alive(pid: int) -> bool:
+    try:  # a zombie (killed, not yet reaped by whoever adopted it) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_hook_past_its_time_limit_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    _script(tmp_path, "hang", (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(30)\n"
+    ))  # fmt: skip
+    result = await HookRunner(tmp_path, timeout_s=1.0).run("hang", REQUEST)
     assert result.outcome == "timeout"
     assert result.duration_s < 5
+    hook, child = (int(p) for p in pids.read_text().split())
+    assert not _alive(hook)
+    for _ in range(50):  # the child was killed with it (its process group); init reaps it
+        if not _alive(child):
+            break
+        await asyncio.sleep(0.1)
+    assert not _alive(child)
 
 
 async def test_missing_or_non_executable_hook_is_reported_not_run(tmp_path: Path) -> None:

@@ -176,7 +176,6 @@ async def test_csms_call_waits_while_an_injected_call_is_outstanding(
 ) -> None:
     async with connect_cp(cp_url(proxy), "CP-SER") as cp:
         await cp.call(boot16())
-        assert isinstance(cp.cp, type(cp.cp))
         cp.cp.reply_delay = 0.3  # type: ignore[union-attr]
         injected = asyncio.create_task(proxy.call("CP-SER", "Reset", {"type": "Soft"}))
         await cp.cp.reset_event.wait()  # type: ignore[union-attr]
@@ -300,12 +299,16 @@ async def test_one_silent_charge_point_does_not_delay_another(proxy: Proxy, csms
     ):
         await mute.send('[2, "m1", "Heartbeat", {}]')
         await mute.recv()
-        # The CSMS calls the mute charge point, which never answers...
+        # The CSMS calls the mute charge point, which receives the call and never answers...
         call = asyncio.create_task(csms.cps["CP-MUTE"].call(call16.Reset(type="Soft")))
-        # ...while the other charge point carries on normally.
+        frame = json.loads(await mute.recv())
+        assert frame[0] == 2 and frame[2] == "Reset"
+        # ...while the other charge point carries on normally: all its calls are answered
+        # while that one is still waiting (no queue behind the silent charge point)
         for _ in range(20):
             await busy.call(call16.Heartbeat())
         assert len(csms.received("CP-BUSY")) == 20
+        assert not call.done()
         call.cancel()
 
 

@@ -83,12 +83,6 @@ def test_fault_met_after_an_ordinary_failed_start_loses_the_driver_again() -> No
     assert (a.sessions_lost, a.energy_lost_wh) == (1.0, 20_000.0)
 
 
-def test_driver_who_met_no_fault_is_lost_to_none() -> None:
-    visit = _Visit()
-    visit.lost(20_000.0)
-    assert visit.met == []
-
-
 # ------------------------------------------------------------ live
 
 
