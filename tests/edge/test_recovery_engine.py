@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from ocpp.messages import Call, validate_payload
 
 from chargesight.common.events import (
     Boot,
@@ -478,6 +479,16 @@ async def test_lock_fault_is_unlocked_and_recovers(h: Harness) -> None:
     assert h.escalations == []
 
 
+async def test_ocpp16_payloads_follow_the_16_schemas(h: Harness) -> None:
+    h.connect("CP1")
+    h.status("CP1", 1, "Faulted", "InternalError")
+    await h.clock.advance(WINDOW + 30)
+    actions = [a for _, a, _ in h.charger.sent]
+    assert {"TriggerMessage", "ChangeAvailability", "Reset"} <= set(actions)
+    for n, (_, action, payload) in enumerate(h.charger.sent):
+        await validate_payload(Call(unique_id=str(n), action=action, payload=payload), "1.6")
+
+
 async def test_ocpp201_payloads_follow_the_201_schemas(h: Harness) -> None:
     h.connect("CS1", version="2.0.1", vendor="Voltix", model="VX-DC150")
     h.status("CS1", 1, "Faulted", "NoError")
@@ -492,6 +503,9 @@ async def test_ocpp201_payloads_follow_the_201_schemas(h: Harness) -> None:
         {"operationalStatus": "Operative", "evse": {"id": 1}},
     ]
     assert [p["type"] for _, a, p in h.charger.sent if a == "Reset"] == ["OnIdle", "Immediate"]
+    # every request the playbook sent is valid against the ocpp library's 2.0.1 JSON schemas
+    for n, (_, action, payload) in enumerate(h.charger.sent):
+        await validate_payload(Call(unique_id=str(n), action=action, payload=payload), "2.0.1")
 
 
 async def test_ocpp201_problem_report_naming_a_cut_cable_stops_the_playbook(h: Harness) -> None:

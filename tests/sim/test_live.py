@@ -109,14 +109,28 @@ async def test_connector_lock_failure_survives_every_reset_and_unlock_fails(csms
         assert faulted.payload["vendorErrorCode"] == "CX001"
         assert (await csms.call(AC16, c16.UnlockConnector(connector_id=2))).status == "UnlockFailed"
         assert (await csms.call(AC16, c16.UnlockConnector(connector_id=1))).status == "Unlocked"
+        # availability toggled: the lock is still broken when the connector comes back
+        for kind in ("Inoperative", "Operative"):
+            await csms.call(AC16, c16.ChangeAvailability(connector_id=2, type=kind))
         mark = len(csms.received(AC16))
-        await csms.call(AC16, c16.Reset(type="Hard"))
-        await csms.wait_for(AC16, "BootNotification", after=mark)
+        trigger = c16.TriggerMessage(requested_message="StatusNotification", connector_id=2)
+        assert (await csms.call(AC16, trigger)).status == "Accepted"
         await csms.wait_for(
             AC16, "StatusNotification", status16(2, "Faulted", "ConnectorLockFailure"), after=mark
         )
-        await csms.wait_for(AC16, "StatusNotification", status16(1, "Available"), after=mark)
-        await csms.wait_for(AC16, "StatusNotification", status16(0, "Available"), after=mark)
+        for reset in ("Soft", "Hard"):  # and after each reset and reboot
+            mark = len(csms.received(AC16))
+            await csms.call(AC16, c16.Reset(type=reset))
+            await csms.wait_for(AC16, "BootNotification", after=mark)
+            await csms.wait_for(
+                AC16,
+                "StatusNotification",
+                status16(2, "Faulted", "ConnectorLockFailure"),
+                after=mark,
+            )
+            await csms.wait_for(AC16, "StatusNotification", status16(1, "Available"), after=mark)
+            await csms.wait_for(AC16, "StatusNotification", status16(0, "Available"), after=mark)
+        assert (await csms.call(AC16, c16.UnlockConnector(connector_id=2))).status == "UnlockFailed"
 
 
 async def test_ground_failure_on_2_0_1_sends_faulted_and_a_problem_event_with_chargex_code(
