@@ -13,6 +13,7 @@ from ocpp.v16 import call as call16
 from websockets.exceptions import ConnectionClosed
 
 from chargesight.edge.agent import Agent
+from chargesight.edge.offline import ServeOffline
 from tests.edge.conftest import edge_config
 from tests.peers import TestCsms, boot16, connect_cp, iso_now
 
@@ -253,7 +254,10 @@ async def test_authorize_offline_uses_ids_the_csms_accepted(tmp_path: Path) -> N
             assert (await cp.call(call16.Authorize(id_tag="KNOWN"))).id_tag_info[
                 "status"
             ] == "Accepted"
-            await asyncio.sleep(0.05)  # the cache write is a background commit
+            # learnt from the live answer before it was forwarded (remembered in memory by a
+            # task scheduled then, so run before the answer reached us; committed after)
+            assert s.agent is not None and isinstance(s.agent.offline, ServeOffline)
+            assert "KNOWN" in s.agent.offline.store.auth_cache
             await s.csms.stop()
             known = await cp.call(call16.Authorize(id_tag="KNOWN"))
             unknown = await cp.call(call16.Authorize(id_tag="STRANGER"))
