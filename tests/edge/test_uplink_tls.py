@@ -60,6 +60,11 @@ async def test_wrong_password_is_reported_in_status_and_nothing_is_lost(
             status = await up.wait_for_status(lambda s: "refused" in (s.last_error or ""))
         assert not status.connected
         assert status.queued == 1  # kept for when the credentials are fixed
+    # the installer fixes the password (the agent restarts with it): the same message goes out
+    fixed = cfg.model_copy(update={"password": PASSWORD})
+    async with Uplink(fixed, site, outbox) as up:
+        await outbox.wait_drained()
+        assert up.status().delivered == 1 and up.status().queued == 0
 
 
 async def test_untrusted_broker_certificate_is_not_accepted(
