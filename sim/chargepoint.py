@@ -48,6 +48,7 @@ import contextlib
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -187,6 +188,7 @@ class SimChargePoint:
         self.ready = False  # connected and every connector reported since the last (re)connect
         self.offline_fault: PlannedFault | None = None  # the fault behind the current drop
         self.connects = 0
+        self.attempts: list[float] = []  # monotonic time of each connection attempt
         self.messages_sent = 0
         self.last_reported: dict[int, ConnectorView] = {}
         self.firmware_status: str = "Idle"
@@ -298,6 +300,7 @@ class SimChargePoint:
             if wait > 0:
                 await self.clock.sleep(wait)
                 continue
+            self.attempts.append(time.monotonic())
             try:
                 async with connect(
                     self.url,

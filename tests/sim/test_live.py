@@ -7,6 +7,7 @@ tests await messages and states rather than sleeping.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -379,11 +380,17 @@ async def test_psu_degradation_shows_sagging_power_and_heat_in_meter_values(csms
 
 
 async def test_charge_point_reconnects_with_backoff_after_a_csms_outage(csms: Csms) -> None:
-    async with running(csms, AC16) as sim:
+    async with running(csms, AC16, backoff_s=0.05, max_backoff_s=1.0) as sim:
         cp = sim.charge_point(AC16)
         await csms.stop()
         mark = len(csms.received(AC16))
         await cp.wait_for(lambda c: not c.connected)
+        tried = len(cp.attempts)
+        await cp.wait_for(lambda c: len(c.attempts) >= tried + 5)  # refused while it is down
+        # each wait about twice the last (±20 % jitter): exponential backoff, not a hammering
+        times = cp.attempts[tried : tried + 5]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(b > 1.3 * a for a, b in itertools.pairwise(gaps)), gaps
         await csms.start()
         await csms.wait_connected(AC16)
         await cp.wait_for(lambda c: c.connected and c.connects >= 2)
