@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from chargesight.common.messages import Digest, escalations_topic
+from chargesight.common.messages import Digest, digests_topic, escalations_topic
 from chargesight.edge.agent import Agent
 from chargesight.sim import generate_history, load_scenario
 from tests.edge.conftest import edge_config
@@ -32,7 +32,9 @@ async def test_warmed_gateway_escalates_degrading_psu_before_it_fails(
     start = datetime(2026, 9, 1, tzinfo=UTC)
     generate_history(load_scenario("small"), 15, tmp_path / "history", start=start)
     warm = site_digests(tmp_path / "history", tmp_path / "site.jsonl")
-    observer = await Observer(mosquitto.port, [escalations_topic(SITE)]).start()
+    observer = await Observer(
+        mosquitto.port, [escalations_topic(SITE), digests_topic(SITE)]
+    ).start()
     config = edge_config(
         tmp_path,
         "ws://127.0.0.1:1/csms/{charge_point_id}",
@@ -65,15 +67,13 @@ async def test_warmed_gateway_escalates_degrading_psu_before_it_fails(
             interval_end=started + timedelta(hours=1),
             chargers=[{"charge_point_id": cp}],  # type: ignore[list-item]
         )
-        seen: list[Digest] = []
-
-        async def capture(topic: str, message: Digest) -> bool:
-            seen.append(message)
-            return True
-
-        agent.outbox.put = capture  # type: ignore[method-assign,assignment]
+        # through the agent's outbox and uplink to the broker, as its digest loop publishes
         await agent.publish_digest(digest)
-        counters = seen[0].chargers[0]
+        await observer.wait_for(
+            lambda o: any(p["message_id"] == digest.message_id for p in o.payloads("/digests"))
+        )
+        (sent,) = [p for p in observer.payloads("/digests") if p["message_id"] == digest.message_id]
+        counters = Digest.model_validate(sent).chargers[0]
         assert counters.anomaly_score is not None
         assert counters.health_score is not None
         assert counters.health_score < 90
