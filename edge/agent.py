@@ -13,6 +13,7 @@ acknowledged in the outbox), then flush the logs and close SQLite.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -26,6 +27,7 @@ import orjson
 from chargesight.common.logs import configure_logging, get_logger
 from chargesight.common.messages import (
     Digest,
+    EdgeMessage,
     Escalation,
     Fault,
     digests_topic,
@@ -39,7 +41,7 @@ from chargesight.edge.config import EdgeConfig
 from chargesight.edge.modelstore import ALL_MODELS_TOPIC, ModelStore
 from chargesight.edge.ocpplog import OcppLog
 from chargesight.edge.offline import DisconnectOffline, OfflineStore, ServeOffline
-from chargesight.edge.outbox import Outbox
+from chargesight.edge.outbox import Outbox, OutboxClosed, OutboxError
 from chargesight.edge.proxy import Proxy
 from chargesight.edge.recovery import RecoveryEngine
 from chargesight.edge.requests import RequestRouter
@@ -48,6 +50,10 @@ from chargesight.edge.uplink import Uplink
 log = get_logger("chargesight.edge.agent")
 
 STATUS_INTERVAL_S = 2.0
+# messages the outbox could not commit, held in memory and committed again (Agent._commit)
+HELD_MAX = 10_000
+HELD_RETRY_S = 2.0
+HELD_RETRY_MAX_S = 60.0
 
 
 def load_public_key(value: str | None) -> Any:
@@ -126,6 +132,9 @@ class Agent:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # messages the outbox could not commit (a full disk), committed again until it can
+        self._held: collections.deque[tuple[str, EdgeMessage]] = collections.deque()
+        self._held_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -172,6 +181,19 @@ class Agent:
         await self.uplink.close()
         await self.router.close()
         await self.audit.close()
+        if self._held_task is not None:
+            self._held_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._held_task
+        for topic, message in list(self._held):  # one last try
+            try:
+                await self.outbox.put(topic, message)
+                self._held.popleft()
+            except OutboxError:
+                break
+        if self._held:
+            log.error("held messages lost: the outbox could not commit them before the stop",
+                      held=len(self._held), message_ids=[m.message_id for _, m in self._held])  # fmt: skip
         await self.outbox.close()
         await self.offline_store.close()
         await self.ocpp_log.close()
@@ -205,13 +227,18 @@ class Agent:
             "foresight": self.monitor.store.status() if self.monitor is not None else None,
             "uplink": self.uplink.status().as_dict(),
             "ocpp_log": {"written": self.ocpp_log.written, "dropped": self.ocpp_log.dropped},
+            "held_uncommitted": len(self._held),
         }
 
     # ------------------------------------------------------------ uplink glue
 
     async def escalate(self, escalation: Escalation) -> None:
-        """Commit an escalation to the durable outbox (published at QoS 1 until acknowledged)."""
-        await self.outbox.put(escalations_topic(self.config.site.id), escalation)
+        """Commit an escalation to the durable outbox (published at QoS 1 until acknowledged).
+
+        When the outbox cannot commit it (a full disk, a broken file) this raises, and the
+        escalation is kept in memory and committed again until the outbox takes it
+        (:meth:`_commit`)."""
+        await self._commit(escalations_topic(self.config.site.id), escalation)
 
     async def publish_digest(self, digest: Digest) -> None:
         """Commit a digest; each charge point carries its latest anomaly score, features and health."""
@@ -224,7 +251,55 @@ class Agent:
                     ]
                 }
             )
-        await self.outbox.put(digests_topic(self.config.site.id), digest)
+        await self._commit(digests_topic(self.config.site.id), digest)
+
+    async def _commit(self, topic: str, message: EdgeMessage) -> None:
+        """``outbox.put``; what it cannot commit is held in memory (oldest digests dropped
+        first beyond ``HELD_MAX``) and committed again every few seconds, in order, until the
+        outbox takes it. It is lost only if the agent stops before the disk has room again."""
+        try:
+            await self.outbox.put(topic, message)
+            return
+        except OutboxClosed:
+            raise
+        except OutboxError:
+            self._hold(topic, message)
+            raise
+
+    def _hold(self, topic: str, message: EdgeMessage) -> None:
+        held = self._held
+        held.append((topic, message))
+        if len(held) > HELD_MAX:
+            digest = next((i for i, (_, m) in enumerate(held) if isinstance(m, Digest)), 0)
+            _, dropped = held[digest]
+            del held[digest]
+            log.error("held message dropped", message_id=dropped.message_id, held=len(held))
+        log.error(
+            "message held in memory: the outbox cannot commit (disk full?)",
+            message_id=message.message_id,
+            held=len(held),
+        )
+        if self._held_task is None or self._held_task.done():
+            self._held_task = asyncio.create_task(self._commit_held(), name="held")
+
+    async def _commit_held(self) -> None:
+        delay = HELD_RETRY_S
+        while self._held:
+            await asyncio.sleep(delay)
+            while self._held:
+                topic, message = self._held[0]
+                try:
+                    await self.outbox.put(topic, message)
+                except OutboxClosed:
+                    return
+                except OutboxError as exc:
+                    log.warning("held messages still not committed", held=len(self._held),
+                                error=str(exc), retry_in=delay)  # fmt: skip
+                    delay = min(delay * 2, HELD_RETRY_MAX_S)
+                    break
+                self._held.popleft()
+                log.info("held message committed", message_id=message.message_id,
+                         held=len(self._held))  # fmt: skip
 
     async def _offline_alarm(
         self, charge_point_id: str, message: str, details: dict[str, Any]
