@@ -32,6 +32,9 @@ def status(config: EdgeConfig) -> int:
     for cp in connected:
         up = "CSMS connected" if cp.get("upstream_connected") else "CSMS UNREACHABLE"
         print(f"  {cp['charge_point_id']:<24} OCPP {cp['ocpp']:<6} {up}")
+    held = data.get("held_uncommitted") or 0
+    if held:
+        print(f"ALARM {held} message(s) held in memory: the outbox cannot commit (disk full?)")
     rec = data.get("recovery") or {}
     incidents = rec.get("open_incidents") or []
     print(f"open incidents: {len(incidents)}")

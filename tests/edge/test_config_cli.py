@@ -248,6 +248,7 @@ def test_edge_status_says_what_the_agent_is_doing(
                     "alarms": [],
                 },
                 "offline": {"mode": "serve", "queued": 7, "parked": 0, "alarms": []},
+                "held_uncommitted": 2,
             }
         )
     )
@@ -258,3 +259,4 @@ def test_edge_status_says_what_the_agent_is_doing(
     assert "unlock→rejected" in out
     assert "uplink: NOT connected" in out and "3 queued" in out and "connection refused" in out
     assert "7 messages queued for the CSMS" in out
+    assert "ALARM 2 message(s) held in memory: the outbox cannot commit (disk full?)" in out
