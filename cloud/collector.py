@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -212,6 +213,12 @@ StoredCallback = Callable[
 _StoreTask = asyncio.Task[tuple[StoreResult, BatchReport]]
 
 
+def _store_some(
+    msgs: list[Received], conn: psycopg.AsyncConnection[dict[str, object]], *, owner: int | None
+) -> Awaitable[StoreResult]:
+    return store_batch(conn, msgs, owner=owner)
+
+
 class IngestLoop:
     """One process's ingest: batches from ``source``, validated off the event loop, up to
     ``MAX_INFLIGHT_BATCHES`` stored at once, and in receipt order: ``stored`` is awaited, then
@@ -245,29 +252,30 @@ class IngestLoop:
         return out
 
     async def store(
-        self, msgs: list[Received], dead: list[DeadLetter], report: BatchReport | None = None
+        self,
+        msgs: list[Received],
+        dead: list[DeadLetter],
+        report: BatchReport | None = None,
+        payloads: dict[str, bytes] | None = None,
     ) -> StoreResult:
-        """Store one batch. Connection trouble is retried until it succeeds; a batch the
-        database refuses (bad data) is stored message by message, and what it still refuses
-        becomes a dead letter — bad input never raises here."""
+        """Store one batch. Connection trouble is retried until it succeeds; a batch that
+        cannot be stored as a whole (the database refuses a row, or a value cannot even be
+        encoded for it) is stored message by message, and what still fails becomes a dead
+        letter with the bytes received (``payloads``) — bad input never raises here."""
         report = report if report is not None else BatchReport()
-        delay = 0.2
-        while True:
-            try:
-                t0 = time.perf_counter()
-                async with self.db.pool.connection() as conn:
-                    result = await store_batch(conn, msgs, dead, owner=self.owner)
-                report.seconds = time.perf_counter() - t0
-                break
-            except RETRYABLE as exc:
-                report.db_errors += 1
-                log.warning("store failed, retrying", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except psycopg.Error as exc:
-                log.warning("batch refused by the database, storing one by one", error=str(exc))
-                result = await self._store_singly(msgs, dead)
-                break
+        t0 = time.perf_counter()
+        try:
+            result = await self._retrying(
+                report, lambda conn: store_batch(conn, msgs, dead, owner=self.owner)
+            )
+            report.seconds = time.perf_counter() - t0
+        except Exception as exc:  # not the connection: something in the batch
+            log.warning(
+                "batch refused, storing one by one",
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=not isinstance(exc, psycopg.Error),
+            )
+            result = await self._store_singly(msgs, dead, report, payloads or {})
         report.duplicates = result.duplicates
         report.dead_letters = result.dead_letters
         stored = {
@@ -279,17 +287,48 @@ class IngestLoop:
         report.stored = {k: n for k, n in stored.items() if n}
         return result
 
-    async def _store_singly(self, msgs: list[Received], dead: list[DeadLetter]) -> StoreResult:
+    async def _retrying(
+        self,
+        report: BatchReport,
+        write: Callable[[psycopg.AsyncConnection[dict[str, object]]], Awaitable[StoreResult]],
+    ) -> StoreResult:
+        """``write`` on a pooled connection, retried (with backoff) while the database cannot
+        be reached; any other error is raised."""
+        delay = 0.2
+        while True:
+            try:
+                async with self.db.pool.connection() as conn:
+                    return await write(conn)
+            except RETRYABLE as exc:
+                report.db_errors += 1
+                log.warning("store failed, retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _store_singly(
+        self,
+        msgs: list[Received],
+        dead: list[DeadLetter],
+        report: BatchReport,
+        payloads: dict[str, bytes],
+    ) -> StoreResult:
         total = StoreResult()
         refused: list[DeadLetter] = list(dead)
         for m in msgs:
+            one: list[Received] = [m]
             try:
-                async with self.db.pool.connection() as conn:
-                    r = await store_batch(conn, [m], owner=self.owner)
-            except RETRYABLE:
-                raise
-            except psycopg.Error as exc:
-                refused.append(DeadLetter(topic_of(m), f"database refused it: {exc}", m.to_json()))
+                r = await self._retrying(
+                    report, functools.partial(_store_some, one, owner=self.owner)
+                )
+            except Exception as exc:
+                why = "database refused it" if isinstance(exc, psycopg.Error) else "cannot store it"
+                raw = payloads.get(m.message_id)
+                if raw is None:
+                    with contextlib.suppress(Exception):
+                        raw = m.to_json()
+                refused.append(
+                    DeadLetter(topic_of(m), f"{why}: {type(exc).__name__}: {exc}", raw or b"")
+                )
                 continue
             total.escalations += r.escalations
             total.digests += r.digests
@@ -298,8 +337,7 @@ class IngestLoop:
             total.duplicates += r.duplicates
             total.sites |= r.sites
             total.batch_keys += r.batch_keys
-        async with self.db.pool.connection() as conn:
-            r = await store_batch(conn, [], refused)
+        r = await self._retrying(report, lambda conn: store_batch(conn, [], refused))
         total.dead_letters = r.dead_letters
         return total
 
@@ -307,7 +345,7 @@ class IngestLoop:
         self, items: list[Inbound], batch: Classified
     ) -> tuple[StoreResult, BatchReport]:
         report = BatchReport(handled=len(items), received=batch.received)
-        result = await self.store(batch.msgs, batch.dead, report)
+        result = await self.store(batch.msgs, batch.dead, report, batch.payloads)
         return result, report
 
     async def _finish(self, items: list[Inbound], batch: Classified, task: _StoreTask) -> None:
@@ -868,9 +906,14 @@ class Collector:
         return not (self._ingest_depth() or inflight) or self._stopping.is_set()
 
     async def _update_issue_gauges(self) -> None:
-        async with self.db.pool.connection() as conn:
-            cur = await conn.execute("SELECT status, count(*) AS n FROM issues GROUP BY status")
-            counts = {str(r["status"]): int(str(r["n"])) for r in await cur.fetchall()}
+        """The issue-count gauges (a metric: when the database cannot say, they wait)."""
+        try:
+            async with self.db.pool.connection() as conn:
+                cur = await conn.execute("SELECT status, count(*) AS n FROM issues GROUP BY status")
+                counts = {str(r["status"]): int(str(r["n"])) for r in await cur.fetchall()}
+        except psycopg.Error as exc:
+            log.warning("issue gauges not updated", error=str(exc))
+            return
         for st in ("open", "acknowledged", "resolved"):
             self.metrics.issues.labels(st).set(counts.get(st, 0))
 
@@ -887,8 +930,12 @@ class Collector:
                 await self._retry_failed()  # this one's analyses that failed
                 await self.engine.refresh_open()
                 await self.engine.fleet_models()
-            except psycopg.Error as exc:
-                log.warning("refresh failed", error=str(exc))
+            except Exception as exc:  # the next refresh tries again; the loop goes on
+                log.error(
+                    "refresh failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=not isinstance(exc, psycopg.Error),
+                )
 
     async def _retry_failed(self) -> None:
         owner = self.analysis_owner.owner

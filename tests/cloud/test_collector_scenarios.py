@@ -267,6 +267,28 @@ async def test_a_counter_too_large_to_store_is_a_dead_letter_and_the_rest_is_sto
     assert stored == [(fine.message_id, 2)]
 
 
+async def test_an_escalation_whose_number_cannot_be_stored_is_a_dead_letter_not_a_crash(
+    running: Running,
+) -> None:
+    # valid to the schema (ints are unbounded), but 10**25 cannot be written as the stored
+    # JSON body: that message alone becomes a dead letter, and the collector carries on
+    r = running
+    bad = escalation("huge", "h-1")
+    raw = bad.to_json().replace(b'"active_sessions":0', b'"active_sessions":' + b"9" * 25)
+    before = r.collector.handled_total
+    await asyncio.to_thread(r.publisher.raw, "chargesight/v1/sites/huge/escalations", raw)
+    await r.collector.wait_stored(before + 1)
+    await send(r, escalation("huge", "h-2"))
+    issues = (await r.get("/issues")).json()["issues"]
+    assert [i["charge_point_id"] for i in issues] == ["h-2"]
+    async with r.collector.db.pool.connection() as conn:
+        cur = await conn.execute("SELECT topic, reason, payload FROM dead_letters")
+        (row,) = await cur.fetchall()
+    assert row["topic"] == "chargesight/v1/sites/huge/escalations"
+    assert row["reason"].startswith("cannot store it: ")
+    assert bytes(row["payload"]) == raw  # as received
+
+
 async def test_fault_reported_healthy_again_resolves_the_issue_as_cleared(running: Running) -> None:
     r = running
     await send(r, escalation("clr", "c-1", incident_id="inc-1"))
