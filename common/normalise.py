@@ -11,6 +11,7 @@ so replayed and back-filled traffic keeps its own time; otherwise ``now``.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,9 @@ from chargesight.common.events import (
     TransactionEnded,
     TransactionStarted,
 )
+from chargesight.common.logs import get_logger
+
+log = get_logger(__name__)
 
 _UNIT_SCALE = {
     "kWh": ("Wh", 1000.0),
@@ -79,6 +83,8 @@ def sampled_values(meter_value: dict[str, Any]) -> dict[str, float]:
             value = float(raw)  # 1.6 sends strings, 2.0.1 numbers
         except (TypeError, ValueError):
             continue
+        if not math.isfinite(value):  # "NaN", "Infinity": no reading
+            continue
         unit = sv.get("unit") or (sv.get("unitOfMeasure") or {}).get("unit")
         if unit in _UNIT_SCALE:
             value *= _UNIT_SCALE[unit][1]
@@ -101,10 +107,16 @@ def sampled_values(meter_value: dict[str, Any]) -> dict[str, float]:
 def events_from_call(
     cp_id: str, version: str, action: str, payload: dict[str, Any], now: datetime
 ) -> list[Event]:
-    """Events implied by a CALL a charge point sent (before any answer)."""
-    if version == "1.6":
-        return _v16_call(cp_id, action, payload, now)
-    return _v201_call(cp_id, action, payload, now)
+    """Events implied by a CALL a charge point sent (before any answer). Never raises: a
+    frame whose fields have types the spec does not allow (which the charger and its CSMS
+    may still accept) implies no event, and is said so in the log."""
+    try:
+        if version == "1.6":
+            return _v16_call(cp_id, action, payload, now)
+        return _v201_call(cp_id, action, payload, now)
+    except Exception as exc:
+        _not_understood(cp_id, action, exc)
+        return []
 
 
 def events_from_result(
@@ -115,7 +127,32 @@ def events_from_result(
     result: dict[str, Any],
     now: datetime,
 ) -> list[Event]:
-    """Events implied by the answer to a charge point's CALL."""
+    """Events implied by the answer to a charge point's CALL (never raises, as above)."""
+    try:
+        return _events_from_result(cp_id, version, action, request, result, now)
+    except Exception as exc:
+        _not_understood(cp_id, action, exc)
+        return []
+
+
+def _not_understood(cp_id: str, action: str, exc: Exception) -> None:
+    log.warning(
+        "ocpp_fields_not_understood",
+        charge_point_id=cp_id,
+        action=action,
+        error=f"{type(exc).__name__}: {exc}",
+        note="the frame is passed on unchanged; it implies no event here",
+    )
+
+
+def _events_from_result(
+    cp_id: str,
+    version: str,
+    action: str,
+    request: dict[str, Any],
+    result: dict[str, Any],
+    now: datetime,
+) -> list[Event]:
     out: list[Event] = []
     if action == "BootNotification":
         interval = result.get("interval")
@@ -145,9 +182,10 @@ def events_from_result(
 
 def _float_or_none(value: Any) -> float | None:
     try:
-        return None if value is None else float(value)
+        f = None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+    return f if f is None or math.isfinite(f) else None
 
 
 def _v16_call(cp_id: str, action: str, p: dict[str, Any], now: datetime) -> list[Event]:

@@ -464,7 +464,8 @@ class ServeOffline:
         ):
             payload["timestamp"] = _rfc3339(utcnow())  # keep the original time for the replay
         provisional: int | None = None
-        id_tag = payload.get("idTag") or (payload.get("idToken") or {}).get("idToken")
+        token = payload.get("idToken")  # 2.0.1: an object (a bare string breaks the schema)
+        id_tag = payload.get("idTag") or (token.get("idToken") if isinstance(token, dict) else None)
         auth_status = self._authorize_status(id_tag if isinstance(id_tag, str) else None)
         if call.action == "StartTransaction" and version == "1.6":
             fp = _start_fingerprint(payload)

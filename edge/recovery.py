@@ -1108,11 +1108,10 @@ class RecoveryEngine:
         assert self._publish_digest is not None
         while True:
             await self.clock.sleep(self.config.digest_interval_s)
-            digest = self.cut_digest()
-            try:
-                await self._publish_digest(digest)
+            try:  # one bad interval must not end the digests for good
+                await self._publish_digest(self.cut_digest())
             except Exception as exc:
-                log.error("digest not published", error=repr(exc))
+                log.error("digest not published", error=repr(exc), exc_info=True)
 
     # ------------------------------------------------------------ audit
 

@@ -233,6 +233,41 @@ async def test_malformed_frame_from_charge_point_gets_the_spec_callerror(
     assert proxy.stats.malformed_from_cp == 1
 
 
+@pytest.mark.parametrize(
+    ("version", "frame"),
+    [
+        ("1.6", '[2, "mv-1", "MeterValues", {"connectorId": 1, "meterValue": 5}]'),
+        (
+            "1.6",
+            '[2, "mv-2", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp":'
+            ' "2026-11-25T07:00:00Z", "sampledValue": [{"value": "NaN",'
+            ' "measurand": "Temperature"}]}]}]',
+        ),
+        (
+            "2.0.1",
+            '[2, "tx-1", "TransactionEvent", {"eventType": "Started", "timestamp":'
+            ' "2026-11-25T07:00:00Z", "triggerReason": "Authorized", "seqNo": 0,'
+            ' "transactionInfo": {"transactionId": "t1"}, "idToken": "ABC"}]',
+        ),
+    ],
+    ids=["meter-value-not-a-list", "temperature-nan", "id-token-a-string"],
+)
+async def test_a_well_formed_frame_with_fields_of_the_wrong_type_is_passed_on_unchanged(
+    proxy: Proxy, csms: TestCsms, version: str, frame: str
+) -> None:
+    # the agent cannot read it, the charger and its CSMS may still agree on it: the proxy is
+    # transparent, forwards it as received and keeps serving the charge point
+    sub = "ocpp1.6" if version == "1.6" else "ocpp2.0.1"
+    async with connect(f"{cp_url(proxy)}/CP-ODD", subprotocols=[sub], compression=None) as ws:  # type: ignore[list-item]
+        await ws.send(frame)
+        reply = json.loads(await ws.recv())
+        assert reply[1] == json.loads(frame)[1]  # the CSMS's own answer (result or error)
+        await ws.send('[2, "hb-1", "Heartbeat", {}]')
+        answer = json.loads(await ws.recv())
+        assert answer[:2] == [3, "hb-1"]
+        assert csms.received("CP-ODD") == [frame, '[2, "hb-1", "Heartbeat", {}]']
+
+
 async def test_reply_for_an_unknown_call_is_dropped(proxy: Proxy, csms: TestCsms) -> None:
     async with connect(f"{cp_url(proxy)}/CP-UNK", subprotocols=["ocpp1.6"], compression=None) as ws:  # type: ignore[list-item]
         await ws.send('[3, "nobody-asked", {}]')
