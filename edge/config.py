@@ -196,6 +196,19 @@ class ForesightSection(_Section):
     # hour at start, so a new gateway knows at once which units have been degrading.
     warm_from: Path | None = None
 
+    @field_validator("public_key")
+    @classmethod
+    def _an_ed25519_key(cls, v: str | None) -> str | None:
+        """A key that cannot be read is a config error at start, not a traceback."""
+        if v:
+            from chargesight.common.modelsign import ModelSignatureError, load_public_key
+
+            try:
+                load_public_key(v)
+            except (ModelSignatureError, OSError) as exc:
+                raise ValueError(str(exc)) from exc
+        return v
+
 
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"

@@ -95,6 +95,14 @@ def test_environment_overrides_are_parsed_as_toml_values(tmp_path: Path) -> None
             "integer",
         ),
         (("{{charge_point_id}}", "x"), "ocpp.upstream", "{charge_point_id}"),
+        (
+            (
+                "max_resets_per_day = 6",
+                'max_resets_per_day = 6\n[foresight]\npublic_key = "bm90IGEga2V5"',
+            ),
+            "foresight.public_key",
+            "not an Ed25519 public key",
+        ),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(
