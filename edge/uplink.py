@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import sys
 import threading
 from collections import deque
@@ -66,7 +67,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import SiteState, requests_topic, state_topic, utcnow
 from chargesight.edge.config import MqttSection
-from chargesight.edge.outbox import Outbox, OutboxEntry
+from chargesight.edge.outbox import Outbox, OutboxClosed, OutboxEntry, OutboxError
 
 if TYPE_CHECKING:
     from chargesight.edge.requests import RequestRouter
@@ -76,6 +77,9 @@ log = get_logger("chargesight.edge.uplink")
 MessageHandler = Callable[[str, bytes], Coroutine[Any, Any, None]]
 
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
+# a delete of acknowledged rows the outbox could not commit: tried again after this, doubling
+ACK_RETRY_S = 1.0
+ACK_RETRY_MAX_S = 30.0
 _FALLBACK_AFTER_HANGUPS = 2
 
 
@@ -258,7 +262,10 @@ class Uplink:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._acked:
             seqs, self._acked = self._acked, []
-            await self.outbox.ack(seqs)
+            try:
+                await self.outbox.ack(seqs)
+            except OutboxError as exc:  # the rows stay: re-sent after the restart, deduplicated
+                log.error("uplink_ack_not_committed", rows=len(seqs), error=str(exc))
         self._connected.clear()
         self._state = "closed"
         log.info("uplink_closed", queued=self.outbox.queued)
@@ -596,7 +603,14 @@ class Uplink:
                 await self._room.wait()
                 continue
             if not ahead:
-                rows = await self.outbox.fetch(self._cursor, self.fetch_batch)
+                try:
+                    rows = await self.outbox.fetch(self._cursor, self.fetch_batch)
+                except OutboxClosed:
+                    return
+                except (OutboxError, sqlite3.Error) as exc:  # e.g. locked too long: again soon
+                    log.error("uplink_fetch_failed", error=str(exc), retry_in=ACK_RETRY_S)
+                    await asyncio.sleep(ACK_RETRY_S)
+                    continue
                 if not rows:
                     await self._wait_for_rows_or_replay()
                     continue
@@ -660,7 +674,11 @@ class Uplink:
         return room
 
     async def _ack_loop(self) -> None:
-        """Delete acknowledged rows, many per commit."""
+        """Delete acknowledged rows, many per commit. A delete the outbox cannot commit (a
+        full disk, a lock held too long) is tried again later with what came since: the
+        rows stay until then (a restart meanwhile re-sends them, and the collector drops
+        the duplicates by ``message_id``)."""
+        delay = ACK_RETRY_S
         while True:
             await self._ack_ready.wait()
             self._ack_ready.clear()
@@ -668,9 +686,19 @@ class Uplink:
                 seqs, self._acked = self._acked, []
                 try:
                     await self.outbox.ack(seqs)
-                finally:
-                    self._deleting.difference_update(seqs)
-                    self._changed.set()  # queued went down
+                except OutboxClosed:
+                    return
+                except OutboxError as exc:
+                    log.error("uplink_ack_not_committed", rows=len(seqs), error=str(exc),
+                              retry_in=delay)  # fmt: skip
+                    self._acked = seqs + self._acked
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, ACK_RETRY_MAX_S)
+                    self._ack_ready.set()
+                    continue
+                delay = ACK_RETRY_S
+                self._deleting.difference_update(seqs)
+                self._changed.set()  # queued went down
 
     async def _fallback_loop(self) -> None:
         """``protocol = "auto"``: rebuild the client for MQTT 3.1.1 when MQTT 5 is refused."""

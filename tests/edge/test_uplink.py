@@ -15,8 +15,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chargesight.common.messages import digests_topic, escalations_topic, model_topic, state_topic
+from chargesight.edge import uplink as uplink_module
 from chargesight.edge.config import MqttSection
-from chargesight.edge.outbox import Outbox
+from chargesight.edge.outbox import Outbox, OutboxError
 from chargesight.edge.uplink import Uplink
 from tests.edge.uplink_support import Observer, PersistentBroker, Relay, digest, escalation
 from tests.servers import Mosquitto, find_mosquitto, free_port, wait_port
@@ -259,3 +260,36 @@ async def test_publish_the_broker_refuses_is_kept_with_an_alarm_and_does_not_blo
             )
         assert status.delivered == 1
     assert [r.message_id for r in await outbox.fetch()] == [refused.message_id]
+
+
+async def test_a_delete_the_outbox_cannot_commit_is_tried_again_and_publishing_goes_on(
+    mosquitto: Mosquitto, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the outbox refuses the first two deletes of acknowledged rows (as on a full disk or a
+    # lock held too long): the uplink keeps publishing and deletes them once it can
+    monkeypatch.setattr(uplink_module, "ACK_RETRY_S", 0.05)
+    real_ack = outbox.ack
+    refusals = 0
+
+    async def refusing_ack(seqs: Any) -> None:
+        nonlocal refusals
+        if refusals < 2:
+            refusals += 1
+            raise OutboxError("outbox commit failed: database or disk is full")
+        await real_ack(seqs)
+
+    monkeypatch.setattr(outbox, "ack", refusing_ack)
+    site = "ack-retry"
+    async with (
+        Observer(mosquitto.port, [escalations_topic(site)]) as obs,
+        Uplink(mqtt(mosquitto.url), site, outbox),
+    ):
+        first, second = escalation(site, 1), escalation(site, 2)
+        assert await outbox.put(escalations_topic(site), first)
+        await obs.wait_for(lambda o: first.message_id in ids(o))
+        assert await outbox.put(escalations_topic(site), second)
+        await obs.wait_for(lambda o: second.message_id in ids(o))
+        async with asyncio.timeout(10):
+            await outbox.wait_drained()  # deleted once the outbox took the deletes
+    assert refusals == 2
+    assert ids(obs) == [first.message_id, second.message_id]  # each once
