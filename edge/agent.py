@@ -120,6 +120,7 @@ class Agent:
             self.outbox,
             config.storage.path,
             allowed_kinds=config.uplink.allowed_requests,
+            commit=self._commit,
         )
         self.router.register("status", self._request_status)
         self.router.register("log_excerpt", self._request_log_excerpt)

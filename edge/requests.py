@@ -23,6 +23,8 @@ cloud sees no reply and may ask again with a new id.
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -102,9 +104,13 @@ class RequestRouter:
         handler_timeout_s: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         busy_timeout_ms: int = 5000,
+        commit: Callable[[str, Reply], Awaitable[object]] | None = None,
     ) -> None:
         self.site_id = site_id
         self.outbox = outbox
+        # how a reply is committed: the agent's (which holds what a full disk refuses and
+        # commits it later), or the outbox's own put
+        self._commit = commit or outbox.put
         self.db_path = Path(db_path)
         self.allowed_kinds = frozenset(allowed_kinds)
         self.handler_timeout_s = handler_timeout_s
@@ -212,17 +218,24 @@ class RequestRouter:
             outcome, error = "refused_not_allowed", f"request kind {req.kind!r} is not allowed here"
         else:
             outcome, error = "received", ""
-        audit_id = await self._insert(
-            db,
-            req.request_id,
-            req.kind,
-            req.requested_by,
-            received,
-            req.expires_at,
-            req.params,
-            outcome,
-            error or None,
-        )
+        try:
+            audit_id = await self._insert(
+                db,
+                req.request_id,
+                req.kind,
+                req.requested_by,
+                received,
+                req.expires_at,
+                req.params,
+                outcome,
+                error or None,
+            )
+        except sqlite3.Error as exc:
+            # unrecorded, it could not be told from a redelivery later: not run, and said so
+            error = f"the agent cannot record the request ({exc}); not run"
+            log.error("request_not_recorded", request_id=req.request_id, error=str(exc))
+            await self._reply(req.request_id, ok=False, error=error)
+            return
         if outcome != "received":
             log.warning("request_refused", request_id=req.request_id, kind=req.kind, reason=error)
             await self._reply(req.request_id, ok=False, error=error)
@@ -242,10 +255,13 @@ class RequestRouter:
                 outcome, error = "error", f"{type(exc).__name__}: {exc}"
                 log.exception("request_handler_failed", request_id=req.request_id, kind=req.kind)
         log.info("request_handled", request_id=req.request_id, kind=req.kind, outcome=outcome)
-        await db.execute(
-            "UPDATE request_audit SET outcome = ?, error = ?, finished_at = ? WHERE id = ?",
-            (outcome, error or None, time.time(), audit_id),
-        )
+        try:
+            await db.execute(
+                "UPDATE request_audit SET outcome = ?, error = ?, finished_at = ? WHERE id = ?",
+                (outcome, error or None, time.time(), audit_id),
+            )
+        except sqlite3.Error as exc:  # done all the same: the operator hears how it went
+            log.error("request_audit_not_updated", request_id=req.request_id, error=str(exc))
         await self._reply(req.request_id, ok=outcome == "ok", error=error or None, result=result)
 
     async def _reply(
@@ -259,7 +275,10 @@ class RequestRouter:
         reply = Reply(
             site_id=self.site_id, request_id=request_id, ok=ok, error=error, result=result or {}
         )
-        await self.outbox.put(self._topic, reply)
+        try:
+            await self._commit(self._topic, reply)
+        except Exception as exc:  # the agent holds it and commits it once it can
+            log.error("reply_not_committed", request_id=request_id, error=str(exc))
 
     @staticmethod
     async def _seen(db: aiosqlite.Connection, request_id: str) -> bool:
@@ -289,7 +308,7 @@ class RequestRouter:
                 requested_by,
                 received,
                 expires_at.isoformat() if expires_at else None,
-                orjson.dumps(params).decode() if params is not None else None,
+                None if params is None else _params_json(params),
                 outcome,
                 error,
                 None if outcome == "received" else time.time(),
@@ -305,3 +324,10 @@ def _peek_request_id(payload: bytes) -> str | None:
         return None
     rid = data.get("request_id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
+
+
+def _params_json(params: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(params).decode()
+    except TypeError:  # an integer beyond 64 bits: the standard library writes it
+        return json.dumps(params, default=str)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,3 +170,40 @@ async def test_request_over_mqtt_is_answered_with_its_request_id(
         assert calls.params == [{"verbose": True}]
         await outbox.wait_drained()
     assert [r.outcome for r in await router.audit(req.request_id)] == ["ok"]
+
+
+async def test_a_request_that_cannot_be_recorded_is_not_run_and_the_operator_is_told(
+    router: RequestRouter, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the audit row is what makes a redelivery a duplicate: without it (a full disk), running
+    # the request could run it twice, so it is refused, in words
+    calls = Calls()
+    router.register("status", calls)
+
+    async def full(*args: Any) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(router, "_insert", full)
+    req = request("status")
+    await router.handle(payload(req))
+    assert calls.params == []
+    (reply,) = await replies(outbox)
+    assert (reply.request_id, reply.ok) == (req.request_id, False)
+    assert reply.error == "the agent cannot record the request (database or disk is full); not run"
+
+
+async def test_parameters_with_an_integer_beyond_64_bits_are_recorded_and_answered(
+    router: RequestRouter, outbox: Outbox
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def status(params: dict[str, Any]) -> dict[str, Any]:
+        seen.append(params)
+        return {"connected_charge_points": 3}
+
+    router.register("status", status)
+    req = request("status", n=10**25)
+    await router.handle(json.dumps(req.model_dump(mode="json")).encode())  # orjson cannot
+    assert seen == [{"n": 10**25}]
+    (reply,) = await replies(outbox)
+    assert reply.ok and [r.outcome for r in await router.audit(req.request_id)] == ["ok"]
