@@ -222,14 +222,23 @@ def create_app(state: ApiState) -> FastAPI:
             cur = await conn.execute("SELECT 1 FROM sites WHERE site_id = %s", (site_id,))
             if await cur.fetchone() is None:
                 raise ApiError(404, "not_found", f"no site {site_id}")
+            note = None
             async with conn.transaction():
                 await edge_requests.record(conn, request)
-                try:  # a request the broker did not take is not kept
+                try:  # a request the broker surely did not take is not kept
                     await sender.publish(request)
                 except edge_requests.RequestNotSent as exc:
-                    raise ApiError(503, "not_sent", str(exc)) from exc
+                    if not exc.maybe_sent:
+                        raise ApiError(503, "not_sent", str(exc)) from exc
+                    # kept: it may still reach the site, and sending another could run it twice
+                    note = (
+                        f"{exc}; it may still reach the site: see GET {PREFIX}/requests/"
+                        f"{request.request_id} before sending it again"
+                    )
             out = await edge_requests.load(conn, request.request_id)
         assert out is not None
+        if note is not None:
+            out["status"], out["note"] = "unconfirmed", note
         return out
 
     @app.get(f"{PREFIX}/requests/{{request_id}}")

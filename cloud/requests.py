@@ -31,7 +31,14 @@ PUBLISH_TIMEOUT_S = 10.0
 
 
 class RequestNotSent(Exception):
-    """The broker did not take the request (unreachable, or no PUBACK in time)."""
+    """The broker did not take the request (unreachable, or no PUBACK in time).
+
+    ``maybe_sent``: it was handed to the MQTT client, which keeps it and may still deliver
+    it (no PUBACK in time): the request must be kept, or a retry could run it twice."""
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
 
 
 class RequestSender:
@@ -80,7 +87,9 @@ class RequestSender:
             raise RequestNotSent(f"publish failed: {paho.error_string(info.rc)}")
         await asyncio.to_thread(info.wait_for_publish, PUBLISH_TIMEOUT_S)
         if not info.is_published():
-            raise RequestNotSent(f"the broker did not acknowledge within {PUBLISH_TIMEOUT_S:g} s")
+            raise RequestNotSent(
+                f"the broker did not acknowledge within {PUBLISH_TIMEOUT_S:g} s", maybe_sent=True
+            )
 
 
 def new_request(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chargesight.cloud import requests as edge_requests
 from chargesight.edge.agent import Agent
 from tests.cloud.conftest import OPERATOR, Running
 from tests.edge.conftest import edge_config
 from tests.peers import TestCsms
+from tests.servers import Mosquitto
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
 
@@ -92,3 +95,23 @@ async def test_requests_need_an_operator_a_known_site_and_a_known_kind(
     bad = await post(running, SITE, {"kind": "format_disk"})
     assert bad.status_code == 422
     assert (await running.get("/requests/no-such-id")).status_code == 404
+
+
+async def test_a_request_the_broker_is_slow_to_acknowledge_is_kept_and_runs_once(
+    running: Running, agent: Agent, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no PUBACK within the wait (the broker is paused): the MQTT client still holds the
+    # request and delivers it, so it is kept (a retry under a new id could run it twice)
+    monkeypatch.setattr(edge_requests, "PUBLISH_TIMEOUT_S", 0.3)
+    mosquitto.proc.send_signal(signal.SIGSTOP)
+    try:
+        resp = await post(running, SITE, {"kind": "status"})
+    finally:
+        mosquitto.proc.send_signal(signal.SIGCONT)
+    assert resp.status_code == 202, resp.text
+    sent = resp.json()
+    assert sent["status"] == "unconfirmed"
+    assert f"see GET /api/v1/requests/{sent['request_id']}" in sent["note"]
+    got = await answered(running, sent["request_id"])
+    assert got["reply"]["ok"] is True
+    assert [r.outcome for r in await agent.router.audit(sent["request_id"])] == ["ok"]
