@@ -49,6 +49,8 @@ a charger must survive a power cut of the gateway, not only a process crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -183,10 +185,15 @@ class OfflineStore:
         async def run() -> int:
             async with self._lock:
                 rowid = 0
-                for sql, args in statements:
-                    cur = await self.db.execute(sql, args)
-                    rowid = int(cur.lastrowid or 0)
-                await self.db.commit()
+                try:
+                    for sql, args in statements:
+                        cur = await self.db.execute(sql, args)
+                        rowid = int(cur.lastrowid or 0)
+                    await self.db.commit()
+                except BaseException:  # e.g. a full disk: leave no transaction open
+                    with contextlib.suppress(Exception):
+                        await self.db.rollback()
+                    raise
                 return rowid
 
         return await asyncio.shield(run())
@@ -257,23 +264,29 @@ class OfflineStore:
         msg = QueuedMessage(
             0, charge_point_id, version, action, payload, time.time(), provisional_tx
         )
-        self.queues.setdefault(charge_point_id, deque()).append(msg)
-        msg.seq = await self._write(
-            [
-                (
-                    "INSERT INTO offline_queue (charge_point_id, version, action, payload, queued_at, provisional_tx) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+        queue = self.queues.setdefault(charge_point_id, deque())
+        queue.append(msg)
+        try:
+            msg.seq = await self._write(
+                [
                     (
-                        charge_point_id,
-                        version,
-                        action,
-                        orjson.dumps(payload),
-                        msg.queued_at,
-                        provisional_tx,
-                    ),
-                )
-            ]
-        )
+                        "INSERT INTO offline_queue (charge_point_id, version, action, payload, queued_at, provisional_tx) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            charge_point_id,
+                            version,
+                            action,
+                            orjson.dumps(payload),
+                            msg.queued_at,
+                            provisional_tx,
+                        ),
+                    )
+                ]
+            )
+        except BaseException:  # not stored: not queued either (it would be replayed twice)
+            with contextlib.suppress(ValueError):
+                queue.remove(msg)
+            raise
         return msg
 
     async def remove(self, msg: QueuedMessage) -> None:
@@ -467,31 +480,49 @@ class ServeOffline:
         token = payload.get("idToken")  # 2.0.1: an object (a bare string breaks the schema)
         id_tag = payload.get("idTag") or (token.get("idToken") if isinstance(token, dict) else None)
         auth_status = self._authorize_status(id_tag if isinstance(id_tag, str) else None)
-        if call.action == "StartTransaction" and version == "1.6":
-            fp = _start_fingerprint(payload)
-            known = self.store.starts.get((cp, fp))
-            if known is not None:  # a retried start: same transaction, not a new one
-                await session.reply_locally(
-                    call, {"transactionId": known, "idTagInfo": {"status": auth_status}}
+        fp: str | None = None
+        try:
+            if call.action == "StartTransaction" and version == "1.6":
+                fp = _start_fingerprint(payload)
+                known = self.store.starts.get((cp, fp))
+                if known is not None:  # a retried start: same transaction, not a new one
+                    await session.reply_locally(
+                        call, {"transactionId": known, "idTagInfo": {"status": auth_status}}
+                    )
+                    return
+                provisional = await self.store.allocate_provisional(cp)
+                self.store.starts[(cp, fp)] = provisional
+                self.store.open_tx.setdefault(cp, set()).add(provisional)
+            try:
+                answer = local_answer(
+                    version,
+                    call.action,
+                    payload,
+                    heartbeat_interval_s=self.config.heartbeat_interval_s,
+                    authorize_status=auth_status,
+                    provisional_transaction_id=provisional,
+                )
+            except NoLocalAnswer as exc:
+                await session.reply_error(
+                    call.unique_id, "InternalError", f"CSMS unreachable: {exc}"
                 )
                 return
-            provisional = await self.store.allocate_provisional(cp)
-            self.store.starts[(cp, fp)] = provisional
-            self.store.open_tx.setdefault(cp, set()).add(provisional)
-        try:
-            answer = local_answer(
-                version,
-                call.action,
-                payload,
-                heartbeat_interval_s=self.config.heartbeat_interval_s,
-                authorize_status=auth_status,
-                provisional_transaction_id=provisional,
+            if self._must_deliver(version, call.action):
+                await self._enqueue(cp, version, call.action, payload, provisional)
+        except (sqlite3.Error, OSError) as exc:
+            # not stored (a full disk): not answered as taken either; the charge point keeps
+            # the message and sends it again (a start gets a new provisional id then)
+            if provisional is not None and fp is not None:
+                self.store.starts.pop((cp, fp), None)
+                self.store.open_tx.get(cp, set()).discard(provisional)
+            log.error("offline_queue_write_failed", charge_point_id=cp, action=call.action,
+                      error=str(exc))  # fmt: skip
+            await session.reply_error(
+                call.unique_id,
+                "InternalError",
+                f"the gateway cannot store the message now ({exc}); send it again later",
             )
-        except NoLocalAnswer as exc:
-            await session.reply_error(call.unique_id, "InternalError", f"CSMS unreachable: {exc}")
             return
-        if self._must_deliver(version, call.action):
-            await self._enqueue(cp, version, call.action, payload, provisional)
         self.stats.answered_locally += 1
         await session.reply_locally(call, answer)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.exceptions import InternalError
 from ocpp.v16 import call as call16
 from websockets.exceptions import ConnectionClosed
 
@@ -407,3 +408,36 @@ async def test_stop_for_a_start_the_csms_never_saw_is_delivered_with_an_alarm(si
     assert site.agent is not None
     alarms = site.agent.offline.status()["alarms"]
     assert any("never saw" in a["message"] for a in alarms)
+
+
+async def test_a_message_a_full_disk_refused_is_refused_to_the_charger_and_replayed_once(
+    site: Site,
+) -> None:
+    # offline, the agent answers for the CSMS only what it has stored; on a full disk (the
+    # queue's file capped at its size) it says it cannot take the message, the charge point
+    # sends it again later, and the CSMS gets every message once, in order
+    async with connect_cp(site.url, "CP-F") as cp:
+        await cp.call(boot16())
+        await site.csms.stop()
+        tx = (await cp.call(start_tx())).transaction_id
+        assert site.agent is not None
+        db = site.agent.offline_store.db
+        row = await (await db.execute("PRAGMA page_count")).fetchone()
+        assert row is not None
+        await db.execute(f"PRAGMA max_page_count = {row[0]}")
+        wh, refusal = 0, ""
+        while not refusal and wh < 5000:
+            wh += 1
+            try:
+                await cp.call(meter(tx, wh))
+            except InternalError as exc:  # a CALLERROR: not taken
+                refusal = str(exc)
+        assert "the gateway cannot store the message now" in refusal
+        assert site.agent.offline_store.queued_for("CP-F") == wh  # the start and wh - 1 values
+        await db.execute("PRAGMA max_page_count = 1073741823")  # room again
+        assert await cp.call(meter(tx, wh)) is not None  # the charger's retry is taken
+        await site.csms_back("CP-F")
+        calls = await site.replayed("CP-F", 2 + wh)
+    assert [c[2] for c in calls] == ["BootNotification", "StartTransaction"] + ["MeterValues"] * wh
+    values = [int(c[3]["meterValue"][0]["sampledValue"][0]["value"]) for c in calls[2:]]
+    assert values == list(range(1, wh + 1))  # each once, in order
