@@ -76,6 +76,9 @@ if TYPE_CHECKING:
 
 log = get_logger("chargesight.edge.offline")
 
+# recording a replayed message the CSMS took: retried up to this far apart
+SETTLE_RETRY_MAX_S = 30.0
+
 # Actions the CSMS must see even when they happened while it was away.
 MUST_DELIVER_16 = frozenset(
     {
@@ -643,10 +646,9 @@ class ServeOffline:
                     continue
                 await asyncio.sleep(self.config.replay_backoff_s * 2 ** (msg.attempts - 1))
                 continue
-            await self._after_replayed(
+            await self._settle(
                 cp, msg, reply.payload if isinstance(reply, ocppj.CallResult) else {}
             )
-            await self.store.remove(msg)
             replayed += 1
             self.stats.replayed += 1
         log.info(
@@ -655,6 +657,23 @@ class ServeOffline:
             messages=replayed,
             seconds=round(time.monotonic() - started, 3),
         )
+
+    async def _settle(self, cp: str, msg: QueuedMessage, result: dict[str, Any]) -> None:
+        """Record that the CSMS took ``msg`` (its transaction id, its removal from the queue),
+        retrying until the store can: a message left queued after the CSMS took it would be
+        sent again, and a StartTransaction sent again opens a second transaction there. The
+        replay of this charge point waits meanwhile."""
+        delay = max(self.config.replay_backoff_s, 0.05)
+        while True:
+            try:
+                await self._after_replayed(cp, msg, result)
+                await self.store.remove(msg)
+                return
+            except (sqlite3.Error, OSError) as exc:
+                log.error("offline_replayed_not_recorded", charge_point_id=cp, action=msg.action,
+                          error=str(exc), retry_in=delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SETTLE_RETRY_MAX_S)
 
     async def _after_replayed(self, cp: str, msg: QueuedMessage, result: dict[str, Any]) -> None:
         if msg.action == "StartTransaction" and msg.provisional_tx is not None:

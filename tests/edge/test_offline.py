@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -441,3 +442,35 @@ async def test_a_message_a_full_disk_refused_is_refused_to_the_charger_and_repla
     assert [c[2] for c in calls] == ["BootNotification", "StartTransaction"] + ["MeterValues"] * wh
     values = [int(c[3]["meterValue"][0]["sampledValue"][0]["value"]) for c in calls[2:]]
     assert values == list(range(1, wh + 1))  # each once, in order
+
+
+async def test_a_replayed_start_the_store_fails_to_record_is_retried_not_sent_again(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the CSMS took the replayed StartTransaction; recording its id fails twice (a full disk
+    # for a moment): the agent retries the record, it does not replay the start again
+    async with connect_cp(site.url, "CP-R") as cp:
+        await cp.call(boot16())
+        await site.csms.stop()
+        provisional = (await cp.call(start_tx())).transaction_id
+        await cp.call(stop_tx(provisional, 1000))
+        assert site.agent is not None
+        store = site.agent.offline_store
+        real_map = store.map_transaction
+        failures = 0
+
+        async def failing_map(*args: Any) -> None:
+            nonlocal failures
+            if failures < 2:
+                failures += 1
+                raise sqlite3.OperationalError("database or disk is full")
+            await real_map(*args)
+
+        monkeypatch.setattr(store, "map_transaction", failing_map)
+        await site.csms_back("CP-R")
+        calls = await site.replayed("CP-R", 3)
+        await store.wait_empty("CP-R", 10)
+    assert failures == 2
+    assert [c[2] for c in calls] == ["BootNotification", "StartTransaction", "StopTransaction"]
+    assert calls[2][3]["transactionId"] > 0  # the CSMS's id, recorded on the third try
+    assert [c[2] for c in site.calls_seen("CP-R")].count("StartTransaction") == 1
