@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
+import psycopg
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -28,9 +29,13 @@ from chargesight.cloud.engine import Engine
 from chargesight.cloud.issues import IssueStateError, acknowledge, resolve
 from chargesight.cloud.issuestore import Pool, load_issue, save_issue
 from chargesight.cloud.metrics import Metrics
+from chargesight.common.logs import get_logger
 from chargesight.common.messages import RecommendedAction, RequestKind
 
 PREFIX = "/api/v1"
+HEALTH_DB_TIMEOUT_S = 2.0  # /health answers 503 rather than wait for the pool's timeout
+
+log = get_logger(__name__)
 
 
 class ApiError(Exception):
@@ -144,12 +149,20 @@ def create_app(state: ApiState) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, psycopg.DataError):  # e.g. a NUL character, a number jsonb refuses
+            return _error(422, "invalid_request", f"a value the database cannot take: {exc}")
+        if isinstance(exc, psycopg.OperationalError):  # unreachable, or no connection in time
+            return _error(503, "database_unavailable", "the database cannot be reached now")
+        log.error("api_internal_error", path=request.url.path, exc_info=exc)
+        return _error(500, "internal_error", f"{type(exc).__name__} (details in the log)")
 
-    @app.get(f"{PREFIX}/health")
-    async def health() -> dict[str, Any]:
-        async with state.pool.connection() as conn:
-            await conn.execute("SELECT 1")
+    @app.get(f"{PREFIX}/health", response_model=None)
+    async def health() -> dict[str, Any] | Response:
+        try:
+            async with state.pool.connection(timeout=HEALTH_DB_TIMEOUT_S) as conn:
+                await conn.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            return _error(503, "database_unavailable", f"the database cannot be reached: {exc}")
         return {"status": "ok", "timescale": getattr(state.engine, "timescale", False)}
 
     @app.get(f"{PREFIX}/issues")

@@ -369,6 +369,38 @@ async def test_api_rejects_missing_or_unknown_tokens_and_viewers_writing(running
     assert "/api/v1/issues/{issue_id}/resolve" in spec["paths"]
 
 
+async def test_values_the_database_cannot_take_are_a_422_and_its_absence_a_503(
+    running: Running, fresh_db: str, postgres: Postgres
+) -> None:
+    r = running
+    await send(r, escalation("nul", "n-1"))
+    (issue,) = (await r.get("/issues")).json()["issues"]
+    for resp in (
+        await r.get("/issues/a%00b"),
+        await r.get("/issues?site_id=%00"),
+        await r.api.post(
+            f"/api/v1/issues/{issue['id']}/ack",
+            json={"note": "\u0000"},
+            headers=r.headers(OPERATOR),
+        ),
+    ):
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["code"] == "invalid_request"
+    name = fresh_db.rsplit("/", 1)[1]
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        try:
+            health = await r.api.get("/api/v1/health")
+        finally:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    assert health.status_code == 503, health.text
+    assert health.json()["error"]["code"] == "database_unavailable"
+    assert (await r.api.get("/api/v1/health")).status_code == 200  # and back
+
+
 async def test_ask_answers_from_the_data_and_lists_the_issues_it_used(running: Running) -> None:
     r = running
     await send(
