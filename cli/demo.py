@@ -50,7 +50,8 @@ from rich.live import Live
 from rich.table import Table
 
 from chargesight.sim import Csms, Simulation, generate_history, load_scenario
-from chargesight.sim.scenario import Scenario
+from chargesight.sim.cli import finite_positive
+from chargesight.sim.scenario import Scenario, ScenarioError
 
 console = Console(highlight=False)
 
@@ -204,7 +205,9 @@ def parse_args(argv: Sequence[str]) -> Options:
         description="Run a simulated charging network through real edge agents and the cloud.",
     )
     p.add_argument("--scenario", default="demo", help="small | demo | a scenario TOML file")
-    p.add_argument("--history-days", type=float, default=60.0, help="days of back-filled history")
+    p.add_argument(
+        "--history-days", type=finite_positive, default=60.0, help="days of back-filled history"
+    )
     p.add_argument("--duration", type=float, default=120.0, help="live run, seconds of wall time")
     p.add_argument("--speed", type=float, default=30.0, help="simulated seconds per real second")
     p.add_argument("--window", type=float, default=30.0, help="recovery window, seconds (>= 20)")
@@ -958,6 +961,9 @@ async def _main(opts: Options) -> int:
     run = DemoRun(opts, workdir)
     try:
         return await run.run()
+    except ScenarioError as exc:  # the user's --scenario: a usage error
+        console.print(f"[red]demo:[/] {exc}")
+        return 2
     except DemoError as exc:
         console.print(f"[red]demo failed:[/] {exc}")
         return 1

@@ -98,6 +98,8 @@ def load_tokens_file(path: Path) -> list[TokenEntry]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"api.tokens_file: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"api.tokens_file: {path} is not UTF-8 text: {exc.reason}") from exc
     try:
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text).get("tokens", [])
     except (ValueError, tomllib.TOMLDecodeError) as exc:

@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from chargesight.cloud.train import TrainedModel
 from chargesight.common.features import FEATURE_NAMES
 from chargesight.common.messages import ModelUpdate, model_topic
-from chargesight.common.modelsign import load_private_key, sign_model
+from chargesight.common.modelsign import ModelSignatureError, load_private_key, sign_model
 
 
 class PublishError(Exception):
@@ -122,8 +122,17 @@ def publish_models(
 def run_publish(*, models: str | Path, mqtt_url: str, key: str | Path) -> int:
     """``chargesight cloud publish-models --models DIR --mqtt URL --key FILE``; returns the exit code."""
     try:
-        private = load_private_key(Path(key) if Path(str(key)).exists() else str(key))
+        if Path(str(key)).exists():
+            private = load_private_key(Path(key))
+        elif "-----BEGIN" in str(key) or len(str(key)) > 200:  # the key itself, not a path
+            private = load_private_key(str(key))
+        else:
+            print(f"error: --key {key}: no such file (an Ed25519 private key in PEM)")
+            return 2
         updates = model_updates(models, private)
+    except ModelSignatureError as exc:
+        print(f"error: --key {key}: {exc}")
+        return 2
     except (OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 2

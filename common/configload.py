@@ -98,6 +98,8 @@ def load_config(model: type[M], path: str | Path, environ: Mapping[str, str] | N
         raise ConfigError(f"config file {p} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text: {exc.reason}") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -20,6 +20,12 @@ def status(config: EdgeConfig) -> int:
     except orjson.JSONDecodeError:
         print(f"status file {path} is unreadable; try again in a moment")
         return 1
+    except OSError as exc:  # a directory, or written by the service as another user
+        print(f"status file {path} cannot be read: {exc.strerror or exc}")
+        return 1
+    if not isinstance(data, dict):
+        print(f"status file {path} is not an agent's status")
+        return 1
     age = time.time() - float(data.get("updated_at", 0))
     running = data.get("running", False) and age < 30
     print(

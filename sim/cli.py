@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,11 +71,14 @@ def _parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("history", help="write months of past operation and its ground truth")
     h.add_argument("--scenario", required=True, metavar="FILE")
-    h.add_argument("--days", required=True, type=float)
+    h.add_argument("--days", required=True, type=finite_positive)
     h.add_argument("--out", required=True, type=Path, metavar="DIR")
     h.add_argument("--seed", type=int, default=None)
     h.add_argument(
-        "--start", default=None, help="RFC 3339 start (default: the scenario's, else now - days)"
+        "--start",
+        default=None,
+        type=rfc3339,
+        help="RFC 3339 start (default: the scenario's, else now - days)",
     )
     h.add_argument("--window-s", type=float, default=600.0, help="the edge's recovery window")
 
@@ -86,6 +90,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--heartbeat", type=int, default=300)
     return p
+
+
+def finite_positive(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
+
+
+def rfc3339(text: str) -> datetime:
+    """An argparse type: an RFC 3339 time (``2026-10-26`` or ``2026-10-26T00:00:00Z``)."""
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time: {exc}") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def main(argv: list[str]) -> int:
@@ -111,12 +135,14 @@ def main(argv: list[str]) -> int:
             assert scenario is not None
             from chargesight.sim.history import generate_history
 
-            start = (
-                datetime.fromisoformat(args.start.replace("Z", "+00:00")) if args.start else None
-            )
+            if args.out.exists() and not args.out.is_dir():
+                print(f"chargesight sim: --out {args.out} is a file, not a directory",
+                      file=sys.stderr)  # fmt: skip
+                return 2
             summary = generate_history(
-                scenario, args.days, args.out, seed=args.seed, start=start, window_s=args.window_s
-            )
+                scenario, args.days, args.out, seed=args.seed, start=args.start,
+                window_s=args.window_s,
+            )  # fmt: skip
             print(
                 f"history {summary.start:%Y-%m-%d} .. {summary.end:%Y-%m-%d}: {summary.sites} sites, "
                 f"{summary.chargers} charge points, {summary.sessions} sessions, "

@@ -53,8 +53,8 @@ FaultKind = Literal[
 Uplink = Literal["fiber", "ethernet", "cellular", "wifi"]
 OcppVersion = Literal["1.6", "2.0.1"]
 
-NonNeg = Annotated[float, Field(ge=0)]
-Pos = Annotated[float, Field(gt=0)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class ScenarioError(ValueError):
@@ -272,7 +272,12 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read scenario: {exc.strerror or exc}") from exc
+        bundled = ", ".join(sorted(f.stem for f in SCENARIO_DIR.glob("*.toml")))
+        raise ScenarioError(
+            f"{p}: cannot read scenario: {exc.strerror or exc} (bundled: {bundled})"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{p}: not UTF-8 text: {exc.reason}") from exc
     return parse_scenario(text, source=str(p))
 
 
