@@ -29,7 +29,11 @@ async def _import(config_path: str, directory: Path) -> int:
     db, embedded = await open_store(config)
     try:
         engine = Engine(db.pool, config.analysis)
-        report = await import_dir(db.pool, engine, directory)
+        try:
+            report = await import_dir(db.pool, engine, directory)
+        except ValueError as exc:  # a malformed network.json
+            print(f"chargesight: {exc}", file=sys.stderr)
+            return 2
         print(report.text())
         return 0
     finally:
@@ -46,8 +50,18 @@ def main(args: argparse.Namespace) -> int:
             configure_logging(config.logging.level, config.logging.format)
             return asyncio.run(run(config))
         if command == "import":
+            directory = Path(args.dir)
+            # nothing to import is a usage error, said before any database starts
+            if not directory.is_dir():
+                print(f"chargesight: --dir {directory}: not a directory", file=sys.stderr)
+                return 2
+            if not any((directory / f).is_file() for f in ("digests.jsonl", "escalations.jsonl")):
+                print(f"chargesight: --dir {directory}: neither digests.jsonl nor"
+                      " escalations.jsonl (a `chargesight sim history` directory)",
+                      file=sys.stderr)  # fmt: skip
+                return 2
             configure_logging("info")
-            return asyncio.run(_import(args.config, Path(args.dir)))
+            return asyncio.run(_import(args.config, directory))
         if command == "train":
             train = importlib.import_module("chargesight.cloud.train")
             return int(

@@ -12,6 +12,7 @@ the whole history in data-time order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 from pydantic import ValidationError
 
 from chargesight.cloud.engine import Cleared, Engine
@@ -66,7 +68,10 @@ def _first(d: dict[str, Any], *keys: str) -> Any:
 
 async def load_network(conn: Conn, path: Path) -> int:
     """Keep ``network.json`` and upsert the sites and chargers it describes (best effort)."""
-    doc = orjson.loads(await asyncio.to_thread(path.read_bytes))
+    try:
+        doc = orjson.loads(await asyncio.to_thread(path.read_bytes))
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO network (id, doc) VALUES (1, %s::jsonb) ON CONFLICT (id) DO UPDATE SET"
@@ -102,7 +107,17 @@ async def load_network(conn: Conn, path: Path) -> int:
                 n_conn = len(conns) if isinstance(conns, list) else conns
                 rated = _first(c, "rated_power_w")
                 if rated is None and _first(c, "rated_power_kw") is not None:
-                    rated = float(c["rated_power_kw"]) * 1000.0
+                    try:
+                        rated = float(c["rated_power_kw"]) * 1000.0
+                    except (TypeError, ValueError):
+                        raise ValueError(
+                            f"{path}: charge point {cid}: rated_power_kw"
+                            f" {c['rated_power_kw']!r} is not a number"
+                        ) from None
+                if rated is not None and not isinstance(rated, int | float):
+                    raise ValueError(
+                        f"{path}: charge point {cid}: rated_power_w {rated!r} is not a number"
+                    )
                 await conn.execute(
                     "INSERT INTO chargers (charge_point_id, site_id, vendor, model, firmware, connectors,"
                     " rated_power_w) VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (charge_point_id) DO UPDATE"
@@ -129,8 +144,7 @@ async def import_dir(
         async with pool.connection() as conn:
             n = await load_network(conn, net)
         log.info("network loaded", sites=n)
-    escalations: list[Escalation] = []
-    cleared: list[Cleared] = []
+    seen: set[str] = set()  # every site the files speak of, stored now or before
     for name, model in (("digests.jsonl", Digest), ("escalations.jsonl", Escalation)):
         path = directory / name
         if not path.exists():
@@ -145,12 +159,17 @@ async def import_dir(
                 dead.append(parsed)
             else:
                 msgs.append(parsed)
+                seen.add(parsed.site_id)
             if len(msgs) + len(dead) >= batch:
-                await _flush(pool, msgs, dead, report, escalations, cleared)
+                await _flush(pool, msgs, dead, report)
                 msgs, dead = [], []
-        await _flush(pool, msgs, dead, report, escalations, cleared)
+        await _flush(pool, msgs, dead, report)
+    # what is stored and not yet analysed, not only what this run stored: an import that
+    # stopped half way (Ctrl-C, the database gone) is analysed in full by the next run, whose
+    # lines are all duplicates by then
+    escalations, cleared = await _to_analyse(pool, sorted(seen))
     touched = await engine.apply_events(escalations, cleared)
-    for site in sorted(report.sites):
+    for site in sorted(seen):
         touched |= await recurring_sweep(engine, site)
         touched |= await repeat_sweep(engine, site)
     ids = await engine._with_signature_peers(touched)
@@ -174,22 +193,63 @@ def _parse(model: type[EdgeMessage], raw: bytes, where: str) -> Received | DeadL
 
 
 async def _flush(
-    pool: Pool,
-    msgs: list[Received],
-    dead: list[DeadLetter],
-    report: ImportReport,
-    escalations: list[Escalation],
-    cleared: list[Cleared],
+    pool: Pool, msgs: list[Received], dead: list[DeadLetter], report: ImportReport
 ) -> None:
-    async with pool.connection() as conn:
-        res = await store_batch(conn, msgs, dead)
+    """Store a batch; a batch the database refuses is stored line by line, and the lines it
+    still refuses become dead letters (the import goes on)."""
+    try:
+        async with pool.connection() as conn:
+            res = await store_batch(conn, msgs, dead)
+    except psycopg.OperationalError:
+        raise  # the database is gone: the import stops (run it again: nothing doubles)
+    except Exception as exc:
+        log.warning("batch refused, storing line by line", error=f"{type(exc).__name__}: {exc}")
+        refused = list(dead)
+        for m in msgs:
+            try:
+                async with pool.connection() as conn:
+                    r = await store_batch(conn, [m])
+            except psycopg.OperationalError:
+                raise
+            except Exception as one:
+                raw = b""
+                with contextlib.suppress(Exception):
+                    raw = m.to_json()
+                why = f"cannot store it: {type(one).__name__}: {one}"
+                refused.append(DeadLetter(f"import:{m.message_id}", why, raw))
+                continue
+            report.stored += r.stored
+            report.duplicates += r.duplicates
+            report.sites |= r.sites
+        async with pool.connection() as conn:
+            res = await store_batch(conn, [], refused)
+        report.dead_letters += res.dead_letters
+        return
     report.stored += res.stored
     report.duplicates += res.duplicates
     report.dead_letters += res.dead_letters
     report.sites |= res.sites
-    escalations.extend(res.escalations)
-    for d in res.digests:
-        cleared.extend(Cleared(d.site_id, i, d.interval_end) for i in d.cleared_incidents)
+
+
+async def _to_analyse(pool: Pool, sites: list[str]) -> tuple[list[Escalation], list[Cleared]]:
+    """The escalations of ``sites`` not yet applied to an issue, and every incident their
+    digests report cleared (applying a clear again changes nothing)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT body FROM escalations WHERE site_id = ANY(%s) AND analysed_at IS NULL",
+            (sites,),
+        )
+        escalations = [Escalation.model_validate(r["body"]) for r in await cur.fetchall()]
+        cur = await conn.execute(
+            "SELECT site_id, unnest(cleared_incidents) AS incident_id, interval_end FROM digests"
+            " WHERE site_id = ANY(%s) AND cardinality(cleared_incidents) > 0",
+            (sites,),
+        )
+        cleared = [
+            Cleared(str(r["site_id"]), str(r["incident_id"]), r["interval_end"])
+            for r in await cur.fetchall()
+        ]
+    return escalations, cleared
 
 
 async def recurring_sweep(engine: Engine, site_id: str) -> set[str]:

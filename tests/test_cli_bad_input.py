@@ -98,3 +98,18 @@ def test_a_scenario_number_that_is_not_finite_is_refused(tmp_path: Path) -> None
     res = cli("sim", "check", "--scenario", str(bad))
     assert res.returncode == 2
     assert "sessions_per_connector_day" in said(res)
+
+
+def test_cloud_import_of_a_directory_without_a_history_says_so_before_opening_a_database(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text('[database]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n')
+    missing = cli("cloud", "import", "--config", str(cfg), "--dir", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert "not a directory" in said(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = cli("cloud", "import", "--config", str(cfg), "--dir", str(empty))
+    assert res.returncode == 2
+    assert "neither digests.jsonl nor escalations.jsonl" in said(res)

@@ -106,6 +106,52 @@ def test_importing_a_history_twice_stores_it_once_and_finds_its_issues(
     assert dead == [(f"import:digests.jsonl:{14 * 24 + 25 + 2}",)]
 
 
+def test_an_import_stopped_after_storing_is_analysed_in_full_by_the_next_run(
+    tmp_path: Path, fresh_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the first run stored every line and stopped before its analysis (as if interrupted):
+    # the second finds only duplicates, and still opens the issues the history holds
+    write_history(tmp_path / "hist")
+    cfg = config_file(tmp_path / "cloud.toml", fresh_db)
+    args = argparse.Namespace(command="import", config=str(cfg), dir=str(tmp_path / "hist"))
+    with pytest.MonkeyPatch.context() as mp:
+        from chargesight.cloud import importer
+
+        async def stopped(*a: object, **kw: object) -> set[str]:
+            raise KeyboardInterrupt
+
+        mp.setattr(importer.Engine, "apply_events", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            cloud_main(args)
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM escalations").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM issues").fetchone() == (0,)
+    capsys.readouterr()
+    assert cloud_main(args) == 0
+    assert ": 0 new messages" in capsys.readouterr().out
+    with psycopg.connect(fresh_db) as conn:
+        rows = conn.execute("SELECT scope, status FROM issues ORDER BY scope").fetchall()
+    assert rows == [("charge_point", "resolved"), ("connector", "open"), ("site", "open")]
+
+
+def test_a_line_the_database_refuses_is_a_dead_letter_and_the_rest_is_imported(
+    tmp_path: Path, fresh_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_history(tmp_path / "hist")
+    path = tmp_path / "hist" / "escalations.jsonl"
+    lines = path.read_bytes().splitlines()
+    bad = escalation("lyon", "ly-1", incident_id="inc-nul", started_at=T0 + timedelta(hours=2))
+    lines.append(bad.to_json().replace(b'"inc-nul"', b'"inc\\u0000nul"'))  # valid JSON, no text
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = config_file(tmp_path / "cloud.toml", fresh_db)
+    args = argparse.Namespace(command="import", config=str(cfg), dir=str(tmp_path / "hist"))
+    assert cloud_main(args) == 0
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM escalations").fetchone() == (2,)
+        reasons = [r[0] for r in conn.execute("SELECT reason FROM dead_letters").fetchall()]
+    assert any(r.startswith("cannot store it: ") for r in reasons), reasons
+
+
 @pytest.fixture
 def pg_dir() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="cs-embedded-"))
