@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -932,10 +933,12 @@ def load_train_config(path: str | Path | None) -> TrainConfig:
 
 
 def _database_url(config: str | Path) -> str | None:
-    import tomllib
+    """The config's ``[database] url`` as ``cloud run`` reads it (environment overrides
+    included, e.g. ``CHARGESIGHT_DATABASE__URL``); None unless it is a PostgreSQL URL."""
+    from chargesight.cloud.config import load_cloud_config
 
-    url = tomllib.loads(Path(config).read_text()).get("database", {}).get("url")
-    return str(url) if isinstance(url, str) and url.startswith("postgres") else None
+    url = load_cloud_config(config).database.url
+    return url if url.startswith("postgres") else None
 
 
 def run_train(
@@ -950,26 +953,33 @@ def run_train(
     ``min_failures`` of them), and its optional ``[train]`` table sets
     :class:`TrainConfig`.
     """
+    from chargesight.common.configload import ConfigError
+
+    def fail(message: str, code: int) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
     try:
         cfg = load_train_config(config)
     except (OSError, ValueError, TypeError) as exc:
-        print(f"error: {exc}")
-        return 2
+        return fail(str(exc), 2)
     try:
         if history is not None:
             trained = train_from_history(history, cfg)
         elif config is not None:
-            url = _database_url(config)
+            try:
+                url = _database_url(config)
+            except ConfigError as exc:
+                return fail(str(exc), 2)
             if url is None:
-                print(f"error: {config}: [database] url must be a PostgreSQL URL to train from it")
-                return 2
+                return fail(
+                    f"{config}: [database] url must be a PostgreSQL URL to train from it", 2
+                )
             trained = train_from_database(url, cfg)
         else:
-            print("error: give --history DIR or --config FILE (with [database] url)")
-            return 2
+            return fail("give --history DIR or --config FILE (with [database] url)", 2)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}")
-        return 1
+        return fail(str(exc), 1)
     for p in trained.save(out):
         print(f"wrote {p}")
     for fam, m in sorted(trained.models.items()):

@@ -508,3 +508,15 @@ async def test_training_from_the_database_labels_its_stored_failures_and_learns_
             pre = (cps == cp) & (stored.times < ts) & (stored.times >= ts - 14 * 86400)
             assert pre.sum() >= 20
             assert scores[pre].min() > scores[healthy].max(), (fam, cp)
+
+
+def test_training_reads_the_database_url_as_cloud_run_does_environment_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chargesight.cloud.train import _database_url
+
+    conf = tmp_path / "cloud.toml"
+    conf.write_text('[database]\nurl = "embedded"\npath = "pg"\n')
+    assert _database_url(conf) is None  # the embedded server is not trained from
+    monkeypatch.setenv("CHARGESIGHT_DATABASE__URL", "postgresql://trainer@db.example/fleet")
+    assert _database_url(conf) == "postgresql://trainer@db.example/fleet"
