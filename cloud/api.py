@@ -7,6 +7,7 @@ writing gets 403. Every error is ``{"error": {"code", "message"}}``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from chargesight.cloud import ask, queries
 from chargesight.cloud import requests as edge_requests
 from chargesight.cloud.config import TokenEntry
 from chargesight.cloud.console import mount_console
+from chargesight.cloud.db import transient
 from chargesight.cloud.engine import Engine
 from chargesight.cloud.issues import IssueStateError, acknowledge, resolve
 from chargesight.cloud.issuestore import Pool, load_issue, save_issue
@@ -34,6 +36,9 @@ from chargesight.common.messages import RecommendedAction, RequestKind
 
 PREFIX = "/api/v1"
 HEALTH_DB_TIMEOUT_S = 2.0  # /health answers 503 rather than wait for the pool's timeout
+# data errors caused by a value in the request: psycopg's own (no SQLSTATE: a NUL character in
+# text), untranslatable or unrepresentable characters, text that is not valid for its type
+USER_VALUE_SQLSTATES = (None, "22021", "22P05", "22P02")
 
 log = get_logger(__name__)
 
@@ -147,22 +152,33 @@ def create_app(state: ApiState) -> FastAPI:
         )
         return _error(422, "invalid_request", msgs)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, psycopg.DataError):  # e.g. a NUL character, a number jsonb refuses
-            return _error(422, "invalid_request", f"a value the database cannot take: {exc}")
-        if isinstance(exc, psycopg.OperationalError):  # unreachable, or no connection in time
-            return _error(503, "database_unavailable", "the database cannot be reached now")
+    def _internal_error(request: Request, exc: Exception) -> Response:
         log.error("api_internal_error", path=request.url.path, exc_info=exc)
         return _error(500, "internal_error", f"{type(exc).__name__} (details in the log)")
 
+    @app.exception_handler(psycopg.Error)
+    async def _database_error(request: Request, exc: psycopg.Error) -> Response:
+        if isinstance(exc, psycopg.DataError) and exc.sqlstate in USER_VALUE_SQLSTATES:
+            # a value from the request the database cannot hold (a NUL character, a number
+            # jsonb does not take): the request's fault
+            return _error(422, "invalid_request", f"a value the database cannot take: {exc}")
+        if transient(exc):
+            return _error(503, "database_unavailable", "the database cannot be reached now")
+        return _internal_error(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        return _internal_error(request, exc)
+
     @app.get(f"{PREFIX}/health", response_model=None)
     async def health() -> dict[str, Any] | Response:
-        try:
-            async with state.pool.connection(timeout=HEALTH_DB_TIMEOUT_S) as conn:
-                await conn.execute("SELECT 1")
-        except psycopg.OperationalError as exc:
-            return _error(503, "database_unavailable", f"the database cannot be reached: {exc}")
+        try:  # the whole check, not only taking a connection: a half-open one can hang
+            async with asyncio.timeout(HEALTH_DB_TIMEOUT_S):
+                async with state.pool.connection(timeout=HEALTH_DB_TIMEOUT_S) as conn:
+                    await conn.execute("SELECT 1")
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            why = str(exc) or f"no answer in {HEALTH_DB_TIMEOUT_S:g} s"
+            return _error(503, "database_unavailable", f"the database cannot be reached: {why}")
         return {"status": "ok", "timescale": getattr(state.engine, "timescale", False)}
 
     @app.get(f"{PREFIX}/issues")

@@ -54,7 +54,7 @@ import uvicorn
 from chargesight.cloud.api import ApiState, create_app
 from chargesight.cloud.catchup import AnalysisOwner, catch_up, mark_analysed, retry_failed
 from chargesight.cloud.config import CloudConfig, IngestSection
-from chargesight.cloud.db import Database, DatabaseError, open_database
+from chargesight.cloud.db import Database, DatabaseError, open_database, transient
 from chargesight.cloud.embedded import EmbeddedPostgres, start_embedded
 from chargesight.cloud.engine import Engine
 from chargesight.cloud.ingest import (
@@ -75,11 +75,6 @@ from chargesight.common.messages import Escalation
 
 log = get_logger(__name__)
 
-RETRYABLE = (
-    psycopg.OperationalError,
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.SerializationFailure,
-)
 # batches taken from the buffer and not yet acknowledged: one being stored while the next is
 # validated and sent. More only made concurrent transactions wait on each other's roll-up rows
 # (the same chargers' days) and kept more validated messages alive for the GC to scan.
@@ -299,7 +294,9 @@ class IngestLoop:
             try:
                 async with self.db.pool.connection() as conn:
                     return await write(conn)
-            except RETRYABLE as exc:
+            except psycopg.Error as exc:
+                if not transient(exc):
+                    raise
                 report.db_errors += 1
                 log.warning("store failed, retrying", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
@@ -944,7 +941,7 @@ class Collector:
         keys, self._failed_keys = self._failed_keys, []
         try:
             again = await retry_failed(self.engine, self.db.url, owner, keys)
-        except psycopg.Error:
+        except BaseException:
             self._failed_keys = keys + self._failed_keys
             raise
         # and what failed in the analysis loop meanwhile

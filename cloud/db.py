@@ -140,3 +140,18 @@ async def open_database(
     )
     await pool.open(wait=True, timeout=timeout)
     return Database(url, pool, use_ts)
+
+
+def transient(exc: BaseException) -> bool:
+    """A database error that will pass by itself, so what hit it is tried again rather than
+    refused: the connection or server is gone or restarting (SQLSTATE class 08, 57P01–57P03,
+    or no SQLSTATE: the client's side), no connection came from the pool in time, the server
+    is out of resources (class 53: disk full, too many connections), or a deadlock or
+    serialisation conflict. Not: a statement cancelled or too big for a limit (a message that
+    will fail again, which ingest makes a dead letter)."""
+    if isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state[:2] in ("08", "53") or state in ("57P01", "57P02", "57P03")

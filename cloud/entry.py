@@ -17,7 +17,7 @@ from chargesight.cloud.config import load_cloud_config
 from chargesight.cloud.db import DatabaseError
 from chargesight.cloud.embedded import EmbeddedError
 from chargesight.cloud.engine import Engine
-from chargesight.cloud.importer import import_dir
+from chargesight.cloud.importer import NetworkFileError, import_dir
 from chargesight.cloud.mqttsource import MqttError
 from chargesight.common.logs import configure_logging
 
@@ -31,7 +31,7 @@ async def _import(config_path: str, directory: Path) -> int:
         engine = Engine(db.pool, config.analysis)
         try:
             report = await import_dir(db.pool, engine, directory)
-        except ValueError as exc:  # a malformed network.json
+        except NetworkFileError as exc:
             print(f"chargesight: {exc}", file=sys.stderr)
             return 2
         print(report.text())

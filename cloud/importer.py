@@ -26,12 +26,16 @@ from pydantic import ValidationError
 
 from chargesight.cloud.engine import Cleared, Engine
 from chargesight.cloud.fastdigest import decode_digest, out_of_range
-from chargesight.cloud.ingest import DeadLetter, Received, _reason, store_batch
+from chargesight.cloud.ingest import DeadLetter, DigestSummary, Received, _reason, store_batch
 from chargesight.cloud.issuestore import Conn, Pool
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
 
 log = get_logger(__name__)
+
+
+class NetworkFileError(ValueError):
+    """``network.json`` cannot be used: the import stops before anything is stored."""
 
 
 @dataclass
@@ -71,7 +75,7 @@ async def load_network(conn: Conn, path: Path) -> int:
     try:
         doc = orjson.loads(await asyncio.to_thread(path.read_bytes))
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        raise NetworkFileError(f"{path}: not valid JSON: {exc}") from None
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO network (id, doc) VALUES (1, %s::jsonb) ON CONFLICT (id) DO UPDATE SET"
@@ -110,12 +114,12 @@ async def load_network(conn: Conn, path: Path) -> int:
                     try:
                         rated = float(c["rated_power_kw"]) * 1000.0
                     except (TypeError, ValueError):
-                        raise ValueError(
+                        raise NetworkFileError(
                             f"{path}: charge point {cid}: rated_power_kw"
                             f" {c['rated_power_kw']!r} is not a number"
                         ) from None
                 if rated is not None and not isinstance(rated, int | float):
-                    raise ValueError(
+                    raise NetworkFileError(
                         f"{path}: charge point {cid}: rated_power_w {rated!r} is not a number"
                     )
                 await conn.execute(
@@ -145,6 +149,7 @@ async def import_dir(
             n = await load_network(conn, net)
         log.info("network loaded", sites=n)
     seen: set[str] = set()  # every site the files speak of, stored now or before
+    cleared_now: list[Cleared] = []  # incidents the digests this run stored report cleared
     for name, model in (("digests.jsonl", Digest), ("escalations.jsonl", Escalation)):
         path = directory / name
         if not path.exists():
@@ -161,13 +166,13 @@ async def import_dir(
                 msgs.append(parsed)
                 seen.add(parsed.site_id)
             if len(msgs) + len(dead) >= batch:
-                await _flush(pool, msgs, dead, report)
+                await _flush(pool, msgs, dead, report, cleared_now)
                 msgs, dead = [], []
-        await _flush(pool, msgs, dead, report)
+        await _flush(pool, msgs, dead, report, cleared_now)
     # what is stored and not yet analysed, not only what this run stored: an import that
     # stopped half way (Ctrl-C, the database gone) is analysed in full by the next run, whose
     # lines are all duplicates by then
-    escalations, cleared = await _to_analyse(pool, sorted(seen))
+    escalations, cleared = await _to_analyse(pool, sorted(seen), cleared_now)
     touched = await engine.apply_events(escalations, cleared)
     for site in sorted(seen):
         touched |= await recurring_sweep(engine, site)
@@ -193,7 +198,11 @@ def _parse(model: type[EdgeMessage], raw: bytes, where: str) -> Received | DeadL
 
 
 async def _flush(
-    pool: Pool, msgs: list[Received], dead: list[DeadLetter], report: ImportReport
+    pool: Pool,
+    msgs: list[Received],
+    dead: list[DeadLetter],
+    report: ImportReport,
+    cleared: list[Cleared],
 ) -> None:
     """Store a batch; a batch the database refuses is stored line by line, and the lines it
     still refuses become dead letters (the import goes on)."""
@@ -221,6 +230,7 @@ async def _flush(
             report.stored += r.stored
             report.duplicates += r.duplicates
             report.sites |= r.sites
+            cleared.extend(_clears(r.digests))
         async with pool.connection() as conn:
             res = await store_batch(conn, [], refused)
         report.dead_letters += res.dead_letters
@@ -229,27 +239,38 @@ async def _flush(
     report.duplicates += res.duplicates
     report.dead_letters += res.dead_letters
     report.sites |= res.sites
+    cleared.extend(_clears(res.digests))
 
 
-async def _to_analyse(pool: Pool, sites: list[str]) -> tuple[list[Escalation], list[Cleared]]:
-    """The escalations of ``sites`` not yet applied to an issue, and every incident their
-    digests report cleared (applying a clear again changes nothing)."""
+def _clears(digests: list[DigestSummary]) -> list[Cleared]:
+    return [Cleared(d.site_id, i, d.interval_end) for d in digests for i in d.cleared_incidents]
+
+
+async def _to_analyse(
+    pool: Pool, sites: list[str], cleared_now: list[Cleared]
+) -> tuple[list[Escalation], list[Cleared]]:
+    """The escalations of ``sites`` not yet applied to an issue, and the clears to apply:
+    those of the digests this run stored (``cleared_now``), and those the stored digests
+    report for the incidents of those escalations. Not every clear ever stored: an old one
+    applied again could resolve an issue that was reopened since."""
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT body FROM escalations WHERE site_id = ANY(%s) AND analysed_at IS NULL",
             (sites,),
         )
         escalations = [Escalation.model_validate(r["body"]) for r in await cur.fetchall()]
+        incidents = sorted({e.incident_id for e in escalations})
         cur = await conn.execute(
-            "SELECT site_id, unnest(cleared_incidents) AS incident_id, interval_end FROM digests"
-            " WHERE site_id = ANY(%s) AND cardinality(cleared_incidents) > 0",
-            (sites,),
+            "SELECT site_id, incident_id, interval_end FROM digests,"
+            " unnest(cleared_incidents) AS incident_id"
+            " WHERE site_id = ANY(%s) AND incident_id = ANY(%s)",
+            (sites, incidents),
         )
-        cleared = [
+        stored = [
             Cleared(str(r["site_id"]), str(r["incident_id"]), r["interval_end"])
             for r in await cur.fetchall()
         ]
-    return escalations, cleared
+    return escalations, list(dict.fromkeys([*cleared_now, *stored]))
 
 
 async def recurring_sweep(engine: Engine, site_id: str) -> set[str]:

@@ -83,6 +83,8 @@ class RequestSender:
         info = self._client.publish(
             requests_topic(request.site_id), request.model_dump_json().encode(), qos=1
         )
+        if info.rc == paho.MQTT_ERR_NO_CONN:  # the client keeps it and sends it on reconnect
+            raise RequestNotSent("the MQTT connection dropped as it was sent", maybe_sent=True)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise RequestNotSent(f"publish failed: {paho.error_string(info.rc)}")
         await asyncio.to_thread(info.wait_for_publish, PUBLISH_TIMEOUT_S)

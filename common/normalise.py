@@ -72,6 +72,7 @@ def sampled_values(meter_value: dict[str, Any]) -> dict[str, float]:
     """
     direct: dict[str, float] = {}
     phases: dict[str, list[float]] = {}
+    broken: set[str] = set()  # a non-finite value anywhere: no reading of that measurand
     for sv in meter_value.get("sampledValue") or []:
         if not isinstance(sv, dict):
             continue
@@ -83,15 +84,19 @@ def sampled_values(meter_value: dict[str, Any]) -> dict[str, float]:
             value = float(raw)  # 1.6 sends strings, 2.0.1 numbers
         except (TypeError, ValueError):
             continue
-        if not math.isfinite(value):  # "NaN", "Infinity": no reading
-            continue
         unit = sv.get("unit") or (sv.get("unitOfMeasure") or {}).get("unit")
         if unit in _UNIT_SCALE:
             value *= _UNIT_SCALE[unit][1]
+        if not math.isfinite(value):  # "NaN", "Infinity", or beyond a float once scaled
+            broken.add(measurand)
+            continue
         if sv.get("phase"):
             phases.setdefault(measurand, []).append(value)
         else:
             direct[measurand] = value
+    for measurand in broken:
+        direct.pop(measurand, None)
+        phases.pop(measurand, None)
     for measurand, values in phases.items():
         if measurand in direct:
             continue
@@ -101,7 +106,7 @@ def sampled_values(meter_value: dict[str, Any]) -> dict[str, float]:
             direct[measurand] = max(values)
         else:
             direct[measurand] = sum(values)
-    return direct
+    return {m: v for m, v in direct.items() if math.isfinite(v)}
 
 
 def events_from_call(

@@ -30,6 +30,7 @@ from chargesight.common.messages import (
     EdgeMessage,
     Escalation,
     Fault,
+    Reply,
     digests_topic,
     escalations_topic,
     utcnow,
@@ -186,12 +187,13 @@ class Agent:
             self._held_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._held_task
-        for topic, message in list(self._held):  # one last try
+        while self._held:  # one last try, in order
+            topic, message = self._held[0]
             try:
                 await self.outbox.put(topic, message)
-                self._held.popleft()
             except OutboxError:
                 break
+            self._held.popleft()
         if self._held:
             log.error("held messages lost: the outbox could not commit them before the stop",
                       held=len(self._held), message_ids=[m.message_id for _, m in self._held])  # fmt: skip
@@ -258,6 +260,9 @@ class Agent:
         """``outbox.put``; what it cannot commit is held in memory (oldest digests dropped
         first beyond ``HELD_MAX``) and committed again every few seconds, in order, until the
         outbox takes it. It is lost only if the agent stops before the disk has room again."""
+        if self._held:  # behind messages still held: in order (a clear after its escalation)
+            self._hold(topic, message)
+            raise OutboxError(f"held behind {len(self._held) - 1} message(s) not yet committed")
         try:
             await self.outbox.put(topic, message)
             return
@@ -271,9 +276,19 @@ class Agent:
         held = self._held
         held.append((topic, message))
         if len(held) > HELD_MAX:
-            digest = next((i for i, (_, m) in enumerate(held) if isinstance(m, Digest)), 0)
-            _, dropped = held[digest]
-            del held[digest]
+            # as the outbox evicts: replies first, then digests, escalations last; never the
+            # one being committed now (the first)
+            victim = next(
+                (
+                    i
+                    for kind in (Reply, Digest, Escalation)
+                    for i, (_, m) in enumerate(held)
+                    if i > 0 and isinstance(m, kind)
+                ),
+                len(held) - 1,
+            )
+            _, dropped = held[victim]
+            del held[victim]
             log.error("held message dropped", message_id=dropped.message_id, held=len(held))
         log.error(
             "message held in memory: the outbox cannot commit (disk full?)",
@@ -288,7 +303,8 @@ class Agent:
         while self._held:
             await asyncio.sleep(delay)
             while self._held:
-                topic, message = self._held[0]
+                entry = self._held[0]
+                topic, message = entry
                 try:
                     await self.outbox.put(topic, message)
                 except OutboxClosed:
@@ -298,7 +314,8 @@ class Agent:
                                 error=str(exc), retry_in=delay)  # fmt: skip
                     delay = min(delay * 2, HELD_RETRY_MAX_S)
                     break
-                self._held.popleft()
+                if self._held and self._held[0] is entry:
+                    self._held.popleft()
                 log.info("held message committed", message_id=message.message_id,
                          held=len(self._held))  # fmt: skip
 

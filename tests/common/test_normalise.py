@@ -15,10 +15,21 @@ def test_not_a_number_and_infinite_readings_are_no_reading() -> None:
             {"value": "NaN", "measurand": "Temperature"},
             {"value": "Infinity", "measurand": "Power.Active.Import"},
             {"value": "-inf", "measurand": "Voltage"},
-            {"value": "41.5", "measurand": "Temperature", "phase": "L1"},
+            {"value": "16", "measurand": "Current.Import", "phase": "L1"},
         ]
     }
-    assert sampled_values(mv) == {"Temperature": 41.5}
+    assert sampled_values(mv) == {"Current.Import": 16.0}
+    # one phase unreadable: the sum of the other two would understate it, so no reading
+    phases = {
+        "sampledValue": [
+            {"value": v, "measurand": "Power.Active.Import", "phase": p}
+            for v, p in (("NaN", "L1"), ("7000", "L2"), ("7000", "L3"))
+        ]
+    }
+    assert sampled_values(phases) == {}
+    # finite as sent, infinite once scaled to base units
+    huge = {"sampledValue": [{"value": "1e306", "unit": "kWh"}]}
+    assert sampled_values(huge) == {}
 
 
 def test_fields_of_the_wrong_type_imply_no_event_and_raise_nothing() -> None:
