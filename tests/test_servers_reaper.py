@@ -38,7 +38,7 @@ def test_servers_of_a_killed_test_run_are_stopped_by_the_next_one() -> None:
         cwd=Path(__file__).parents[1],
     )
     assert child.stdout is not None
-    pg_dir, mq_dir, mq_pid = child.stdout.readline().split()
+    pg_dir, mq_dir, _mq_pid = child.stdout.readline().split()  # (a pid may be reused)
     assert _running(pg_dir) and _running(mq_dir)
     child.send_signal(signal.SIGKILL)  # no teardown runs
     child.wait(10)
@@ -50,8 +50,3 @@ def test_servers_of_a_killed_test_run_are_stopped_by_the_next_one() -> None:
     assert not _running(pg_dir)
     assert not _running(mq_dir)
     assert not Path(pg_dir).exists() and not Path(mq_dir).exists()
-    try:  # the broker's process itself is gone (or a zombie waiting for init to reap it)
-        state = Path(f"/proc/{mq_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        state = "gone"
-    assert state in ("gone", "Z")
