@@ -99,10 +99,12 @@ async def test_hook_exit_codes_map_to_outcomes(tmp_path: Path, code: int, outcom
     assert result.stderr.strip() == "bye"
 
 
-def _alive(pid: int) -> bool:
-    try:  # a zombie (killed, not yet reaped by whoever adopted it) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+def _alive(pid: int, marker: str) -> bool:
+    """``pid`` still runs the process whose command line has ``marker`` (a pid may be reused;
+    a zombie, killed and not yet reaped by whoever adopted it, has an empty command line)."""
+    try:
+        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
 
 
@@ -110,7 +112,7 @@ async def test_hook_past_its_time_limit_is_killed_with_what_it_started(tmp_path:
     pids = tmp_path / "pids"
     _script(tmp_path, "hang", (
         "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(31)'])\n"
         f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
         "time.sleep(30)\n"
     ))  # fmt: skip
@@ -118,12 +120,12 @@ async def test_hook_past_its_time_limit_is_killed_with_what_it_started(tmp_path:
     assert result.outcome == "timeout"
     assert result.duration_s < 5
     hook, child = (int(p) for p in pids.read_text().split())
-    assert not _alive(hook)
+    assert not _alive(hook, "hang")
     for _ in range(50):  # the child was killed with it (its process group); init reaps it
-        if not _alive(child):
+        if not _alive(child, "time.sleep(31)"):
             break
         await asyncio.sleep(0.1)
-    assert not _alive(child)
+    assert not _alive(child, "time.sleep(31)")
 
 
 async def test_missing_or_non_executable_hook_is_reported_not_run(tmp_path: Path) -> None:
