@@ -189,6 +189,7 @@ class SimChargePoint:
         self.offline_fault: PlannedFault | None = None  # the fault behind the current drop
         self.connects = 0
         self.attempts: list[float] = []  # monotonic time of each connection attempt
+        self.waits: list[float] = []  # the backoff before each attempt after a failure
         self.messages_sent = 0
         self.last_reported: dict[int, ConnectorView] = {}
         self.firmware_status: str = "Idle"
@@ -322,7 +323,9 @@ class SimChargePoint:
             if self.stopping():
                 break
             if self._offline_until <= self.clock.elapsed():
-                await asyncio.sleep(backoff * self.rng.uniform(0.8, 1.2))
+                wait = backoff * self.rng.uniform(0.8, 1.2)
+                self.waits.append(wait)
+                await asyncio.sleep(wait)
                 backoff = min(self.max_backoff_s, backoff * 2)
 
     async def _serve(self, ws: ClientConnection) -> None:
