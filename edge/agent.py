@@ -30,7 +30,6 @@ from chargesight.common.messages import (
     EdgeMessage,
     Escalation,
     Fault,
-    Reply,
     digests_topic,
     escalations_topic,
     utcnow,
@@ -42,7 +41,7 @@ from chargesight.edge.config import EdgeConfig
 from chargesight.edge.modelstore import ALL_MODELS_TOPIC, ModelStore
 from chargesight.edge.ocpplog import OcppLog
 from chargesight.edge.offline import DisconnectOffline, OfflineStore, ServeOffline
-from chargesight.edge.outbox import Outbox, OutboxClosed, OutboxError
+from chargesight.edge.outbox import KIND_CLASS, Outbox, OutboxClosed, OutboxError, message_kind
 from chargesight.edge.proxy import Proxy
 from chargesight.edge.recovery import RecoveryEngine
 from chargesight.edge.requests import RequestRouter
@@ -257,9 +256,10 @@ class Agent:
         await self._commit(digests_topic(self.config.site.id), digest)
 
     async def _commit(self, topic: str, message: EdgeMessage) -> None:
-        """``outbox.put``; what it cannot commit is held in memory (oldest digests dropped
-        first beyond ``HELD_MAX``) and committed again every few seconds, in order, until the
-        outbox takes it. It is lost only if the agent stops before the disk has room again."""
+        """``outbox.put``; what it cannot commit is held in memory (beyond ``HELD_MAX``, dropped
+        as the outbox drops: digests first, escalations last) and committed again every few
+        seconds, in order, until the outbox takes it. It is lost only if the agent stops
+        before the disk has room again."""
         if self._held:  # behind messages still held: in order (a clear after its escalation)
             self._hold(topic, message)
             raise OutboxError(f"held behind {len(self._held) - 1} message(s) not yet committed")
@@ -276,16 +276,10 @@ class Agent:
         held = self._held
         held.append((topic, message))
         if len(held) > HELD_MAX:
-            # as the outbox evicts: replies first, then digests, escalations last; never the
-            # one being committed now (the first)
-            victim = next(
-                (
-                    i
-                    for kind in (Reply, Digest, Escalation)
-                    for i, (_, m) in enumerate(held)
-                    if i > 0 and isinstance(m, kind)
-                ),
-                len(held) - 1,
+            # by the outbox's own policy: the oldest of the lowest class (digests, then replies,
+            # escalations last); never the first, which may be being committed now
+            victim = min(
+                range(1, len(held)), key=lambda i: (KIND_CLASS[message_kind(held[i][1])], i)
             )
             _, dropped = held[victim]
             del held[victim]

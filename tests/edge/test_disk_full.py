@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from chargesight.common.messages import EdgeMessage, Reply
 from chargesight.edge import agent as agent_module
 from chargesight.edge.agent import Agent
 from chargesight.edge.outbox import OutboxError
 from tests.edge.conftest import edge_config
-from tests.edge.uplink_support import escalation
+from tests.edge.uplink_support import digest, escalation
 
 
 async def test_an_escalation_refused_by_a_full_disk_is_held_and_committed_once_there_is_room(
@@ -58,3 +59,33 @@ async def test_an_escalation_refused_by_a_full_disk_is_held_and_committed_once_t
         assert [r.message_id for r in rows] == sent + refused  # each once, in order
     finally:
         await agent.close()
+
+
+async def test_beyond_the_bound_held_messages_are_dropped_as_the_outbox_drops_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the oldest of the lowest class first (digests, then replies, escalations last), and
+    # never the first held, which may be being committed
+    monkeypatch.setattr(agent_module, "HELD_MAX", 3)
+    site = "held-bound"
+    agent = Agent(
+        edge_config(tmp_path, "ws://127.0.0.1:1/csms/{charge_point_id}", site={"id": site})
+    )
+    e = [escalation(site, n) for n in range(4)]
+    d = [digest(site) for _ in range(2)]
+    r = [Reply(site_id=site, request_id=f"r{n}", ok=True) for n in range(2)]
+
+    def hold(*messages: EdgeMessage) -> list[str]:
+        for m in messages:
+            agent._hold("t", m)
+        return [m.message_id for _, m in agent._held]
+
+    e0, e1, e2, e3 = (m.message_id for m in e)
+    r0, r1 = (m.message_id for m in r)
+    assert hold(e[0], r[0], d[0], e[1]) == [e0, r0, e1]  # the digest, though a reply is older
+    assert hold(d[1]) == [e0, r0, e1]  # the only digest
+    assert hold(r[1]) == [e0, e1, r1]  # the oldest reply
+    assert hold(e[2]) == [e0, e1, e2]  # the last reply
+    assert hold(e[3]) == [e0, e2, e3]  # the oldest escalation but the first
+    assert agent._held_task is not None
+    agent._held_task.cancel()
