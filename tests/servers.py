@@ -130,13 +130,21 @@ def start_mosquitto(port: int | None = None) -> Mosquitto:
     reap_stale_servers()
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="cs-mosq-"))
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
+    proc = _launch_mosquitto(
+        workdir,
+        port,
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_inflight_messages 0\nmax_queued_messages 0\nlog_type error\n"
+        "max_inflight_messages 0\nmax_queued_messages 0\nlog_type error\n",
     )
+    return Mosquitto(port, proc, workdir)
+
+
+def _launch_mosquitto(workdir: Path, port: int, conf: str) -> subprocess.Popen[bytes]:
+    """Mosquitto with ``conf`` (written into ``workdir``), claimed for the reaper, listening."""
+    path = workdir / "mosquitto.conf"
+    path.write_text(conf)
     proc = subprocess.Popen(
-        [find_mosquitto(), "-c", str(conf)],
+        [find_mosquitto(), "-c", str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=workdir,
@@ -147,7 +155,7 @@ def start_mosquitto(port: int | None = None) -> Mosquitto:
     except Exception:
         proc.kill()
         raise
-    return Mosquitto(port, proc, workdir)
+    return proc
 
 
 @dataclass
@@ -175,24 +183,13 @@ def start_tls_mosquitto(user: str, password: str) -> TlsMosquitto:
     for f in workdir.iterdir():
         f.chmod(0o644)
     port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
+    proc = _launch_mosquitto(
+        workdir,
+        port,
         f"listener {port} 127.0.0.1\ncafile {certs.ca}\ncertfile {certs.cert}\n"
         f"keyfile {certs.key}\nallow_anonymous false\npassword_file {workdir}/passwd\n"
-        "persistence false\nlog_type error\n"
+        "persistence false\nlog_type error\n",
     )
-    proc = subprocess.Popen(
-        [find_mosquitto(), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=workdir,
-    )
-    _claim(workdir, proc.pid)
-    try:
-        wait_port(port, proc=proc)
-    except Exception:
-        proc.kill()
-        raise
     return TlsMosquitto(port, proc, workdir, certs.ca)
 
 
