@@ -187,26 +187,12 @@ class RequestRouter:
             error = f"invalid request: {exc.error_count()} validation error(s)"
             log.warning("request_invalid", request_id=request_id, error=str(exc))
             if request_id is not None:
-                await self._insert(
-                    db, request_id, None, None, received, None, None, "refused_invalid", error
-                )
-                await self._reply(request_id, ok=False, error=error)
+                await self._refuse_invalid(db, request_id, None, received, error)
             return
         if req.site_id != self.site_id:
             error = f"request for site {req.site_id!r} reached site {self.site_id!r}"
             log.warning("request_wrong_site", request_id=req.request_id, error=error)
-            await self._insert(
-                db,
-                req.request_id,
-                req.kind,
-                req.requested_by,
-                received,
-                req.expires_at,
-                req.params,
-                "refused_invalid",
-                error,
-            )
-            await self._reply(req.request_id, ok=False, error=error)
+            await self._refuse_invalid(db, req.request_id, req, received, error)
             return
         if await self._seen(db, req.request_id):
             log.info("request_duplicate_ignored", request_id=req.request_id)
@@ -219,17 +205,7 @@ class RequestRouter:
         else:
             outcome, error = "received", ""
         try:
-            audit_id = await self._insert(
-                db,
-                req.request_id,
-                req.kind,
-                req.requested_by,
-                received,
-                req.expires_at,
-                req.params,
-                outcome,
-                error or None,
-            )
+            audit_id = await self._record(db, req.request_id, req, received, outcome, error or None)
         except sqlite3.Error as exc:
             # unrecorded, it could not be told from a redelivery later: not run, and said so
             error = f"the agent cannot record the request ({exc}); not run"
@@ -287,28 +263,47 @@ class RequestRouter:
         ) as cur:
             return await cur.fetchone() is not None
 
-    @staticmethod
-    async def _insert(
+    async def _refuse_invalid(
+        self,
         db: aiosqlite.Connection,
         request_id: str,
-        kind: str | None,
-        requested_by: str | None,
+        req: Request | None,
         received: float,
-        expires_at: datetime | None,
-        params: dict[str, Any] | None,
-        outcome: str,
+        error: str,
+    ) -> None:
+        """Record a refused request (``refused_invalid``) and tell the operator.
+
+        The refusal is answered even when it cannot be recorded (a full disk): nothing is
+        run, so there is nothing a redelivery could run twice.
+        """
+        try:
+            await self._record(db, request_id, req, received, "refused_invalid", error)
+        except sqlite3.Error as exc:
+            log.error("request_refusal_not_recorded", request_id=request_id, error=str(exc))
+            error = f"{error} (not recorded: {exc})"
+        await self._reply(request_id, ok=False, error=error)
+
+    @staticmethod
+    async def _record(
+        db: aiosqlite.Connection,
+        request_id: str,
+        req: Request | None,
+        received: float,
+        outcome: Outcome,
         error: str | None,
     ) -> int:
+        """Insert the audit row of ``request_id`` (``req`` is None when it did not validate)
+        and return its id; raises :class:`sqlite3.Error` when it cannot be written."""
         cur = await db.execute(
             "INSERT INTO request_audit (request_id, kind, requested_by, received_at, expires_at,"
             " params, outcome, error, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 request_id,
-                kind,
-                requested_by,
+                None if req is None else req.kind,
+                None if req is None else req.requested_by,
                 received,
-                expires_at.isoformat() if expires_at else None,
-                None if params is None else _params_json(params),
+                None if req is None else req.expires_at.isoformat(),
+                None if req is None else _params_json(req.params),
                 outcome,
                 error,
                 None if outcome == "received" else time.time(),

@@ -183,7 +183,7 @@ async def test_a_request_that_cannot_be_recorded_is_not_run_and_the_operator_is_
     async def full(*args: Any) -> int:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(router, "_insert", full)
+    monkeypatch.setattr(router, "_record", full)
     req = request("status")
     await router.handle(payload(req))
     assert calls.params == []
@@ -207,3 +207,61 @@ async def test_parameters_with_an_integer_beyond_64_bits_are_recorded_and_answer
     assert seen == [{"n": 10**25}]
     (reply,) = await replies(outbox)
     assert reply.ok and [r.outcome for r in await router.audit(req.request_id)] == ["ok"]
+
+
+async def fill_the_audit_database(router: RequestRouter) -> None:
+    """Cap the router's SQLite file at its size and use up the room left in it, as a full disk
+    does (see test_disk_full.py). The filler rows are the smallest an audit row can be, with
+    the lowest request id (""), so any real request's row and index entry are larger and go
+    after them: SQLite refuses them with "database or disk is full"."""
+    db = router._db
+    assert db is not None
+    row = await (await db.execute("PRAGMA page_count")).fetchone()
+    assert row is not None
+    await db.execute(f"PRAGMA max_page_count = {row[0]}")  # the file cannot grow
+    refused = ""
+    for _ in range(100_000):  # until the room left in the file is used up
+        try:
+            await db.execute(
+                "INSERT INTO request_audit (request_id, received_at, outcome) VALUES ('', 0, '')"
+            )
+        except sqlite3.OperationalError as exc:
+            refused = str(exc)
+            break
+    assert refused == "database or disk is full"
+
+
+async def test_an_invalid_request_is_still_refused_in_words_when_the_disk_is_full(
+    router: RequestRouter, outbox: Outbox
+) -> None:
+    calls = Calls()
+    router.register("status", calls)
+    await fill_the_audit_database(router)
+    before = len(await router.audit())
+    await router.handle(b'{"request_id": "bad-1", "kind": "status"}')  # does not raise
+    assert calls.params == []
+    (reply,) = await replies(outbox)
+    assert (reply.request_id, reply.ok, reply.result) == ("bad-1", False, {})
+    assert reply.error == (
+        "invalid request: 2 validation error(s) (not recorded: database or disk is full)"
+    )
+    assert await router.audit("bad-1") == []
+    assert len(await router.audit()) == before
+
+
+async def test_another_sites_request_is_still_refused_in_words_when_the_disk_is_full(
+    router: RequestRouter, outbox: Outbox
+) -> None:
+    calls = Calls()
+    router.register("status", calls)
+    await fill_the_audit_database(router)
+    other = request("status").model_copy(update={"site_id": "elsewhere", "request_id": "o-1"})
+    await router.handle(payload(other))  # does not raise
+    assert calls.params == []
+    (reply,) = await replies(outbox)
+    assert (reply.request_id, reply.ok, reply.result) == ("o-1", False, {})
+    assert reply.error == (
+        "request for site 'elsewhere' reached site 'req-site'"
+        " (not recorded: database or disk is full)"
+    )
+    assert await router.audit("o-1") == []
