@@ -290,7 +290,7 @@ async def store_batch(
                             for r in replies
                         ],
                     )
-            await _touch_sites(conn, new)
+            await _touch_sites(conn, digests, result.escalations)
             to_analyse = [
                 m.message_id for m in new if isinstance(m, Escalation | Digest | DigestRecord)
             ]
@@ -480,19 +480,26 @@ def _db_key(conn: psycopg.AsyncConnection[dict[str, object]]) -> tuple[str, ...]
     return (str(info.host), str(info.port), str(info.dbname))
 
 
+_hardware = operator.attrgetter(
+    "charge_point_id", "vendor", "model", "firmware", "connectors", "rated_power_w"
+)
+
+
 def _charger_meta(
     digests: list[Digest | DigestRecord], db: tuple[str, ...]
 ) -> dict[str, tuple[object, ...]]:
     """Charger metadata (site, vendor, model, firmware, connectors, rated power) that differs
     from what this process last wrote: only those chargers are upserted."""
     known = _known_chargers.get(db, {})
+    get = known.get
     updates: dict[str, tuple[object, ...]] = {}
     for d in digests:
-        site = d.site_id
+        site = (d.site_id,)
         for c in d.chargers:
-            meta = (site, c.vendor, c.model, c.firmware, c.connectors, c.rated_power_w)
-            if known.get(c.charge_point_id) != meta:
-                updates[c.charge_point_id] = meta
+            cp, *hw = _hardware(c)  # one C call per charger: most digests change nothing
+            meta = site + tuple(hw)
+            if get(cp) != meta:
+                updates[cp] = meta
     return updates
 
 
@@ -632,27 +639,28 @@ async def _write_states(
         )
 
 
-def _data_time(m: Received) -> datetime:
-    if isinstance(m, Digest | DigestRecord):
-        return m.interval_end
-    return m.sent_at
-
-
 async def _touch_sites(
-    conn: psycopg.AsyncConnection[dict[str, object]], new: list[Received]
+    conn: psycopg.AsyncConnection[dict[str, object]],
+    digests: list[Digest | DigestRecord],
+    escalations: list[Escalation],
 ) -> None:
-    """Keep each site's latest data time and tariff (from the newest digest carrying one)."""
+    """Keep each site's latest data time (a digest's interval end, an escalation's sending)
+    and tariff (from the newest digest carrying one)."""
     latest: dict[str, datetime] = {}
     tariff: dict[str, tuple[datetime, str | None, float | None]] = {}
-    for m in new:
-        if isinstance(m, SiteState | Reply):
-            continue
-        t = _data_time(m)
-        latest[m.site_id] = max(latest.get(m.site_id, t), t)
-        if isinstance(m, Digest | DigestRecord) and (m.price_per_kwh is not None or m.currency):
-            prev = tariff.get(m.site_id)
+    for d in digests:
+        site, t = d.site_id, d.interval_end
+        was = latest.get(site)
+        if was is None or was < t:
+            latest[site] = t
+        if d.price_per_kwh is not None or d.currency:
+            prev = tariff.get(site)
             if prev is None or prev[0] <= t:
-                tariff[m.site_id] = (t, m.currency, m.price_per_kwh)
+                tariff[site] = (t, d.currency, d.price_per_kwh)
+    for e in escalations:
+        was = latest.get(e.site_id)
+        if was is None or was < e.sent_at:
+            latest[e.site_id] = e.sent_at
     if not latest:
         return
     rows = []
