@@ -12,9 +12,13 @@ Measured in the same run, on the same Mosquitto and PostgreSQL:
 2. the collector receiving the same N messages and storing them (validated,
    idempotent, acknowledged after commit) — as a ratio to (1): in one process
    (``[ingest] workers = 0``), and with ``--workers`` ingest processes;
-3. a raw binary COPY of the same charger rows into a bare table — the write
+3. both again from a queue the broker already holds (each subscriber's persistent
+   session subscribed, went away while the publisher sent everything, and came back):
+   what each drains with no publisher sharing the machine — the bare subscriber then
+   gets what the broker can deliver, the collector what storing allows;
+4. a raw binary COPY of the same charger rows into a bare table — the write
    ceiling, as rows/s and as a ratio;
-4. API latency (p50/p99 over 200 requests each) for ``GET /issues`` and
+5. API latency (p50/p99 over 200 requests each) for ``GET /issues`` and
    ``GET /fleet/models`` on a database holding a year of daily roll-ups for
    ``--fleet`` charge points and 5,000 issues.
 
@@ -43,6 +47,8 @@ import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from chargesight.cloud.collector import Collector, tune_gc
 from chargesight.cloud.config import CloudConfig
@@ -168,6 +174,86 @@ def bare_subscriber(url: str, payloads: list[tuple[str, bytes]], validate: bool 
     c.loop_stop()
     elapsed = last - t0
     return n / elapsed
+
+
+def _publish_all(url: str, payloads: list[tuple[str, bytes]]) -> None:
+    proc, ev = run_publisher(url, payloads)
+    time.sleep(0.3)
+    ev.set()  # type: ignore[attr-defined]
+    proc.join()
+
+
+def bare_drain(url: str, payloads: list[tuple[str, bytes]]) -> float:
+    """Messages/s a paho subscriber receives from a queue the broker already holds: its
+    persistent session subscribes, goes away, the publisher sends everything, and the
+    subscriber comes back (no publisher sharing the machine while it is timed)."""
+    host, port = url.removeprefix("mqtt://").split(":")
+    n = len(payloads)
+    topics = [("chargesight/v1/sites/+/digests", 1), ("chargesight/v1/sites/+/escalations", 1)]
+    expiry = Properties(PacketTypes.CONNECT)
+    expiry.SessionExpiryInterval = 3600
+    first = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-drain", protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    first.on_subscribe = lambda *a: subscribed.set()
+    first.connect(host, int(port), clean_start=True, properties=expiry)
+    first.loop_start()
+    first.subscribe(topics)
+    subscribed.wait(10)
+    first.disconnect()
+    first.loop_stop()
+    _publish_all(url, payloads)
+    got = 0
+    last = 0.0
+    done = threading.Event()
+
+    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        nonlocal got, last
+        got += 1
+        last = time.perf_counter()
+        if got >= n:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-drain", protocol=mqtt.MQTTv5)
+    c.on_message = on_message
+    t0 = time.perf_counter()
+    c.connect(host, int(port), clean_start=False, properties=expiry)
+    c.loop_start()
+    done.wait(300)
+    c.disconnect()
+    c.loop_stop()
+    return n / (last - t0)
+
+
+async def collector_drain(db_url: str, mqtt_url: str, payloads: list[tuple[str, bytes]]) -> float:
+    """The collector (one process) storing a queue the broker already holds, as ``bare_drain``."""
+    cfg = CloudConfig.model_validate({
+        "database": {"url": db_url, "pool_max": 6},
+        "mqtt": {"url": mqtt_url, "shared_group": None, "client_id": "bench-collector-drain"},
+        "api": {"listen": "127.0.0.1:0"}, "analysis": {"refresh_interval_s": 3600},
+        "ingest": {"batch_size": BATCH_SIZE, "batch_delay_s": BATCH_DELAY, "workers": 0},
+        "logging": {"level": "warning"},
+    })  # fmt: skip
+    db = await open_database(db_url, max_size=6)
+    n = len(payloads)
+
+    async def session(drain: bool) -> float:
+        collector = Collector(cfg, db)
+        ready = asyncio.Event()
+        t0 = time.perf_counter()
+        task = asyncio.create_task(collector.serve(ready))
+        await ready.wait()
+        if drain:
+            await collector.wait_until(lambda: collector.handled_total >= n, timeout=600)
+        elapsed = time.perf_counter() - t0
+        collector.stop()
+        await task
+        return n / elapsed
+
+    await session(drain=False)  # the session keeps the subscription while the queue fills
+    await asyncio.to_thread(_publish_all, mqtt_url, payloads)
+    rate = await session(drain=True)
+    await db.close()
+    return rate
 
 
 async def collector_ingest(
@@ -528,6 +614,7 @@ def main() -> int:
             for w in sorted({0, args.workers}):
                 c.execute(f"CREATE DATABASE bench_ingest_{w}")
             c.execute("CREATE DATABASE bench_api")
+            c.execute("CREATE DATABASE bench_drain")
         base = pg.url.rsplit("/", 1)[0]
         tune_gc()  # as `chargesight cloud run` does (its ingest workers do it too)
         runs = {}
@@ -548,6 +635,12 @@ def main() -> int:
                   " of the bare subscriber (mean of both)")  # fmt: skip
             print(f"collector ({who}), stored + analysed: {analysed:8.0f} msg/s  = "
                   f"{analysed / bare:.0%}")  # fmt: skip
+        # the same, from a queue the broker holds: no publisher sharing the machine meanwhile
+        drain_bare = bare_drain(broker.url, payloads)
+        drain = asyncio.run(collector_drain(f"{base}/bench_drain", broker.url, payloads))
+        print(f"from a queue the broker holds (publisher done first): bare paho subscriber "
+              f"{drain_bare:8.0f} msg/s, collector (1 process) {drain:8.0f} msg/s = "
+              f"{drain / drain_bare:.0%}")  # fmt: skip
         stored = max(r[0] for r in runs.values())
         rows_s, rows = raw_copy(f"{base}/bench_ingest_0", payloads)
         print(f"raw binary COPY of the same {rows} charger rows: {rows_s:10.0f} rows/s; collector wrote "
