@@ -64,7 +64,7 @@ from chargesight.cloud.ingest import (
     StoreResult,
     classify,
     store_batch,
-    topic_of,
+    store_one_by_one,
 )
 from chargesight.cloud.metrics import Metrics
 from chargesight.cloud.mqttsource import PERSISTENT_SESSION_S, Inbound, MqttError, MqttSource
@@ -309,31 +309,15 @@ class IngestLoop:
         report: BatchReport,
         payloads: dict[str, bytes],
     ) -> StoreResult:
-        total = StoreResult()
         refused: list[DeadLetter] = list(dead)
-        for m in msgs:
-            one: list[Received] = [m]
-            try:
-                r = await self._retrying(
-                    report, functools.partial(_store_some, one, owner=self.owner)
-                )
-            except Exception as exc:
-                why = "database refused it" if isinstance(exc, psycopg.Error) else "cannot store it"
-                raw = payloads.get(m.message_id)
-                if raw is None:
-                    with contextlib.suppress(Exception):
-                        raw = m.to_json()
-                refused.append(
-                    DeadLetter(topic_of(m), f"{why}: {type(exc).__name__}: {exc}", raw or b"")
-                )
-                continue
-            total.escalations += r.escalations
-            total.digests += r.digests
-            total.states += r.states
-            total.replies += r.replies
-            total.duplicates += r.duplicates
-            total.sites |= r.sites
-            total.batch_keys += r.batch_keys
+        total = await store_one_by_one(
+            msgs,
+            lambda one: self._retrying(
+                report, functools.partial(_store_some, one, owner=self.owner)
+            ),
+            refused,
+            payloads=payloads,
+        )
         r = await self._retrying(report, lambda conn: store_batch(conn, [], refused))
         total.dead_letters = r.dead_letters
         return total

@@ -12,7 +12,6 @@ the whole history in data-time order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,15 @@ from pydantic import ValidationError
 
 from chargesight.cloud.engine import Cleared, Engine
 from chargesight.cloud.fastdigest import decode_digest, out_of_range
-from chargesight.cloud.ingest import DeadLetter, DigestSummary, Received, _reason, store_batch
+from chargesight.cloud.ingest import (
+    DeadLetter,
+    DigestSummary,
+    Received,
+    StoreResult,
+    _reason,
+    store_batch,
+    store_one_by_one,
+)
 from chargesight.cloud.issuestore import Conn, Pool
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Digest, EdgeMessage, Escalation
@@ -214,23 +221,22 @@ async def _flush(
     except Exception as exc:
         log.warning("batch refused, storing line by line", error=f"{type(exc).__name__}: {exc}")
         refused = list(dead)
-        for m in msgs:
-            try:
-                async with pool.connection() as conn:
-                    r = await store_batch(conn, [m])
-            except psycopg.OperationalError:
-                raise
-            except Exception as one:
-                raw = b""
-                with contextlib.suppress(Exception):
-                    raw = m.to_json()
-                why = f"cannot store it: {type(one).__name__}: {one}"
-                refused.append(DeadLetter(f"import:{m.message_id}", why, raw))
-                continue
-            report.stored += r.stored
-            report.duplicates += r.duplicates
-            report.sites |= r.sites
-            cleared.extend(_clears(r.digests))
+
+        async def store(one: list[Received]) -> StoreResult:
+            async with pool.connection() as conn:
+                return await store_batch(conn, one)
+
+        total = await store_one_by_one(
+            msgs,
+            store,
+            refused,
+            topic=lambda m: f"import:{m.message_id}",
+            fatal=psycopg.OperationalError,  # the database is gone: the import stops
+        )
+        report.stored += total.stored
+        report.duplicates += total.duplicates
+        report.sites |= total.sites
+        cleared.extend(_clears(total.digests))
         async with pool.connection() as conn:
             res = await store_batch(conn, [], refused)
         report.dead_letters += res.dead_letters

@@ -14,10 +14,11 @@ unpacked by the server, not as Python-built arrays.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import operator
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -160,6 +161,16 @@ class StoreResult:
     def stored(self) -> int:
         return len(self.escalations) + len(self.digests) + self.states + self.replies
 
+    def add(self, other: StoreResult) -> None:
+        """Count ``other`` (another batch's result) in this one; dead letters excepted."""
+        self.escalations += other.escalations
+        self.digests += other.digests
+        self.states += other.states
+        self.replies += other.replies
+        self.duplicates += other.duplicates
+        self.sites |= other.sites
+        self.batch_keys += other.batch_keys
+
 
 def _kind(msg: Received) -> str:
     if isinstance(msg, Escalation):
@@ -182,6 +193,38 @@ _TOPIC_KIND = {
 def topic_of(msg: Received) -> str:
     """The site topic a message is received on."""
     return f"chargesight/v1/sites/{msg.site_id}/{_TOPIC_KIND[_kind(msg)]}"
+
+
+async def store_one_by_one(
+    msgs: Sequence[Received],
+    store: Callable[[list[Received]], Awaitable[StoreResult]],
+    refused: list[DeadLetter],
+    *,
+    topic: Callable[[Received], str] = topic_of,
+    payloads: Mapping[str, bytes] | None = None,
+    fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> StoreResult:
+    """What is left to do with a batch the database refused as a whole: ``store`` each
+    message alone; one that still fails is appended to ``refused`` as a dead letter under
+    ``topic(m)``, with the bytes received (``payloads``, by message id) or else its JSON.
+    Exceptions of a ``fatal`` class are raised (the caller gives up); any other is the
+    message's fault. The dead letters are the caller's to store."""
+    total = StoreResult()
+    for m in msgs:
+        try:
+            r = await store([m])
+        except fatal:
+            raise
+        except Exception as exc:
+            why = "database refused it" if isinstance(exc, psycopg.Error) else "cannot store it"
+            raw = (payloads or {}).get(m.message_id)
+            if raw is None:
+                with contextlib.suppress(Exception):
+                    raw = m.to_json()
+            refused.append(DeadLetter(topic(m), f"{why}: {type(exc).__name__}: {exc}", raw or b""))
+            continue
+        total.add(r)
+    return total
 
 
 INTERVAL_COLS = (
