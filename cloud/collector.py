@@ -1040,6 +1040,12 @@ class Collector:
 async def run(config: CloudConfig) -> int:
     """``chargesight cloud run``: the whole service until SIGTERM/SIGINT."""
     check_workers(config)
+    if config.mqtt.client_id is None:
+        log.warning(
+            "no [mqtt] client_id: the broker keeps no session for this collector, so what the"
+            " edge agents publish while it is not connected is lost; give each replica its own"
+            " client_id"
+        )
     db, embedded = await open_store(config)
     try:
         collector = Collector(config, db)

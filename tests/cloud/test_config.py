@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from chargesight.cli.main import main as cli_main
-from chargesight.cloud.config import load_cloud_config
-from chargesight.common.configload import ConfigError
+from chargesight.cloud.config import CloudConfig, load_cloud_config
+from chargesight.common.configload import ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -81,3 +81,12 @@ def test_cloud_run_with_bad_config_exits_2_naming_the_key(
     path = write(tmp_path, GOOD + "[api2]\n")
     assert cli_main(["cloud", "run", "--config", str(path)]) == 2
     assert "api2" in capsys.readouterr().err
+
+
+def test_shipped_example_config_is_valid_and_keeps_a_broker_session() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "cloud.example.toml"
+    cfg = load_config(CloudConfig, example, environ={})
+    # without a client_id the broker keeps no session: what agents publish while the
+    # collector is down would be lost
+    assert cfg.mqtt.client_id
+    assert cfg.mqtt.shared_group is not None

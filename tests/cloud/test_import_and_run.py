@@ -187,7 +187,7 @@ def test_cloud_run_on_an_embedded_database_serves_and_stops_cleanly(
     )
     port = cfg_path.read_text().split("127.0.0.1:")[-1].split('"')[0]
     proc = subprocess.Popen([sys.executable, "-m", "chargesight.cli.main", "cloud", "run", "--config", str(cfg_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})  # fmt: skip
     try:
         health = wait_http(f"http://127.0.0.1:{port}/api/v1/health", proc)
         assert health.status_code == 200  # the port opened only once the collector was ready
@@ -204,6 +204,8 @@ def test_cloud_run_on_an_embedded_database_serves_and_stops_cleanly(
         assert len(issues) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(30)
-    assert rc == 0
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
     assert not (pg_dir / "data" / "postmaster.pid").exists()  # the embedded server was stopped
+    # no [mqtt] client_id in this config: the operator is told what that costs
+    assert b"no [mqtt] client_id" in out + err
