@@ -149,6 +149,9 @@ class Agent:
         await self.offline_store.open()
         await self.outbox.open()
         await self.audit.open()
+        # operators' maintenance switches outlive a restart: a unit being serviced is not
+        # reset by the next incident's recovery
+        self.engine.restore_maintenance(await self.audit.maintenance_switches())
         await self.router.open()
         await self.engine.start()
         await self.uplink.start()
@@ -398,7 +401,7 @@ class Agent:
     async def _request_maintenance(self, params: dict[str, Any]) -> dict[str, Any]:
         cp = str(params["charge_point_id"])
         on = bool(params.get("on", True))
-        self.engine.set_maintenance(cp, on)
+        await self.engine.switch_maintenance(cp, on)
         return {"charge_point_id": cp, "maintenance": on}
 
     async def _request_rerun(self, params: dict[str, Any]) -> dict[str, Any]:

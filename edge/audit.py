@@ -137,6 +137,17 @@ class AuditLog:
         """This process's latest entries (no I/O)."""
         return list(self._recent)[-limit:]
 
+    async def maintenance_switches(self) -> dict[str, bool]:
+        """Each charge point's latest maintenance switch by an operator (True: on)."""
+        if self._db is None:
+            raise RuntimeError("audit log is not open")
+        async with self._db.execute(
+            "SELECT charge_point_id, result FROM audit WHERE id IN (SELECT max(id) FROM audit"
+            " WHERE action = 'maintenance' AND actor = 'operator'"
+            " AND charge_point_id IS NOT NULL GROUP BY charge_point_id)"
+        ) as cur:
+            return {str(cp): result == "on" for cp, result in await cur.fetchall()}
+
     async def query(
         self, limit: int = 50, charge_point_id: str | None = None
     ) -> list[dict[str, Any]]:

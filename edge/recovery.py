@@ -329,7 +329,37 @@ class RecoveryEngine:
         self._dispatch(outputs)
 
     def set_maintenance(self, charge_point_id: str, on: bool) -> None:
-        """Put a charge point in maintenance (never acted on) or take it out."""
+        """Put a charge point in maintenance (never acted on) or take it out; audited soon
+        after (see :meth:`switch_maintenance` for a switch that must outlive a restart)."""
+        self._maintenance(charge_point_id, on)
+        self._audit_soon(self._maintenance_entry(charge_point_id, on))
+
+    async def switch_maintenance(self, charge_point_id: str, on: bool) -> None:
+        """An operator's switch: recorded in the audit trail first (raises when it cannot
+        be: then nothing changes), then in effect. The agent restores the latest switch per
+        charge point from that trail at start (:meth:`restore_maintenance`)."""
+        await self.audit.record(self._maintenance_entry(charge_point_id, on))
+        self._maintenance(charge_point_id, on)
+
+    def restore_maintenance(self, switches: dict[str, bool]) -> None:
+        """Before start: operators' latest switches (charge point → on), on top of the
+        config's ``maintenance`` list."""
+        for cp, on in switches.items():
+            if on:
+                self.maintenance.add(cp)
+            else:
+                self.maintenance.discard(cp)
+
+    def _maintenance_entry(self, charge_point_id: str, on: bool) -> AuditEntry:
+        return AuditEntry(
+            at=self.clock.now(),
+            actor="operator",
+            action="maintenance",
+            result="on" if on else "off",
+            charge_point_id=charge_point_id,
+        )
+
+    def _maintenance(self, charge_point_id: str, on: bool) -> None:
         if on:
             self.maintenance.add(charge_point_id)
         else:
@@ -344,15 +374,6 @@ class RecoveryEngine:
                         and inc.state == "open"
                     ):
                         self._start_run(inc, self.clock.monotonic() + self.config.window_s)
-        self._audit_soon(
-            AuditEntry(
-                at=self.clock.now(),
-                actor="operator",
-                action="maintenance",
-                result="on" if on else "off",
-                charge_point_id=charge_point_id,
-            )
-        )
 
     def profile_for(self, charge_point_id: str) -> Profile:
         profile = self._profiles.get(charge_point_id)

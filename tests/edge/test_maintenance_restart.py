@@ -1,0 +1,70 @@
+"""An operator's maintenance switch outlives an agent restart: a unit being serviced is not
+reset by the recovery of the next fault because the gateway rebooted meanwhile."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from chargesight.common.messages import Request
+from chargesight.edge.agent import Agent
+from chargesight.edge.config import EdgeConfig
+from tests.edge.conftest import edge_config
+
+SITE = "maint-site"
+
+
+async def ask(agent: Agent, cp: str, on: bool) -> None:
+    """The request as it arrives from the cloud (through the agent's request router)."""
+    req = Request(
+        request_id=uuid.uuid4().hex,
+        site_id=SITE,
+        kind="maintenance",
+        expires_at=datetime.now(UTC) + timedelta(minutes=1),
+        params={"charge_point_id": cp, "on": on},
+        requested_by="tech@example.com",
+    )
+    await agent.router.handle(orjson.dumps(req.model_dump(mode="json")))
+
+
+async def in_maintenance(config: EdgeConfig) -> list[str]:
+    """Start an agent on ``config`` (a fresh process's view of the same storage)."""
+    agent = Agent(config)
+    await agent.start()
+    try:
+        return list(agent.status()["recovery"]["maintenance"])
+    finally:
+        await agent.close()
+
+
+async def test_maintenance_switched_by_an_operator_is_still_in_force_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    config = edge_config(
+        tmp_path,
+        "ws://127.0.0.1:1/csms/{charge_point_id}",  # no CSMS, no broker: the gateway is cut off
+        site={"id": SITE},
+        recovery={"maintenance": ["CP-config"]},
+    )
+    agent = Agent(config)
+    await agent.start()
+    try:
+        await ask(agent, "CP-serviced", True)
+        await ask(agent, "CP-config", False)  # the installer's unit is back in service
+        await ask(agent, "CP-brief", True)
+        await ask(agent, "CP-brief", False)
+        assert sorted(agent.status()["recovery"]["maintenance"]) == ["CP-serviced"]
+    finally:
+        await agent.close()
+    assert sorted(await in_maintenance(config)) == ["CP-serviced"]
+    # a unit the operator never touched follows the config
+    other = edge_config(
+        tmp_path,
+        "ws://127.0.0.1:1/csms/{charge_point_id}",
+        site={"id": SITE},
+        recovery={"maintenance": ["CP-config", "CP-new"]},
+    )
+    assert sorted(await in_maintenance(other)) == ["CP-new", "CP-serviced"]
