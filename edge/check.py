@@ -168,6 +168,11 @@ CHECKS: list[tuple[str, Check]] = [
 
 async def check(config: EdgeConfig) -> int:
     print(f"config for site {config.site.id} is valid")
+    if config.site.price_per_kwh == 0:  # not a failure: the site works, its costs read 0
+        print(
+            "warn  site.price_per_kwh is 0: the cloud prices outages at the tariff this agent"
+            " sends, so every revenue figure for this site will be 0"
+        )
     ok = True
     for _name, fn in CHECKS:
         try:

@@ -146,6 +146,17 @@ def test_edge_check_says_what_is_unreachable(tmp_path: Path) -> None:
     assert "storage" in res.stdout and "writable" in res.stdout
 
 
+def test_edge_check_warns_that_a_site_without_a_price_has_no_revenue_figures(
+    tmp_path: Path,
+) -> None:
+    p = write(tmp_path, GOOD.replace("price_per_kwh = 0.59\n", ""), port=free_port(),
+              csms_port=free_port(), mqtt_port=free_port())  # fmt: skip
+    res = cli("edge", "check", "--config", str(p))
+    assert "warn  site.price_per_kwh is 0" in res.stdout
+    priced = cli("edge", "check", "--config", str(write(tmp_path, port=free_port())))
+    assert "price_per_kwh" not in priced.stdout
+
+
 def test_edge_check_passes_when_csms_and_broker_answer(tmp_path: Path, mosquitto: object) -> None:
     from tests.servers import Mosquitto
 
