@@ -183,7 +183,8 @@ def _recommend_repeat(
     if others >= 2 and resets * 2 >= r.episodes:
         return "firmware_update", (
             f"the same fault keeps returning on {others + 1} units of {model} on firmware {fw} "
-            "and a reset clears it every time: a software defect, not worn hardware"
+            f"and a reset cleared it {resets} of {r.episodes} times: a software defect, not worn"
+            " hardware"
         )
     if any(w in words for w in HARDWARE_WORDS):
         return "field_technician", "a hardware fault keeps returning; a reset only hides it"

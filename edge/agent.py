@@ -400,7 +400,9 @@ class Agent:
 
     async def _request_maintenance(self, params: dict[str, Any]) -> dict[str, Any]:
         cp = str(params["charge_point_id"])
-        on = bool(params.get("on", True))
+        on = params.get("on", True)
+        if not isinstance(on, bool):  # "false" would be truthy: a unit left in maintenance
+            raise ValueError(f"params.on must be true or false, not {on!r}")
         await self.engine.switch_maintenance(cp, on)
         return {"charge_point_id": cp, "maintenance": on}
 

@@ -17,8 +17,9 @@ from tests.edge.conftest import edge_config
 SITE = "maint-site"
 
 
-async def ask(agent: Agent, cp: str, on: bool) -> None:
-    """The request as it arrives from the cloud (through the agent's request router)."""
+async def ask(agent: Agent, cp: str, on: object) -> str:
+    """The request as it arrives from the cloud (through the agent's request router); its
+    id."""
     req = Request(
         request_id=uuid.uuid4().hex,
         site_id=SITE,
@@ -28,6 +29,7 @@ async def ask(agent: Agent, cp: str, on: bool) -> None:
         requested_by="tech@example.com",
     )
     await agent.router.handle(orjson.dumps(req.model_dump(mode="json")))
+    return req.request_id
 
 
 async def in_maintenance(config: EdgeConfig) -> list[str]:
@@ -68,3 +70,19 @@ async def test_maintenance_switched_by_an_operator_is_still_in_force_after_a_res
         recovery={"maintenance": ["CP-config", "CP-new"]},
     )
     assert sorted(await in_maintenance(other)) == ["CP-new", "CP-serviced"]
+
+
+async def test_a_maintenance_switch_that_is_not_a_boolean_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    config = edge_config(tmp_path, "ws://127.0.0.1:1/csms/{charge_point_id}", site={"id": SITE})
+    agent = Agent(config)
+    await agent.start()
+    try:
+        rid = await ask(agent, "CP-1", "false")  # a string: truthy, it would have switched it on
+        (row,) = await agent.router.audit(rid)
+        assert row.outcome == "error"
+        assert row.error is not None and "params.on must be true or false" in row.error
+        assert agent.status()["recovery"]["maintenance"] == []
+    finally:
+        await agent.close()
