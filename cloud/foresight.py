@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import paho.mqtt.client as paho
@@ -80,8 +80,9 @@ def _client(url: str, client_id: str) -> tuple[paho.Client, str, int]:
     if parts.scheme not in ("mqtt", "mqtts"):
         raise PublishError(f"mqtt url {url!r}: scheme must be mqtt:// or mqtts://")
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    if parts.username:
-        client.username_pw_set(parts.username, parts.password)
+    if parts.username:  # percent-encoded in the URL, as URLs have it (a password with "@")
+        password = unquote(parts.password) if parts.password is not None else None
+        client.username_pw_set(unquote(parts.username), password)
     if parts.scheme == "mqtts":
         client.tls_set()
     port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)

@@ -93,7 +93,6 @@ class OcppSection(_Section):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
-    queue_high_water: int = Field(default=1000, ge=1)
 
     @field_validator("listen")
     @classmethod

@@ -42,3 +42,11 @@ async def test_publish_models_signs_and_retains_every_shipped_model(
     assert {u.model_key for u in updates} == shipped
     for update in updates:
         verify_model(update, key.public_key())
+
+
+def test_publish_models_reads_percent_encoded_broker_credentials_from_the_url() -> None:
+    from chargesight.cloud.foresight import _client
+
+    client, host, port = _client("mqtts://ops%40site:p%40ss%3Aw0rd@broker.example", "t")
+    assert (client.username, client.password) == ("ops@site", "p@ss:w0rd")
+    assert (host, port) == ("broker.example", 8883)
