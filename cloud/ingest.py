@@ -670,7 +670,9 @@ async def _write_states(
         return
     latest: dict[str, SiteState] = {}
     for s in states:
-        if s.site_id not in latest or s.sent_at > latest[s.site_id].sent_at:
+        # not older wins: a connection's last will carries the time its ``online`` does and
+        # comes after it (edge/uplink.py)
+        if s.site_id not in latest or s.sent_at >= latest[s.site_id].sent_at:
             latest[s.site_id] = s
     async with conn.cursor() as cur:
         await cur.executemany(

@@ -189,6 +189,7 @@ class Uplink:
         self._ack_scheduled = False
         self._hangups = 0  # MQTT 5 CONNECTs the broker hung up on (paho thread)
         self._got_connack = False
+        self._connected_at = utcnow()  # when the current connection began (its will's time)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -401,6 +402,10 @@ class Uplink:
     def _on_pre_connect(self, client: paho.Client, userdata: Any) -> None:
         self._got_connack = False
         will = SiteState(site_id=self.site_id, state="offline")
+        # the connection's ``online`` carries the same time: the collector takes a state
+        # that is not older than the one it holds, so the will (sent by the broker after
+        # that ``online``, when this connection dies) is not taken for a stale message
+        self._connected_at = will.sent_at
         client.will_set(self._state_topic, will.to_json(), qos=1, retain=True)
 
     def _on_connect(
@@ -423,7 +428,7 @@ class Uplink:
             self._conn_gen += 1
             gen = self._conn_gen
             client.drop_out_messages()
-            online = SiteState(site_id=self.site_id, state="online")
+            online = SiteState(site_id=self.site_id, state="online", sent_at=self._connected_at)
             client.publish(self._state_topic, online.to_json(), qos=1, retain=True)
             subs = [(topic, 1) for topic in list(self._subscriptions)]
             if subs:
