@@ -48,7 +48,7 @@ Int4 = Annotated[int, msgspec.Meta(ge=INT4_MIN, le=INT4_MAX)]
 
 # gc=False: decoded from JSON, a record can hold no reference cycle, so the cyclic GC need not
 # track it (a batch of 1,000 digests would otherwise add ~11,000 objects to every young scan)
-class ChargerRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+class ChargerRecord(msgspec.Struct, kw_only=True, gc=False):
     """``ChargerCounters``."""
 
     charge_point_id: str
@@ -78,7 +78,7 @@ class ChargerRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc
     features: dict[str, float] = msgspec.field(default_factory=dict)
 
 
-class SelfResolvedRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+class SelfResolvedRecord(msgspec.Struct, kw_only=True, gc=False):
     """``SelfResolved``."""
 
     incident_id: str
@@ -96,7 +96,7 @@ class SelfResolvedRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     energy_unmet_wh: float | None = None
 
 
-class DigestRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+class DigestRecord(msgspec.Struct, kw_only=True, gc=False):
     """``Digest`` (with ``EdgeMessage``'s fields first)."""
 
     schema_version: int = SCHEMA_VERSION

@@ -81,7 +81,10 @@ def parse_site_topic(topic: str) -> tuple[str, str] | None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # CONTRACT.md: "anything here may grow". A reader ignores fields it does not know, so a
+    # newer edge (or cloud) adding one is understood by an older peer instead of having its
+    # messages refused; what a field means never changes within a ``schema_version``.
+    model_config = ConfigDict(extra="ignore")
 
 
 class EdgeMessage(_Model):

@@ -1,0 +1,52 @@
+"""Messages may grow (CONTRACT.md): a field a newer peer adds is ignored by an older reader,
+not a reason to refuse the message — the collector stores it, the edge runs the request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from chargesight.cloud.fastdigest import DigestRecord
+from chargesight.cloud.ingest import DeadLetter, classify
+from chargesight.common.messages import Escalation, Request, digests_topic, escalations_topic
+from tests.cloud.helpers import T0, counters, digest, escalation
+
+
+def grown(payload: bytes, **extra: object) -> bytes:
+    doc = orjson.loads(payload)
+    doc.update(extra)
+    return orjson.dumps(doc)
+
+
+def test_a_digest_with_fields_added_by_a_newer_agent_is_accepted_as_it_was() -> None:
+    d = digest("grow", T0, [counters("grow-1", energy_wh=1234.0)])
+    doc = orjson.loads(d.to_json())
+    doc["chargers"][0]["battery_health"] = {"soh": 0.93}  # a new counter of a later version
+    doc["weather"] = "rain"
+    got = classify(digests_topic("grow"), orjson.dumps(doc))
+    assert isinstance(got, DigestRecord)  # the fast path, not a fallback
+    assert got.message_id == d.message_id
+    assert got.chargers[0].energy_wh == 1234.0
+    # what is known is still checked: a bad value next to the new field is refused
+    doc["chargers"][0]["energy_wh"] = "lots"
+    assert isinstance(classify(digests_topic("grow"), orjson.dumps(doc)), DeadLetter)
+
+
+def test_an_escalation_with_a_new_field_is_accepted_and_the_field_dropped() -> None:
+    e = escalation("grow", "grow-1")
+    got = classify(escalations_topic("grow"), grown(e.to_json(), root_cause_hint="psu"))
+    assert isinstance(got, Escalation)
+    assert got == e
+    assert "root_cause_hint" not in got.model_dump()
+
+
+def test_a_request_with_a_new_field_is_understood_by_an_older_agent() -> None:
+    req = Request(
+        request_id="r-grow",
+        site_id="grow",
+        kind="status",
+        expires_at=datetime.now(UTC) + timedelta(minutes=1),
+    )
+    payload = grown(orjson.dumps(req.model_dump(mode="json")), priority="high")
+    assert Request.model_validate_json(payload) == req
