@@ -967,7 +967,10 @@ class RecoveryEngine:
             "fault": inc.fault.model_dump(mode="json"),
             "hardware": hardware.model_dump(mode="json"),
         }
-        res = await self.hooks.run(hook, request, env=profile.hook_env)
+        # like every step, inside the window: a hook still running when it ends is killed, so
+        # the escalation is not held back past the window by a slow relay script
+        limit = max(1.0, min(self.config.hook_timeout_s, self._remaining_for(inc)))
+        res = await self.hooks.run(hook, request, env=profile.hook_env, timeout_s=limit)
         result = {
             "done": "accepted",
             "failed": "rejected",

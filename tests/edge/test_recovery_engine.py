@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,7 @@ from chargesight.common.messages import Escalation, EvidenceFrame
 from chargesight.edge.audit import MemoryAudit
 from chargesight.edge.config import RecoverySection
 from chargesight.edge.errors import CallTimeout, ChargePointNotConnected
-from chargesight.edge.hooks import HookRunner
+from chargesight.edge.hooks import HookResult, HookRunner
 from chargesight.edge.profiles import ProfileRegistry
 from chargesight.edge.recovery import FakeClock, RecoveryEngine
 
@@ -235,6 +235,43 @@ async def test_persisting_fault_is_escalated_exactly_once_with_its_steps(h: Harn
     assert (e.sent_at - e.started_at).total_seconds() <= WINDOW + 30
     assert e.message_id == e.incident_id
     assert began == 0.0
+
+
+class RecordingHooks(HookRunner):
+    """Hooks that take as long as they are let: what time limit each got."""
+
+    def __init__(self) -> None:
+        super().__init__(None, timeout_s=600)
+        self.limits: list[float | None] = []
+
+    def available(self, name: str) -> bool:
+        return True
+
+    async def run(
+        self,
+        name: str,
+        request: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> HookResult:
+        self.limits.append(timeout_s)
+        return HookResult(name, "timeout", None, "", f"killed after {timeout_s} s", 0.0)
+
+
+@pytest.mark.parametrize("recovery_config", [{"window_s": WINDOW, "hook_timeout_s": 600}])
+async def test_a_slow_hook_is_given_only_what_is_left_of_the_window(h: Harness) -> None:
+    hooks = RecordingHooks()
+    h.engine.hooks = hooks
+    h.connect("CP1")
+    h.status("CP1", 1, "Faulted", "OtherError", vendor_id="Ampero", vendor_error_code="X-77")
+    began = h.clock.monotonic()
+    await h.clock.advance(WINDOW + 30)
+    (limit,) = hooks.limits  # the power-cycle step ran, with the window's rest, not 600 s
+    assert limit is not None and limit <= WINDOW
+    (e,) = h.escalations
+    assert e.recovery_attempts[-1].action == "hook:power-cycle"
+    assert h.clock.monotonic() - began <= WINDOW + 30
 
 
 async def test_escalation_goes_out_no_later_than_window_plus_30s(h: Harness) -> None:
