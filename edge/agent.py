@@ -152,6 +152,9 @@ class Agent:
         # operators' maintenance switches outlive a restart: a unit being serviced is not
         # reset by the next incident's recovery
         self.engine.restore_maintenance(await self.audit.maintenance_switches())
+        # and the resets sent in the last 24 h still count against each charger's daily budget
+        since = self.engine.clock.now() - timedelta(days=1)
+        self.engine.restore_resets(await self.audit.resets_since(since))
         await self.router.open()
         await self.engine.start()
         await self.uplink.start()

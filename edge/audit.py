@@ -148,6 +148,25 @@ class AuditLog:
         ) as cur:
             return {str(cp): result == "on" for cp, result in await cur.fetchall()}
 
+    async def resets_since(self, since: datetime) -> list[tuple[str, datetime]]:
+        """Resets and power cycles sent to charge points since ``since`` (charge point, when),
+        oldest first: what counts against ``max_resets_per_day``. Any outcome but ``skipped``
+        counts (an ``error`` may have reached the charge point)."""
+        if self._db is None:
+            raise RuntimeError("audit log is not open")
+        async with self._db.execute(
+            "SELECT charge_point_id, at FROM audit WHERE charge_point_id IS NOT NULL"
+            " AND (action IN ('soft_reset', 'hard_reset') OR action LIKE 'hook:%')"
+            " AND result <> 'skipped' ORDER BY id"
+        ) as cur:
+            rows = await cur.fetchall()
+        out = []
+        for cp, at in rows:
+            when = datetime.fromisoformat(at)
+            if when >= since:
+                out.append((str(cp), when))
+        return out
+
     async def query(
         self, limit: int = 50, charge_point_id: str | None = None
     ) -> list[dict[str, Any]]:

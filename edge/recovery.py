@@ -350,6 +350,16 @@ class RecoveryEngine:
             else:
                 self.maintenance.discard(cp)
 
+    def restore_resets(self, sent: Iterable[tuple[str, datetime]]) -> None:
+        """Before start: resets sent before a restart (charge point, when; from the audit
+        trail) count against ``max_resets_per_day`` as if this process had sent them — a
+        gateway rebooting in a loop does not reset a charger without bound."""
+        now, mono = self.clock.now(), self.clock.monotonic()
+        for cp, at in sorted(sent, key=lambda x: x[1]):
+            age = (now - at).total_seconds()
+            if 0 <= age < 86400:
+                self._resets.setdefault(cp, deque()).append(mono - age)
+
     def _maintenance_entry(self, charge_point_id: str, on: bool) -> AuditEntry:
         return AuditEntry(
             at=self.clock.now(),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from chargesight.common.events import (
     TransactionStarted,
 )
 from chargesight.common.messages import Escalation, EvidenceFrame
-from chargesight.edge.audit import MemoryAudit
+from chargesight.edge.audit import AuditEntry, AuditLog, MemoryAudit
 from chargesight.edge.config import RecoverySection
 from chargesight.edge.errors import CallTimeout, ChargePointNotConnected
 from chargesight.edge.hooks import HookResult, HookRunner
@@ -688,3 +689,51 @@ async def test_escalation_carries_the_anomaly_score_when_one_is_available(
         engine.handle(ConnectorStatus("CP1", clock.now(), 1, "Faulted", "InternalError"))
         await clock.advance(WINDOW + 5)
     assert [e.anomaly_score for e in escalations] == [0.93]
+
+
+async def test_resets_sent_before_a_restart_still_count_against_the_daily_budget(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    charger = FakeCharger()
+    escalations: list[Escalation] = []
+
+    async def escalate(e: Escalation) -> None:
+        escalations.append(e)
+
+    async with AuditLog(tmp_path / "edge.sqlite") as audit:  # the trail the last run left
+        now = clock.now()
+        for step, result, hours_ago in [
+            ("soft_reset", "accepted", 3),
+            ("hook:power-cycle", "timeout", 1),
+            ("hard_reset", "accepted", 30),  # yesterday's: no longer counts
+            ("soft_reset", "skipped", 2),  # never sent
+        ]:
+            at = now - timedelta(hours=hours_ago)
+            await audit.record(AuditEntry(at=at, action=step, result=result, charge_point_id="CP1"))
+        engine = RecoveryEngine(
+            site_id="test-site",
+            config=RecoverySection(window_s=WINDOW, flap_period_s=5, max_resets_per_day=2),
+            call=charger,
+            evidence=_evidence,
+            escalate=escalate,
+            audit=audit,
+            clock=clock,
+            profiles=ProfileRegistry.load(),
+            hooks=HookRunner(None),
+            new_id=_new_id,
+        )
+        engine.restore_resets(await audit.resets_since(now - timedelta(days=1)))
+        await engine.start()
+        try:
+            h = Harness(engine, clock, charger, escalations, MemoryAudit())
+            h.connect("CP1")
+            h.status("CP1", 1, "Faulted", "InternalError")
+            await clock.advance(WINDOW + 30)
+        finally:
+            await engine.stop()
+    assert charger.actions("Reset") == []  # the budget was spent before the restart
+    (e,) = escalations
+    resets = [a for a in e.recovery_attempts if a.action in ("soft_reset", "hard_reset")]
+    assert resets and all(a.result == "skipped" for a in resets)
+    assert all("reset budget spent (2/2 in 24 h)" in (a.detail or "") for a in resets)

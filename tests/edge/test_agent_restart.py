@@ -1,5 +1,6 @@
-"""An operator's maintenance switch outlives an agent restart: a unit being serviced is not
-reset by the recovery of the next fault because the gateway rebooted meanwhile."""
+"""What the recovery engine must remember across an agent restart, from the audit trail: an
+operator's maintenance switch (a unit being serviced is not reset because the gateway rebooted
+meanwhile) and the resets sent in the last 24 hours (the daily budget is not refilled)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 
 from chargesight.common.messages import Request
 from chargesight.edge.agent import Agent
+from chargesight.edge.audit import AuditEntry
 from chargesight.edge.config import EdgeConfig
 from tests.edge.conftest import edge_config
 
@@ -84,5 +86,36 @@ async def test_a_maintenance_switch_that_is_not_a_boolean_is_refused_and_changes
         assert row.outcome == "error"
         assert row.error is not None and "params.on must be true or false" in row.error
         assert agent.status()["recovery"]["maintenance"] == []
+    finally:
+        await agent.close()
+
+
+async def test_resets_sent_before_a_restart_are_counted_by_the_restarted_agent(
+    tmp_path: Path,
+) -> None:
+    config = edge_config(tmp_path, "ws://127.0.0.1:1/csms/{charge_point_id}", site={"id": SITE})
+    agent = Agent(config)
+    await agent.start()
+    try:  # what the last run's recovery did, as its audit trail holds it
+        now = agent.engine.clock.now()
+        for step, result, hours_ago in [
+            ("soft_reset", "accepted", 5),
+            ("hard_reset", "rejected", 1),
+            ("soft_reset", "accepted", 25),
+        ]:
+            await agent.audit.record(
+                AuditEntry(
+                    at=now - timedelta(hours=hours_ago),
+                    action=step,
+                    result=result,
+                    charge_point_id="CP-9",
+                )
+            )
+    finally:
+        await agent.close()
+    agent = Agent(config)
+    await agent.start()
+    try:
+        assert agent.status()["recovery"]["resets_last_24h"] == {"CP-9": 2}
     finally:
         await agent.close()
