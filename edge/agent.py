@@ -38,6 +38,7 @@ from chargesight.common.normalise import parse_time
 from chargesight.edge.anomaly import AnomalyMonitor
 from chargesight.edge.audit import AuditLog
 from chargesight.edge.config import EdgeConfig
+from chargesight.edge.identity import IdentityStore
 from chargesight.edge.modelstore import ALL_MODELS_TOPIC, ModelStore
 from chargesight.edge.ocpplog import OcppLog
 from chargesight.edge.offline import DisconnectOffline, OfflineStore, ServeOffline
@@ -129,7 +130,9 @@ class Agent:
         self.uplink = Uplink(config.mqtt, config.site.id, self.outbox, router=self.router)
         if self.monitor is not None:
             self.uplink.subscribe(ALL_MODELS_TOPIC, self._model_update)
+        self.identities = IdentityStore(config.storage.path)
         self.proxy.subscribe(self.engine.handle)
+        self.proxy.subscribe(self.identities.observe)
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,6 +155,10 @@ class Agent:
         # operators' maintenance switches outlive a restart: a unit being serviced is not
         # reset by the next incident's recovery
         self.engine.restore_maintenance(await self.audit.maintenance_switches())
+        # who each charge point is: they reconnect to a restarted agent without booting again
+        await self.identities.open()
+        for cp, (hardware, interval) in (await self.identities.load()).items():
+            self.engine.detector.restore_identity(cp, hardware, interval)
         # and the resets sent in the last 24 h still count against each charger's daily budget
         since = self.engine.clock.now() - timedelta(days=1)
         self.engine.restore_resets(await self.audit.resets_since(since))
@@ -187,6 +194,7 @@ class Agent:
                 await task
         await self.uplink.close()
         await self.router.close()
+        await self.identities.close()
         await self.audit.close()
         if self._held_task is not None:
             self._held_task.cancel()

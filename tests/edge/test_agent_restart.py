@@ -1,6 +1,7 @@
 """What the recovery engine must remember across an agent restart, from the audit trail: an
 operator's maintenance switch (a unit being serviced is not reset because the gateway rebooted
-meanwhile) and the resets sent in the last 24 hours (the daily budget is not refilled)."""
+meanwhile), the resets sent in the last 24 hours (the daily budget is not refilled), and who
+each charge point is (they reconnect without booting again)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+from ocpp.v16 import call as call16
 
 from chargesight.common.messages import Request
 from chargesight.edge.agent import Agent
 from chargesight.edge.audit import AuditEntry
 from chargesight.edge.config import EdgeConfig
 from tests.edge.conftest import edge_config
+from tests.peers import TestCsms, boot16, connect_cp
 
 SITE = "maint-site"
 
@@ -119,3 +122,38 @@ async def test_resets_sent_before_a_restart_are_counted_by_the_restarted_agent(
         assert agent.status()["recovery"]["resets_last_24h"] == {"CP-9": 2}
     finally:
         await agent.close()
+
+
+async def test_a_charge_point_that_reconnects_without_booting_is_still_known_by_its_hardware(
+    tmp_path: Path,
+) -> None:
+    csms = TestCsms()  # answers every boot with a 300 s heartbeat interval
+    await csms.start()
+    config = edge_config(tmp_path, csms.url, site={"id": SITE})
+    try:
+        agent = Agent(config)
+        await agent.start()
+        try:
+            url = f"ws://127.0.0.1:{agent.proxy.port}/ocpp"
+            async with connect_cp(url, "CP-1") as cp:
+                await cp.call(boot16())
+        finally:
+            await agent.close()
+        agent = Agent(config)  # the gateway restarted; the charge point only reconnects
+        await agent.start()
+        try:
+            assert "CP-1" not in agent.engine.detector.charge_points  # not known until heard
+            url = f"ws://127.0.0.1:{agent.proxy.port}/ocpp"
+            async with connect_cp(url, "CP-1") as cp:
+                await cp.call(
+                    call16.StatusNotification(
+                        connector_id=1, error_code="NoError", status="Available"
+                    )
+                )
+                state = agent.engine.detector.charge_points["CP-1"]
+                assert (state.hardware.vendor, state.hardware.model) == ("TestVendor", "AC22")
+                assert state.heartbeat_interval_s == 300.0  # missed heartbeats are noticed
+        finally:
+            await agent.close()
+    finally:
+        await csms.stop()
