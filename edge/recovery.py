@@ -324,8 +324,18 @@ class RecoveryEngine:
             self.digest.set_rated_power(event.charge_point_id, profile.rated_power(1))
         if isinstance(event, ConnectionUp):
             for run in self._runs.values():
-                if run.incident.charge_point_id == event.charge_point_id:
-                    run.wake.set()
+                inc = run.incident
+                if inc.charge_point_id != event.charge_point_id:
+                    continue
+                run.wake.set()
+                if (
+                    run.outcome == "escalated"
+                    and inc.kind == "connectivity"
+                    and (inc.state == "open" and self._started and not self._closing)
+                ):
+                    # back after the escalation: ask its connectors to report, as inside the
+                    # window, or a charger that reconnects quietly stays "lost" for good
+                    self._spawn(self._confirm_back(inc), "confirm-after-escalation")
         self._dispatch(outputs)
 
     def set_maintenance(self, charge_point_id: str, on: bool) -> None:
@@ -772,13 +782,18 @@ class RecoveryEngine:
 
     def _remaining_for(self, inc: Incident) -> float:
         run = self._runs.get(inc.id)
-        return self._remaining(run) if run is not None else CALL_TIMEOUT_S
+        if run is None or run.outcome == "escalated":  # after the window: a call's own limit
+            return CALL_TIMEOUT_S
+        return self._remaining(run)
 
     def _evse_connector(self, inc: Incident) -> int:
         """2.0.1: the connector inside the EVSE (as last reported, else 1)."""
         state = self.detector.charge_points.get(inc.charge_point_id or "")
         conn = state.connectors.get(inc.connector_id or 0) if state else None
         return conn.evse_connector_id if conn and conn.evse_connector_id else 1
+
+    async def _confirm_back(self, inc: Incident) -> None:
+        await self._confirm(inc, self.clock.now())
 
     async def _confirm(self, inc: Incident, at: datetime) -> RecoveryAttempt:
         cp = inc.charge_point_id

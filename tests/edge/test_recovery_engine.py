@@ -626,6 +626,35 @@ async def test_silent_reconnect_is_confirmed_with_trigger_message_then_self_reso
     assert (resolved.kind, resolved.fixed_by) == ("connectivity", "confirm")
 
 
+async def test_a_charger_back_quietly_after_its_escalation_is_asked_to_report_and_cleared(
+    h: Harness,
+) -> None:
+    h.connect("CP1")
+    h.engine.handle(ConnectionDown("CP1", h.clock.now(), "1006"))
+    h.charger.offline.add("CP1")
+    await h.clock.advance(WINDOW + 5)  # gone for the whole window: escalated
+    (lost,) = h.escalations
+    assert (lost.kind, lost.status) == ("connectivity", "open")
+
+    def report_all(cp: str, payload: dict[str, Any]) -> None:
+        h.status(cp, 1, "Available")
+        h.status(cp, 2, "Available")
+
+    h.charger.handlers["TriggerMessage"] = report_all
+    sent_before = len(h.charger.actions("TriggerMessage"))
+    h.charger.offline.discard("CP1")
+    h.engine.handle(ConnectionUp("CP1", h.clock.now(), "1.6"))  # back, but reports nothing
+    await h.clock.advance(1)
+    assert h.charger.actions("TriggerMessage")[sent_before:] == [
+        ("CP1", "TriggerMessage", {"requestedMessage": "StatusNotification"})
+    ]
+    await h.clock.advance(10)
+    assert [(e.status, e.incident_id) for e in h.escalations] == [
+        ("open", lost.incident_id),
+        ("cleared", lost.incident_id),
+    ]
+
+
 async def test_a_session_the_charger_stopped_while_offline_is_reported_cut_with_the_drop(
     h: Harness,
 ) -> None:
