@@ -19,12 +19,14 @@ The contract (also in ``firmware-hooks/hooks/README.md``):
 * **exit code**: ``0`` done, ``1`` tried and failed, ``2`` bad input or
   configuration, ``3`` not applicable to this charge point (e.g. no relay
   wired) — the step is recorded as ``skipped``. Anything else is ``error``.
-* **timeout**: ``recovery.hook_timeout_s``; past it the process is killed
-  (SIGKILL) and the step is recorded as ``timeout``.
+* **timeout**: ``recovery.hook_timeout_s``, and never more than what is left of
+  the recovery window; past it the process group gets SIGTERM — a hook that
+  switched something off switches it back on then — and SIGKILL
+  ``TERM_GRACE_S`` later; the step is recorded as ``timeout``.
 * **stdout/stderr**: captured (first 4 KiB each) into the audit log.
 
 Running a hook never blocks the event loop (``asyncio.create_subprocess_exec``).
-Cancelling :meth:`HookRunner.run` kills the process and waits for it.
+Cancelling :meth:`HookRunner.run` stops the process the same way and waits for it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,7 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NOT_APPLICABLE = 3
 OUTPUT_LIMIT = 4096
+TERM_GRACE_S = 5.0  # a timed-out hook: SIGTERM, then SIGKILL this much later
 
 HookOutcome = Literal["done", "failed", "skipped", "timeout", "error", "missing"]
 
@@ -139,12 +143,17 @@ class HookRunner:
         try:
             out, err = await asyncio.wait_for(proc.communicate(payload), limit)
         except TimeoutError:
-            await _kill(proc)
+            await _stop(proc)
             return HookResult(
-                name, "timeout", None, "", f"killed after {limit:g} s", loop.time() - start
+                name,
+                "timeout",
+                None,
+                "",
+                f"stopped after {limit:g} s (SIGTERM, then SIGKILL {TERM_GRACE_S:g} s later)",
+                loop.time() - start,
             )
         except BaseException:
-            await _kill(proc)
+            await _stop(proc)
             raise
         code = proc.returncode if proc.returncode is not None else -1
         return HookResult(
@@ -157,10 +166,20 @@ class HookRunner:
         )
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the hook's process group, SIGKILL to what is left ``TERM_GRACE_S`` later."""
+    await asyncio.shield(_terminate(proc))
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), TERM_GRACE_S)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the group: children that ignored SIGTERM
+    if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-    await asyncio.shield(proc.wait())
+    await proc.wait()

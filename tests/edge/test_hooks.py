@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chargesight.edge import hooks as hooks_module
 from chargesight.edge.hooks import HookRunner
 from chargesight.edge.profiles import default_hooks_dir
 
@@ -126,6 +127,41 @@ async def test_hook_past_its_time_limit_is_killed_with_what_it_started(tmp_path:
             break
         await asyncio.sleep(0.1)
     assert not _alive(child, "time.sleep(31)")
+
+
+async def test_a_hook_past_its_time_limit_may_switch_the_power_back_on_before_it_goes(
+    tmp_path: Path,
+) -> None:
+    relay = tmp_path / "relay"
+    _script(tmp_path, "cycle", (
+        "import signal, sys, time\n"
+        f"relay = {str(relay)!r}\n"
+        "def back_on(*_):\n"
+        "    open(relay, 'w').write('on')\n"
+        "    sys.exit(1)\n"
+        "signal.signal(signal.SIGTERM, back_on)\n"
+        "open(relay, 'w').write('off')\n"
+        "time.sleep(30)\n"
+    ))  # fmt: skip
+    result = await HookRunner(tmp_path, timeout_s=1.0).run("cycle", REQUEST)
+    assert result.outcome == "timeout"
+    assert relay.read_text() == "on"  # SIGTERM first: it was not killed with the power off
+
+
+async def test_a_hook_that_ignores_sigterm_is_killed_after_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hooks_module, "TERM_GRACE_S", 0.5)
+    pids = tmp_path / "pids"
+    _script(tmp_path, "stubborn", (
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open({str(pids)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(30)\n"
+    ))  # fmt: skip
+    result = await HookRunner(tmp_path, timeout_s=0.5).run("stubborn", REQUEST)
+    assert result.outcome == "timeout"
+    assert not _alive(int(pids.read_text()), "stubborn")
 
 
 async def test_missing_or_non_executable_hook_is_reported_not_run(tmp_path: Path) -> None:
