@@ -157,8 +157,7 @@ class Agent:
         self.engine.restore_maintenance(await self.audit.maintenance_switches())
         # who each charge point is: they reconnect to a restarted agent without booting again
         await self.identities.open()
-        for cp, (hardware, interval) in (await self.identities.load()).items():
-            self.engine.detector.restore_identity(cp, hardware, interval)
+        self.engine.restore_identities(await self.identities.load())
         # and the resets sent in the last 24 h still count against each charger's daily budget
         since = self.engine.clock.now() - timedelta(days=1)
         self.engine.restore_resets(await self.audit.resets_since(since))

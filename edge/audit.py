@@ -11,6 +11,7 @@ running without a database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -112,26 +113,37 @@ class AuditLog:
         await self.close()
 
     async def record(self, entry: AuditEntry) -> None:
+        """Write ``entry`` (committed when this returns); raises what SQLite raises, e.g. on
+        a full disk. It is in :meth:`recent` either way: the action was taken."""
         self._recent.append(entry)
         if self._db is None:
             raise RuntimeError("audit log is not open")
         async with self._lock:
-            await self._db.execute(
-                "INSERT INTO audit (at, actor, charge_point_id, connector_id, incident_id, action,"
-                " request, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.at.isoformat(),
-                    entry.actor,
-                    entry.charge_point_id,
-                    entry.connector_id,
-                    entry.incident_id,
-                    entry.action,
-                    orjson.dumps(entry.request).decode() if entry.request is not None else None,
-                    entry.result,
-                    entry.detail,
-                ),
-            )
-            await self._db.commit()
+            try:
+                await self._insert(self._db, entry)
+                await self._db.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._db.rollback()  # no open transaction left holding the file
+                raise
+
+    @staticmethod
+    async def _insert(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+        await db.execute(
+            "INSERT INTO audit (at, actor, charge_point_id, connector_id, incident_id, action,"
+            " request, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.at.isoformat(),
+                entry.actor,
+                entry.charge_point_id,
+                entry.connector_id,
+                entry.incident_id,
+                entry.action,
+                orjson.dumps(entry.request).decode() if entry.request is not None else None,
+                entry.result,
+                entry.detail,
+            ),
+        )
 
     def recent(self, limit: int = 50) -> list[AuditEntry]:
         """This process's latest entries (no I/O)."""
@@ -150,14 +162,17 @@ class AuditLog:
 
     async def resets_since(self, since: datetime) -> list[tuple[str, datetime]]:
         """Resets and power cycles sent to charge points since ``since`` (charge point, when),
-        oldest first: what counts against ``max_resets_per_day``. Any outcome but ``skipped``
-        counts (an ``error`` may have reached the charge point)."""
+        oldest first: what counts against ``max_resets_per_day``, as the engine counts it —
+        any outcome but ``skipped`` and a reset that never left because the charge point was
+        not connected (an other ``error`` may have reached it)."""
         if self._db is None:
             raise RuntimeError("audit log is not open")
         async with self._db.execute(
             "SELECT charge_point_id, at FROM audit WHERE charge_point_id IS NOT NULL"
             " AND (action IN ('soft_reset', 'hard_reset') OR action LIKE 'hook:%')"
-            " AND result <> 'skipped' ORDER BY id"
+            " AND result <> 'skipped'"
+            " AND NOT (result = 'error' AND coalesce(detail, '') LIKE '%not connected%')"
+            " ORDER BY id"
         ) as cur:
             rows = await cur.fetchall()
         out = []

@@ -213,7 +213,6 @@ class Detector:
         self._profile_for = profile_for or (lambda _cp: GENERIC)
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self.charge_points: dict[str, ChargePointState] = {}
-        self._identities: dict[str, tuple[Hardware | None, float | None]] = {}
         self.incidents: dict[str, Incident] = {}
         # charge point → monotonic deadline: the agent ordered a reboot, the drop is expected
         self.reboot_expected: dict[str, float] = {}
@@ -224,22 +223,10 @@ class Detector:
 
     # ------------------------------------------------------------ queries
 
-    def restore_identity(
-        self, charge_point_id: str, hardware: Hardware | None, heartbeat_interval_s: float | None
-    ) -> None:
-        """What a charge point told a previous run (edge/identity.py): taken when it is next
-        heard from, until it boots again. (Not a known charge point before that: one that
-        never comes back must not count in the site's share of failing units.)"""
-        self._identities[charge_point_id] = (hardware, heartbeat_interval_s)
-
     def charge_point(self, charge_point_id: str) -> ChargePointState:
         state = self.charge_points.get(charge_point_id)
         if state is None:
             state = self.charge_points[charge_point_id] = ChargePointState(charge_point_id)
-            hardware, interval = self._identities.pop(charge_point_id, (None, None))
-            if hardware is not None:
-                state.hardware = hardware
-            state.heartbeat_interval_s = interval
         return state
 
     def active_sessions(self, charge_point_id: str) -> dict[int, str | None]:

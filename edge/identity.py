@@ -14,6 +14,7 @@ is logged and loses only that refresh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,8 +108,13 @@ class IdentityStore:
                 db = self._db
                 if db is None:
                     return
-                await db.execute(sql, args)
-                await db.commit()
+                try:
+                    await db.execute(sql, args)
+                    await db.commit()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await db.rollback()  # no open transaction left holding the file
+                    raise
         except Exception as exc:  # e.g. a full disk: only this refresh is lost
             log.error(
                 "charge point identity not saved",

@@ -74,6 +74,7 @@ from chargesight.edge.detection import (
 from chargesight.edge.digest import DigestCollector
 from chargesight.edge.errors import CallRejected, CallTimeout, ChargePointNotConnected, EdgeError
 from chargesight.edge.hooks import HookRunner
+from chargesight.edge.identity import Identity
 from chargesight.edge.profiles import GENERIC, Profile, ProfileRegistry, default_hooks_dir
 
 log = structlog.get_logger("chargesight.edge.recovery")
@@ -254,6 +255,7 @@ class RecoveryEngine:
         self.sessions = SessionTracker()
         """Sessions per charge point, and those each incident cut short."""
         self.maintenance: set[str] = set(config.maintenance)
+        self._identities: dict[str, Identity] = {}
         self._profiles: dict[str, Profile] = {}
         self._runs: dict[str, _Run] = {}
         self._resets: dict[str, deque[float]] = {}
@@ -308,6 +310,8 @@ class RecoveryEngine:
             return  # shutting down: events of closing connections are of no use any more
         if not self._started:
             raise RuntimeError("recovery engine is not started")
+        if self._identities and event.charge_point_id in self._identities:
+            self._take_identity(event.charge_point_id)
         if isinstance(event, Boot | ConnectionUp):
             self._profiles.pop(event.charge_point_id, None)
         mono = self.clock.monotonic()
@@ -352,13 +356,34 @@ class RecoveryEngine:
         self._maintenance(charge_point_id, on)
 
     def restore_maintenance(self, switches: dict[str, bool]) -> None:
-        """Before start: operators' latest switches (charge point → on), on top of the
-        config's ``maintenance`` list."""
-        for cp, on in switches.items():
-            if on:
-                self.maintenance.add(cp)
-            else:
-                self.maintenance.discard(cp)
+        """Before start: the charge points operators left in maintenance (latest switch per
+        charge point → on), added to the config's ``maintenance`` list. A switch off does
+        not take a unit the config lists out of maintenance after a restart: the config may
+        be newer than the switch, and in doubt a unit is not touched."""
+        self.maintenance.update(cp for cp, on in switches.items() if on)
+
+    def restore_identities(self, identities: dict[str, Identity]) -> None:
+        """Before start: what each charge point told a previous run (edge/identity.py), taken
+        when it is next heard from (charge points reconnect without booting again). Until
+        then it is not a known charge point: one that never comes back does not count in the
+        site's share of failing units."""
+        self._identities.update(identities)
+
+    def _take_identity(self, charge_point_id: str) -> None:
+        hardware, interval = self._identities.pop(charge_point_id)
+        state = self.detector.charge_point(charge_point_id)
+        if hardware is not None and state.hardware == Hardware():
+            state.hardware = hardware
+            self._profiles.pop(charge_point_id, None)
+            window = self.digest.bank.window(charge_point_id)
+            window.set_hardware(
+                vendor=hardware.vendor, model=hardware.model, firmware=hardware.firmware
+            )
+            self.digest.set_rated_power(
+                charge_point_id, self.profile_for(charge_point_id).rated_power(1)
+            )
+        if interval is not None and state.heartbeat_interval_s is None:
+            state.heartbeat_interval_s = interval
 
     def restore_resets(self, sent: Iterable[tuple[str, datetime]]) -> None:
         """Before start: resets sent before a restart (charge point, when; from the audit

@@ -60,13 +60,14 @@ async def test_maintenance_switched_by_an_operator_is_still_in_force_after_a_res
     await agent.start()
     try:
         await ask(agent, "CP-serviced", True)
-        await ask(agent, "CP-config", False)  # the installer's unit is back in service
+        await ask(agent, "CP-config", False)  # the installer's unit, back in service for now
         await ask(agent, "CP-brief", True)
         await ask(agent, "CP-brief", False)
         assert sorted(agent.status()["recovery"]["maintenance"]) == ["CP-serviced"]
     finally:
         await agent.close()
-    assert sorted(await in_maintenance(config)) == ["CP-serviced"]
+    # what an operator left on stays on; the config's list stands (it may be newer)
+    assert sorted(await in_maintenance(config)) == ["CP-config", "CP-serviced"]
     # a unit the operator never touched follows the config
     other = edge_config(
         tmp_path,
@@ -74,7 +75,7 @@ async def test_maintenance_switched_by_an_operator_is_still_in_force_after_a_res
         site={"id": SITE},
         recovery={"maintenance": ["CP-config", "CP-new"]},
     )
-    assert sorted(await in_maintenance(other)) == ["CP-new", "CP-serviced"]
+    assert sorted(await in_maintenance(other)) == ["CP-config", "CP-new", "CP-serviced"]
 
 
 async def test_a_maintenance_switch_that_is_not_a_boolean_is_refused_and_changes_nothing(
@@ -101,10 +102,12 @@ async def test_resets_sent_before_a_restart_are_counted_by_the_restarted_agent(
     await agent.start()
     try:  # what the last run's recovery did, as its audit trail holds it
         now = agent.engine.clock.now()
-        for step, result, hours_ago in [
-            ("soft_reset", "accepted", 5),
-            ("hard_reset", "rejected", 1),
-            ("soft_reset", "accepted", 25),
+        for step, result, hours_ago, detail in [
+            ("soft_reset", "accepted", 5, None),
+            ("hard_reset", "rejected", 1, None),
+            ("soft_reset", "accepted", 25, None),  # yesterday's
+            ("soft_reset", "error", 2, "Reset: charge point not connected"),  # never left
+            ("hard_reset", "error", 3, "Reset: connection closed"),  # may have reached it
         ]:
             await agent.audit.record(
                 AuditEntry(
@@ -112,6 +115,7 @@ async def test_resets_sent_before_a_restart_are_counted_by_the_restarted_agent(
                     action=step,
                     result=result,
                     charge_point_id="CP-9",
+                    detail=detail,
                 )
             )
     finally:
@@ -119,7 +123,7 @@ async def test_resets_sent_before_a_restart_are_counted_by_the_restarted_agent(
     agent = Agent(config)
     await agent.start()
     try:
-        assert agent.status()["recovery"]["resets_last_24h"] == {"CP-9": 2}
+        assert agent.status()["recovery"]["resets_last_24h"] == {"CP-9": 3}
     finally:
         await agent.close()
 
@@ -153,6 +157,8 @@ async def test_a_charge_point_that_reconnects_without_booting_is_still_known_by_
                 state = agent.engine.detector.charge_points["CP-1"]
                 assert (state.hardware.vendor, state.hardware.model) == ("TestVendor", "AC22")
                 assert state.heartbeat_interval_s == 300.0  # missed heartbeats are noticed
+                window = agent.engine.digest.bank.window("CP-1")  # its digests carry it too
+                assert (window.vendor, window.model) == ("TestVendor", "AC22")
         finally:
             await agent.close()
     finally:
