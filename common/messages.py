@@ -248,7 +248,13 @@ RequestKind = Literal["log_excerpt", "status", "rerun_playbook", "maintenance"]
 
 
 class Request(_Model):
-    """Cloud → edge request (topic ``.../requests``)."""
+    """Cloud → edge request (topic ``.../requests``).
+
+    A command, so the one message that does not tolerate unknown fields: an older agent
+    must refuse a request whose new field might restrict what it asks (a dry run, a
+    narrower scope) rather than run it without that restriction."""
+
+    model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
     request_id: str

@@ -54,7 +54,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -401,11 +401,15 @@ class Uplink:
 
     def _on_pre_connect(self, client: paho.Client, userdata: Any) -> None:
         self._got_connack = False
-        will = SiteState(site_id=self.site_id, state="offline")
-        # the connection's ``online`` carries the same time: the collector takes a state
-        # that is not older than the one it holds, so the will (sent by the broker after
-        # that ``online``, when this connection dies) is not taken for a stale message
-        self._connected_at = will.sent_at
+        # the connection's ``online`` carries its start, the will a microsecond more: the
+        # collector keeps the newest state, so the will (sent by the broker after that
+        # ``online``, when this connection dies) wins over it in any order of arrival
+        self._connected_at = utcnow()
+        will = SiteState(
+            site_id=self.site_id,
+            state="offline",
+            sent_at=self._connected_at + timedelta(microseconds=1),
+        )
         client.will_set(self._state_topic, will.to_json(), qos=1, retain=True)
 
     def _on_connect(

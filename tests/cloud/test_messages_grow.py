@@ -1,11 +1,14 @@
-"""Messages may grow (CONTRACT.md): a field a newer peer adds is ignored by an older reader,
-not a reason to refuse the message — the collector stores it, the edge runs the request."""
+"""Messages may grow (CONTRACT.md): a field a newer agent adds is ignored by an older
+collector, not a reason to refuse the message. Requests to an agent are commands: an unknown
+field there is refused (it might restrict what is asked)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
+from pydantic import ValidationError
 
 from chargesight.cloud.fastdigest import DigestRecord
 from chargesight.cloud.ingest import DeadLetter, classify
@@ -41,12 +44,14 @@ def test_an_escalation_with_a_new_field_is_accepted_and_the_field_dropped() -> N
     assert "root_cause_hint" not in got.model_dump()
 
 
-def test_a_request_with_a_new_field_is_understood_by_an_older_agent() -> None:
+def test_a_request_with_a_field_an_older_agent_does_not_know_is_refused_not_run() -> None:
     req = Request(
         request_id="r-grow",
         site_id="grow",
         kind="status",
         expires_at=datetime.now(UTC) + timedelta(minutes=1),
     )
-    payload = grown(orjson.dumps(req.model_dump(mode="json")), priority="high")
-    assert Request.model_validate_json(payload) == req
+    payload = grown(orjson.dumps(req.model_dump(mode="json")), dry_run=True)
+    # a command: the new field might restrict it, so it is not run without it
+    with pytest.raises(ValidationError, match="dry_run"):
+        Request.model_validate_json(payload)

@@ -26,13 +26,21 @@ async def state_of(database: Database, site: str) -> str:
 
 async def test_a_gateway_that_dies_shows_offline_through_its_last_will(database: Database) -> None:
     online = SiteState(site_id="will", state="online", sent_at=T0)
-    will = SiteState(site_id="will", state="offline", sent_at=T0)  # built with the connection
+    will = SiteState(site_id="will", state="offline", sent_at=T0 + timedelta(microseconds=1))
     async with database.pool.connection() as conn:
         await store_batch(conn, [online])
         assert await state_of(database, "will") == "online"
         await store_batch(conn, [will])
     assert await state_of(database, "will") == "offline"
-    # both in one batch, in the order they were received: the will still wins
+    # stored in the other order (two ingest workers, each with one of them): still offline
+    online3 = SiteState(site_id="will3", state="online", sent_at=T0)
+    will3 = SiteState(site_id="will3", state="offline", sent_at=T0 + timedelta(microseconds=1))
+    async with database.pool.connection() as conn:
+        await store_batch(conn, [will3])
+        await store_batch(conn, [online3])
+    assert await state_of(database, "will3") == "offline"
+    # both in one batch with the same time (an agent from before the microsecond), in the
+    # order they were received: the will still wins
     again = SiteState(site_id="will2", state="online", sent_at=T0)
     will2 = SiteState(site_id="will2", state="offline", sent_at=T0)
     async with database.pool.connection() as conn:
