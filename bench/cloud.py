@@ -221,6 +221,8 @@ def bare_drain(url: str, payloads: list[tuple[str, bytes]]) -> float:
     done.wait(300)
     c.disconnect()
     c.loop_stop()
+    if got != n:
+        raise RuntimeError(f"the broker's queue gave {got} of {n} messages")
     return n / (last - t0)
 
 

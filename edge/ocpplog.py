@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -107,7 +108,19 @@ class OcppLog:
                 await self._writer
             self._writer = None
         if self._db is not None:
-            await self._flush()
+            for attempt in range(3):  # another writer on the shared file may hold it a while
+                try:
+                    await self._flush()
+                    break
+                except sqlite3.Error as exc:
+                    if attempt == 2:
+                        log.error(
+                            "ocpp_log_frames_lost_at_close",
+                            frames=len(self._buffer),
+                            error=str(exc),
+                        )
+                        break
+                    await asyncio.sleep(0.5)
             await self._db.close()
             self._db = None
 
@@ -156,11 +169,16 @@ class OcppLog:
 
     @staticmethod
     async def _insert(db: aiosqlite.Connection, rows: list[_Row]) -> None:
-        await db.executemany(
-            "INSERT INTO ocpp_log (charge_point_id, at, direction, frame) VALUES (?, ?, ?, ?)",
-            [(r.charge_point_id, r.at, r.direction, r.frame) for r in rows],
-        )
-        await db.commit()
+        try:
+            await db.executemany(
+                "INSERT INTO ocpp_log (charge_point_id, at, direction, frame) VALUES (?, ?, ?, ?)",
+                [(r.charge_point_id, r.at, r.direction, r.frame) for r in rows],
+            )
+            await db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await db.rollback()  # no open transaction left holding the shared file
+            raise
 
     async def prune(self, now: float | None = None) -> None:
         """Drop rows older than ``max_age_s`` and the oldest beyond ``max_rows``."""
