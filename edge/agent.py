@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -184,17 +185,30 @@ class Agent:
         await self._stop.wait()
 
     async def close(self) -> None:
-        await self.engine.stop()  # restores Operative while charge points are still here
-        await self.proxy.close()
+        """Stop everything, in order. A part that fails to close is logged and the rest are
+        closed all the same (an open SQLite connection's thread would keep the process
+        alive); the first failure is raised at the end."""
+        errors: list[BaseException] = []
+
+        async def step(name: str, close: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await close()
+            except Exception as exc:
+                log.error("close_failed", part=name, error=repr(exc))
+                errors.append(exc)
+
+        # restores Operative while charge points are still here
+        await step("recovery engine", self.engine.stop)
+        await step("proxy", self.proxy.close)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.uplink.close()
-        await self.router.close()
-        await self.identities.close()
-        await self.audit.close()
+        await step("uplink", self.uplink.close)
+        await step("request router", self.router.close)
+        await step("identity store", self.identities.close)
+        await step("audit log", self.audit.close)
         if self._held_task is not None:
             self._held_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -209,12 +223,14 @@ class Agent:
         if self._held:
             log.error("held messages lost: the outbox could not commit them before the stop",
                       held=len(self._held), message_ids=[m.message_id for _, m in self._held])  # fmt: skip
-        await self.outbox.close()
-        await self.offline_store.close()
-        await self.ocpp_log.close()
+        await step("outbox", self.outbox.close)
+        await step("offline store", self.offline_store.close)
+        await step("OCPP log", self.ocpp_log.close)
         with contextlib.suppress(OSError):
             self.write_status(running=False)
         log.info("edge_agent_stopped", site_id=self.config.site.id)
+        if errors:
+            raise errors[0]
 
     def status(self) -> dict[str, Any]:
         stats = self.proxy.stats

@@ -108,21 +108,23 @@ class OcppLog:
                 await self._writer
             self._writer = None
         if self._db is not None:
-            for attempt in range(3):  # another writer on the shared file may hold it a while
-                try:
-                    await self._flush()
-                    break
-                except sqlite3.Error as exc:
-                    if attempt == 2:
-                        log.error(
-                            "ocpp_log_frames_lost_at_close",
-                            frames=len(self._buffer),
-                            error=str(exc),
-                        )
+            try:
+                for attempt in range(3):  # another writer on the shared file may hold it a while
+                    try:
+                        await self._flush()
                         break
-                    await asyncio.sleep(0.5)
-            await self._db.close()
-            self._db = None
+                    except sqlite3.Error as exc:
+                        if attempt == 2:
+                            log.error(
+                                "ocpp_log_frames_lost_at_close",
+                                frames=len(self._buffer),
+                                error=str(exc),
+                            )
+                            break
+                        await asyncio.sleep(0.5)
+            finally:  # always: an open connection's thread keeps the process from exiting
+                await self._db.close()
+                self._db = None
 
     def record(
         self, charge_point_id: str, direction: str, frame: bytes | str, at: float | None = None

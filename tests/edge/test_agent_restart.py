@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 from ocpp.v16 import call as call16
 
 from chargesight.common.messages import Request
@@ -163,3 +164,25 @@ async def test_a_charge_point_that_reconnects_without_booting_is_still_known_by_
             await agent.close()
     finally:
         await csms.stop()
+
+
+async def test_a_part_that_fails_to_close_does_not_keep_the_others_open(tmp_path: Path) -> None:
+    config = edge_config(tmp_path, "ws://127.0.0.1:1/csms/{charge_point_id}", site={"id": SITE})
+    agent = Agent(config)
+    await agent.start()
+
+    async def broken() -> None:
+        raise RuntimeError("uplink would not close")
+
+    agent.uplink.close = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="uplink would not close"):
+        await agent.close()
+    # everything after it was closed all the same: no SQLite connection (and its thread,
+    # which would keep the process from exiting) is left open
+    assert agent.audit._db is None
+    assert agent.identities._db is None
+    assert agent.ocpp_log._db is None
+    # the storage is free: the next start works
+    again = Agent(config)
+    await again.start()
+    await again.close()
