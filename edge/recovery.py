@@ -388,11 +388,19 @@ class RecoveryEngine:
     def restore_resets(self, sent: Iterable[tuple[str, datetime]]) -> None:
         """Before start: resets sent before a restart (charge point, when; from the audit
         trail) count against ``max_resets_per_day`` as if this process had sent them — a
-        gateway rebooting in a loop does not reset a charger without bound."""
-        now, mono = self.clock.now(), self.clock.monotonic()
-        for cp, at in sorted(sent, key=lambda x: x[1]):
+        gateway rebooting in a loop does not reset a charger without bound.
+
+        Ages are taken from the later of the clock and the newest reset: a gateway whose
+        clock starts behind (no RTC, no NTP yet) would otherwise see every reset as not
+        yet sent and count none."""
+        ordered = sorted(sent, key=lambda x: x[1])
+        if not ordered:
+            return
+        now = max(self.clock.now(), ordered[-1][1])
+        mono = self.clock.monotonic()
+        for cp, at in ordered:
             age = (now - at).total_seconds()
-            if 0 <= age < 86400:
+            if age < 86400:
                 self._resets.setdefault(cp, deque()).append(mono - age)
 
     def _maintenance_entry(self, charge_point_id: str, on: bool) -> AuditEntry:

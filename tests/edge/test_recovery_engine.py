@@ -766,3 +766,18 @@ async def test_resets_sent_before_a_restart_still_count_against_the_daily_budget
     resets = [a for a in e.recovery_attempts if a.action in ("soft_reset", "hard_reset")]
     assert resets and all(a.result == "skipped" for a in resets)
     assert all("reset budget spent (2/2 in 24 h)" in (a.detail or "") for a in resets)
+
+
+async def test_restored_resets_count_when_the_clock_starts_behind_the_audit_trail(
+    h: Harness,
+) -> None:
+    # a gateway without a real-time clock boots in 1970-ish time: the trail is "in the future"
+    later = h.clock.now() + timedelta(days=3650)
+    h.engine.restore_resets(
+        [
+            ("CP1", later - timedelta(hours=30)),  # a day before the newest: expired
+            ("CP1", later - timedelta(hours=2)),
+            ("CP1", later),
+        ]
+    )
+    assert h.engine.status()["resets_last_24h"] == {"CP1": 2}
