@@ -160,9 +160,7 @@ class Agent:
         await self.identities.open()
         self.engine.restore_identities(await self.identities.load())
         # and the resets sent in the last 24 h still count against each charger's daily budget
-        # (all of them when the clock is behind the trail: the engine ages them from the newest)
-        since = self.engine.clock.now() - timedelta(days=1)
-        self.engine.restore_resets(await self.audit.resets_since(since))
+        self.engine.restore_resets(await self.audit.resets())
         await self.router.open()
         await self.engine.start()
         await self.uplink.start()

@@ -160,11 +160,12 @@ class AuditLog:
         ) as cur:
             return {str(cp): result == "on" for cp, result in await cur.fetchall()}
 
-    async def resets_since(self, since: datetime) -> list[tuple[str, datetime]]:
-        """Resets and power cycles sent to charge points since ``since`` (charge point, when),
-        oldest first: what counts against ``max_resets_per_day``, as the engine counts it —
-        any outcome but ``skipped`` and a reset that never left because the charge point was
-        not connected (an other ``error`` may have reached it)."""
+    async def resets(self) -> list[tuple[str, datetime]]:
+        """Resets and power cycles sent to charge points (charge point, when): what counts
+        against ``max_resets_per_day``, as the engine counts it — any outcome but
+        ``skipped`` and a reset that never left because the charge point was not connected
+        (an other ``error`` may have reached it). Which are recent is the engine's business
+        (:meth:`RecoveryEngine.restore_resets`)."""
         if self._db is None:
             raise RuntimeError("audit log is not open")
         async with self._db.execute(
@@ -172,15 +173,8 @@ class AuditLog:
             " AND (action IN ('soft_reset', 'hard_reset') OR action LIKE 'hook:%')"
             " AND result <> 'skipped'"
             " AND NOT (result = 'error' AND coalesce(detail, '') LIKE '%not connected%')"
-            " ORDER BY id"
         ) as cur:
-            rows = await cur.fetchall()
-        out = []
-        for cp, at in rows:
-            when = datetime.fromisoformat(at)
-            if when >= since:
-                out.append((str(cp), when))
-        return out
+            return [(str(cp), datetime.fromisoformat(at)) for cp, at in await cur.fetchall()]
 
     async def query(
         self, limit: int = 50, charge_point_id: str | None = None

@@ -23,6 +23,7 @@ import aiosqlite
 from chargesight.common.events import Boot, Event, HeartbeatInterval
 from chargesight.common.logs import get_logger
 from chargesight.common.messages import Hardware
+from chargesight.edge.ocpplog import open_db
 
 log = get_logger(__name__)
 
@@ -54,10 +55,7 @@ class IdentityStore:
     async def open(self) -> None:
         if self._db is not None:
             raise RuntimeError("identity store already open")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=5000")
+        db = await open_db(self.path)
         await db.executescript(SCHEMA)
         await db.commit()
         self._db = db

@@ -324,8 +324,7 @@ class RecoveryEngine:
         if isinstance(event, ConnectionUp):
             self.detector.reboot_expected.pop(event.charge_point_id, None)
         if isinstance(event, Boot):
-            profile = self.profile_for(event.charge_point_id)
-            self.digest.set_rated_power(event.charge_point_id, profile.rated_power(1))
+            self._hardware_known(event.charge_point_id)
         if isinstance(event, ConnectionUp):
             for run in self._runs.values():
                 inc = run.incident
@@ -374,21 +373,27 @@ class RecoveryEngine:
         state = self.detector.charge_point(charge_point_id)
         if hardware is not None and state.hardware == Hardware():
             state.hardware = hardware
-            self._profiles.pop(charge_point_id, None)
             window = self.digest.bank.window(charge_point_id)
             window.set_hardware(
                 vendor=hardware.vendor, model=hardware.model, firmware=hardware.firmware
             )
-            self.digest.set_rated_power(
-                charge_point_id, self.profile_for(charge_point_id).rated_power(1)
-            )
+            self._hardware_known(charge_point_id)
         if interval is not None and state.heartbeat_interval_s is None:
             state.heartbeat_interval_s = interval
 
+    def _hardware_known(self, charge_point_id: str) -> None:
+        """The detector has a charge point's hardware (a Boot, or a restored identity): its
+        profile follows it, and the digest takes the rated power from that profile."""
+        self._profiles.pop(charge_point_id, None)
+        self.digest.set_rated_power(
+            charge_point_id, self.profile_for(charge_point_id).rated_power(1)
+        )
+
     def restore_resets(self, sent: Iterable[tuple[str, datetime]]) -> None:
         """Before start: resets sent before a restart (charge point, when; from the audit
-        trail) count against ``max_resets_per_day`` as if this process had sent them — a
-        gateway rebooting in a loop does not reset a charger without bound.
+        trail) count against ``max_resets_per_day`` as if this process had sent them, those
+        of the last 24 hours — a gateway rebooting in a loop does not reset a charger
+        without bound.
 
         Ages are taken from the later of the clock and the newest reset: a gateway whose
         clock starts behind (no RTC, no NTP yet) would otherwise see every reset as not

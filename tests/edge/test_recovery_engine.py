@@ -22,7 +22,7 @@ from chargesight.common.events import (
     TransactionStarted,
 )
 from chargesight.common.messages import Escalation, EvidenceFrame
-from chargesight.edge.audit import AuditEntry, AuditLog, MemoryAudit
+from chargesight.edge.audit import AuditEntry, AuditLog, Auditor, MemoryAudit
 from chargesight.edge.config import RecoverySection
 from chargesight.edge.errors import CallTimeout, ChargePointNotConnected
 from chargesight.edge.hooks import HookResult, HookRunner
@@ -131,33 +131,40 @@ def recovery_config() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def h(recovery_config: dict[str, Any]) -> AsyncIterator[Harness]:
+def build(config: RecoverySection, audit: Auditor | None = None) -> Harness:
+    """An engine (not started) on a fake clock and charger, auditing to ``audit`` if given,
+    else to the harness's in-memory ``audit``."""
     clock = FakeClock()
     charger = FakeCharger()
     escalations: list[Escalation] = []
-    audit = MemoryAudit()
+    memory = MemoryAudit()
 
     async def escalate(e: Escalation) -> None:
         escalations.append(e)
 
     engine = RecoveryEngine(
         site_id="test-site",
-        config=RecoverySection(**recovery_config),
+        config=config,
         call=charger,
         evidence=_evidence,
         escalate=escalate,
-        audit=audit,
+        audit=audit or memory,
         clock=clock,
         profiles=ProfileRegistry.load(),
         hooks=HookRunner(None),
         new_id=_new_id,
     )
-    await engine.start()
+    return Harness(engine, clock, charger, escalations, memory)
+
+
+@pytest.fixture
+async def h(recovery_config: dict[str, Any]) -> AsyncIterator[Harness]:
+    harness = build(RecoverySection(**recovery_config))
+    await harness.engine.start()
     try:
-        yield Harness(engine, clock, charger, escalations, audit)
+        yield harness
     finally:
-        await engine.stop()
+        await harness.engine.stop()
 
 
 def _recover_on(
@@ -723,15 +730,9 @@ async def test_escalation_carries_the_anomaly_score_when_one_is_available(
 async def test_resets_sent_before_a_restart_still_count_against_the_daily_budget(
     tmp_path: Path,
 ) -> None:
-    clock = FakeClock()
-    charger = FakeCharger()
-    escalations: list[Escalation] = []
-
-    async def escalate(e: Escalation) -> None:
-        escalations.append(e)
-
     async with AuditLog(tmp_path / "edge.sqlite") as audit:  # the trail the last run left
-        now = clock.now()
+        h = build(RecoverySection(window_s=WINDOW, flap_period_s=5, max_resets_per_day=2), audit)
+        now = h.clock.now()
         for step, result, hours_ago in [
             ("soft_reset", "accepted", 3),
             ("hook:power-cycle", "timeout", 1),
@@ -740,29 +741,16 @@ async def test_resets_sent_before_a_restart_still_count_against_the_daily_budget
         ]:
             at = now - timedelta(hours=hours_ago)
             await audit.record(AuditEntry(at=at, action=step, result=result, charge_point_id="CP1"))
-        engine = RecoveryEngine(
-            site_id="test-site",
-            config=RecoverySection(window_s=WINDOW, flap_period_s=5, max_resets_per_day=2),
-            call=charger,
-            evidence=_evidence,
-            escalate=escalate,
-            audit=audit,
-            clock=clock,
-            profiles=ProfileRegistry.load(),
-            hooks=HookRunner(None),
-            new_id=_new_id,
-        )
-        engine.restore_resets(await audit.resets_since(now - timedelta(days=1)))
-        await engine.start()
+        h.engine.restore_resets(await audit.resets())
+        await h.engine.start()
         try:
-            h = Harness(engine, clock, charger, escalations, MemoryAudit())
             h.connect("CP1")
             h.status("CP1", 1, "Faulted", "InternalError")
-            await clock.advance(WINDOW + 30)
+            await h.clock.advance(WINDOW + 30)
         finally:
-            await engine.stop()
-    assert charger.actions("Reset") == []  # the budget was spent before the restart
-    (e,) = escalations
+            await h.engine.stop()
+    assert h.charger.actions("Reset") == []  # the budget was spent before the restart
+    (e,) = h.escalations
     resets = [a for a in e.recovery_attempts if a.action in ("soft_reset", "hard_reset")]
     assert resets and all(a.result == "skipped" for a in resets)
     assert all("reset budget spent (2/2 in 24 h)" in (a.detail or "") for a in resets)
