@@ -135,52 +135,63 @@ def run_publisher(url: str, payloads: list[tuple[str, bytes]]) -> tuple[mp.Proce
     return p, ev
 
 
+class _Receiver:
+    """A paho subscriber's ``on_message``: counts what arrives (each validated by pydantic
+    with ``validate``) and when the last came."""
+
+    def __init__(self, n: int, validate: bool = False) -> None:
+        self.n = n
+        self.validate = validate
+        self.got = 0
+        self.last = 0.0
+        self.done = threading.Event()
+
+    def on_message(self, c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        if self.validate:
+            parse_edge_message(m.topic.rsplit("/", 1)[1], m.payload)
+        self.got += 1
+        self.last = time.perf_counter()
+        if self.got >= self.n:
+            self.done.set()
+
+    def rate(self, t0: float) -> float:
+        """Messages/s from ``t0`` to the last one, once all have come (300 s at most)."""
+        self.done.wait(300)
+        if self.got != self.n:
+            raise RuntimeError(f"the subscriber got {self.got} of {self.n} messages")
+        return self.n / (self.last - t0)
+
+
+def _publish_all(url: str, payloads: list[tuple[str, bytes]]) -> float:
+    """Send everything from a publisher process; returns when it began sending."""
+    proc, ev = run_publisher(url, payloads)
+    time.sleep(0.3)  # let the publisher connect
+    t0 = time.perf_counter()
+    ev.set()  # type: ignore[attr-defined]
+    proc.join()
+    return t0
+
+
 def bare_subscriber(url: str, payloads: list[tuple[str, bytes]], validate: bool = False) -> float:
     """Messages/s a paho subscriber receives; with ``validate``, each validated by pydantic
     as it arrives (the schema check alone, nothing stored)."""
     host, port = url.removeprefix("mqtt://").split(":")
-    n = len(payloads)
-    got = 0
-    first = last = 0.0
-    done = threading.Event()
+    rx = _Receiver(len(payloads), validate)
     subscribed = threading.Event()
-
-    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
-        nonlocal got, first, last
-        if got == 0:
-            first = time.perf_counter()
-        if validate:
-            parse_edge_message(m.topic.rsplit("/", 1)[1], m.payload)
-        got += 1
-        last = time.perf_counter()
-        if got >= n:
-            done.set()
-
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
-    c.on_message = on_message
+    c.on_message = rx.on_message
     c.on_subscribe = lambda *a: subscribed.set()
     c.on_connect = lambda cl, *a: cl.subscribe([("$share/bare/chargesight/v1/sites/+/digests", 1),
                                                ("$share/bare/chargesight/v1/sites/+/escalations", 1)])  # fmt: skip
     c.connect(host, int(port))
     c.loop_start()
     subscribed.wait(10)
-    proc, ev = run_publisher(url, payloads)
-    time.sleep(0.3)  # let the publisher connect
-    t0 = time.perf_counter()
-    ev.set()  # type: ignore[attr-defined]
-    done.wait(300)
-    proc.join()
-    c.disconnect()
-    c.loop_stop()
-    elapsed = last - t0
-    return n / elapsed
-
-
-def _publish_all(url: str, payloads: list[tuple[str, bytes]]) -> None:
-    proc, ev = run_publisher(url, payloads)
-    time.sleep(0.3)
-    ev.set()  # type: ignore[attr-defined]
-    proc.join()
+    t0 = _publish_all(url, payloads)
+    try:
+        return rx.rate(t0)
+    finally:
+        c.disconnect()
+        c.loop_stop()
 
 
 def bare_drain(url: str, payloads: list[tuple[str, bytes]]) -> float:
@@ -188,7 +199,6 @@ def bare_drain(url: str, payloads: list[tuple[str, bytes]]) -> float:
     persistent session subscribes, goes away, the publisher sends everything, and the
     subscriber comes back (no publisher sharing the machine while it is timed)."""
     host, port = url.removeprefix("mqtt://").split(":")
-    n = len(payloads)
     topics = [("chargesight/v1/sites/+/digests", 1), ("chargesight/v1/sites/+/escalations", 1)]
     expiry = Properties(PacketTypes.CONNECT)
     expiry.SessionExpiryInterval = 3600
@@ -202,28 +212,17 @@ def bare_drain(url: str, payloads: list[tuple[str, bytes]]) -> float:
     first.disconnect()
     first.loop_stop()
     _publish_all(url, payloads)
-    got = 0
-    last = 0.0
-    done = threading.Event()
-
-    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
-        nonlocal got, last
-        got += 1
-        last = time.perf_counter()
-        if got >= n:
-            done.set()
-
+    rx = _Receiver(len(payloads))
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-drain", protocol=mqtt.MQTTv5)
-    c.on_message = on_message
+    c.on_message = rx.on_message
     t0 = time.perf_counter()
     c.connect(host, int(port), clean_start=False, properties=expiry)
     c.loop_start()
-    done.wait(300)
-    c.disconnect()
-    c.loop_stop()
-    if got != n:
-        raise RuntimeError(f"the broker's queue gave {got} of {n} messages")
-    return n / (last - t0)
+    try:
+        return rx.rate(t0)
+    finally:
+        c.disconnect()
+        c.loop_stop()
 
 
 async def collector_drain(db_url: str, mqtt_url: str, payloads: list[tuple[str, bytes]]) -> float:
