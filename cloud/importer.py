@@ -21,22 +21,20 @@ from typing import Any
 
 import orjson
 import psycopg
-from pydantic import ValidationError
 
 from chargesight.cloud.engine import Cleared, Engine
-from chargesight.cloud.fastdigest import decode_digest, out_of_range
 from chargesight.cloud.ingest import (
     DeadLetter,
     DigestSummary,
     Received,
     StoreResult,
-    _reason,
     store_batch,
     store_one_by_one,
+    validate,
 )
 from chargesight.cloud.issuestore import Conn, Pool
 from chargesight.common.logs import get_logger
-from chargesight.common.messages import Digest, EdgeMessage, Escalation
+from chargesight.common.messages import Escalation
 
 log = get_logger(__name__)
 
@@ -157,7 +155,8 @@ async def import_dir(
         log.info("network loaded", sites=n)
     seen: set[str] = set()  # every site the files speak of, stored now or before
     cleared_now: list[Cleared] = []  # incidents the digests this run stored report cleared
-    for name, model in (("digests.jsonl", Digest), ("escalations.jsonl", Escalation)):
+    for kind in ("digests", "escalations"):
+        name = f"{kind}.jsonl"
         path = directory / name
         if not path.exists():
             log.warning("missing file", file=str(path))
@@ -166,7 +165,7 @@ async def import_dir(
         dead: list[DeadLetter] = []
         for lineno, raw in _lines(path):
             report.lines += 1
-            parsed = _parse(model, raw, f"import:{name}:{lineno}")
+            parsed = validate(kind, raw, f"import:{name}:{lineno}")  # as the collector does
             if isinstance(parsed, DeadLetter):
                 dead.append(parsed)
             else:
@@ -189,19 +188,6 @@ async def import_dir(
     report.issues_touched = len(touched)
     await engine.fleet_models()
     return report
-
-
-def _parse(model: type[EdgeMessage], raw: bytes, where: str) -> Received | DeadLetter:
-    """One line, validated as the collector validates what it receives (cloud/fastdigest.py)."""
-    if model is Digest and (fast := decode_digest(raw)) is not None:
-        return fast
-    try:
-        msg = model.model_validate_json(raw)
-    except ValidationError as exc:
-        return DeadLetter(where, _reason(exc), raw)
-    if isinstance(msg, Digest) and (why := out_of_range(msg)):
-        return DeadLetter(where, why, raw)
-    return msg
 
 
 async def _flush(

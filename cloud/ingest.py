@@ -72,6 +72,27 @@ def _reason(exc: ValidationError) -> str:
     return "schema validation failed: " + "; ".join(parts) + more
 
 
+def validate(kind: str, payload: bytes, where: str) -> Received | DeadLetter:
+    """One message of ``kind`` (a site topic's last part) against the common schemas, never
+    raising: a digest as msgspec decoded it when msgspec accepts it, else as pydantic
+    validated it; what neither takes is a dead letter under ``where`` with pydantic's
+    reason (see cloud/fastdigest.py). The collector's :func:`classify` and ``cloud import``
+    both validate this way."""
+    msg: Received | None = decode_digest(payload) if kind == "digests" else None
+    try:
+        if msg is None:
+            msg = parse_edge_message(kind, payload)
+    except ValidationError as exc:
+        return DeadLetter(where, _reason(exc), payload)
+    except ValueError as exc:
+        return DeadLetter(where, str(exc), payload)
+    if isinstance(msg, Digest) and (why := out_of_range(msg)):
+        return DeadLetter(where, why, payload)
+    if msg.schema_version != SCHEMA_VERSION:
+        return DeadLetter(where, f"unsupported schema_version {msg.schema_version}", payload)
+    return msg
+
+
 def classify(topic: str, payload: bytes) -> Received | DeadLetter:
     """Validate one received message against the common schemas (never raises). A digest
     comes back as msgspec decoded it when msgspec accepts it, else as pydantic validated it
@@ -86,18 +107,9 @@ def classify(topic: str, payload: bytes) -> Received | DeadLetter:
         return DeadLetter(
             topic, f"payload of {len(payload)} bytes is over the limit", payload[:MAX_PAYLOAD]
         )
-    msg: Received | None = decode_digest(payload) if kind == "digests" else None
-    try:
-        if msg is None:
-            msg = parse_edge_message(kind, payload)
-    except ValidationError as exc:
-        return DeadLetter(topic, _reason(exc), payload)
-    except ValueError as exc:
-        return DeadLetter(topic, str(exc), payload)
-    if isinstance(msg, Digest) and (why := out_of_range(msg)):
-        return DeadLetter(topic, why, payload)
-    if msg.schema_version != SCHEMA_VERSION:
-        return DeadLetter(topic, f"unsupported schema_version {msg.schema_version}", payload)
+    msg = validate(kind, payload, topic)
+    if isinstance(msg, DeadLetter):
+        return msg
     if msg.site_id != site_id:
         return DeadLetter(
             topic, f"site_id {msg.site_id!r} does not match the topic's site {site_id!r}", payload

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from chargesight.cloud.fastdigest import DigestRecord
-from chargesight.cloud.ingest import DeadLetter, classify
+from chargesight.cloud.ingest import DeadLetter, classify, validate
 from chargesight.common.messages import Escalation, Request, digests_topic, escalations_topic
 from tests.cloud.helpers import T0, counters, digest, escalation
 
@@ -55,3 +55,14 @@ def test_a_request_with_a_field_an_older_agent_does_not_know_is_refused_not_run(
     # a command: the new field might restrict it, so it is not run without it
     with pytest.raises(ValidationError, match="dry_run"):
         Request.model_validate_json(payload)
+
+
+def test_a_newer_schema_version_is_a_dead_letter_for_the_collector_and_the_importer_alike() -> None:
+    # one validation serves both: classify (MQTT) and cloud import (lines of a file)
+    newer = grown(escalation("grow", "grow-1").to_json(), schema_version=99)
+    for got in (
+        classify(escalations_topic("grow"), newer),
+        validate("escalations", newer, "import:escalations.jsonl:1"),
+    ):
+        assert isinstance(got, DeadLetter)
+        assert got.reason == "unsupported schema_version 99"
