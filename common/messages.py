@@ -244,7 +244,9 @@ class SiteState(EdgeMessage):
     state: Literal["online", "offline"]
 
 
-RequestKind = Literal["log_excerpt", "status", "rerun_playbook", "maintenance"]
+RequestKind = Literal[
+    "log_excerpt", "status", "rerun_playbook", "maintenance", "configuration_change"
+]
 
 
 class Request(_Model):

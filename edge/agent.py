@@ -38,6 +38,7 @@ from chargesight.common.messages import (
 from chargesight.common.normalise import parse_time
 from chargesight.edge.anomaly import AnomalyMonitor
 from chargesight.edge.audit import AuditLog
+from chargesight.edge.chargerconfig import change_configuration
 from chargesight.edge.config import EdgeConfig
 from chargesight.edge.identity import IdentityStore
 from chargesight.edge.modelstore import ALL_MODELS_TOPIC, ModelStore
@@ -128,6 +129,7 @@ class Agent:
         self.router.register("log_excerpt", self._request_log_excerpt)
         self.router.register("maintenance", self._request_maintenance)
         self.router.register("rerun_playbook", self._request_rerun)
+        self.router.register("configuration_change", self._request_configuration_change)
         self.uplink = Uplink(config.mqtt, config.site.id, self.outbox, router=self.router)
         if self.monitor is not None:
             self.uplink.subscribe(ALL_MODELS_TOPIC, self._model_update)
@@ -440,6 +442,9 @@ class Agent:
             "incident_ids": ids,
             "window_s": self.config.recovery.window_s,
         }
+
+    async def _request_configuration_change(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await change_configuration(self.proxy, params, self.config.uplink.configuration_keys)
 
     def write_status(self, running: bool = True) -> None:
         data = self.status()

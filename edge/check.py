@@ -173,6 +173,12 @@ async def check(config: EdgeConfig) -> int:
             "warn  site.price_per_kwh is 0: the cloud prices outages at the tariff this agent"
             " sends, so every revenue figure for this site will be 0"
         )
+    uplink = config.uplink
+    if uplink.configuration_keys and "configuration_change" not in uplink.allowed_requests:
+        print(
+            "warn  uplink.configuration_keys is set but uplink.allowed_requests does not"
+            ' include "configuration_change": the cloud cannot change any charger setting'
+        )
     ok = True
     for _name, fn in CHECKS:
         try:

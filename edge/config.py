@@ -19,6 +19,7 @@ from chargesight.common.configload import (
     load_config,
     parse_host_port,
 )
+from chargesight.common.messages import RequestKind
 
 SITE_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 SUBPROTOCOLS = ("ocpp1.6", "ocpp2.0.1", "ocpp2.1")
@@ -175,13 +176,14 @@ class OfflineSection(_Section):
 class UplinkSection(_Section):
     """What the cloud may ask this agent over ``.../requests`` (every request is audited)."""
 
-    allowed_requests: tuple[
-        Literal["log_excerpt", "status", "rerun_playbook", "maintenance"], ...
-    ] = (
+    allowed_requests: tuple[RequestKind, ...] = (
         "status",
         "log_excerpt",
         "maintenance",
     )
+    # with "configuration_change" allowed: the charger settings it may change (1.6 keys,
+    # 2.0.1 variable names); empty: any
+    configuration_keys: tuple[str, ...] = ()
 
 
 class ForesightSection(_Section):

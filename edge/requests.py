@@ -15,7 +15,8 @@ The uplink hands every payload received on the site's requests topic to
 
 The audit row is completed with the outcome (``ok``, ``refused_expired``,
 ``refused_not_allowed``, ``refused_invalid``, ``no_handler``, ``error``,
-``timeout``) when the reply is committed. Requests are processed at most
+``timeout``, ``failed``: it ran and did not succeed, e.g. a charger refused a
+configuration change) when the reply is committed. Requests are processed at most
 once on the edge: a request lost in a crash mid-handling is not retried; the
 cloud sees no reply and may ask again with a new id.
 """
@@ -47,6 +48,17 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 DEFAULT_ALLOWED = ("status", "log_excerpt")
 
+
+class RequestFailed(Exception):
+    """Raised by a handler whose request ran and did not succeed: the reply is not ``ok``,
+    its ``error`` is the message and its ``result`` says what happened (e.g. what a charger
+    answered)."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS request_audit (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,6 +84,7 @@ Outcome = Literal[
     "no_handler",
     "error",
     "timeout",
+    "failed",
     "duplicate",
 ]
 
@@ -227,6 +240,9 @@ class RequestRouter:
                 outcome = "ok"
             except TimeoutError:
                 outcome, error = "timeout", f"handler took longer than {self.handler_timeout_s}s"
+            except RequestFailed as exc:
+                outcome, error, result = "failed", str(exc), exc.result
+                log.warning("request_failed", request_id=req.request_id, kind=req.kind, error=error)
             except Exception as exc:
                 outcome, error = "error", f"{type(exc).__name__}: {exc}"
                 log.exception("request_handler_failed", request_id=req.request_id, kind=req.kind)

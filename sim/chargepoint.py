@@ -23,7 +23,8 @@ a handler):
 * UnlockConnector — ``Unlocked``, or ``UnlockFailed`` with a ConnectorLockFailure.
 * TriggerMessage — Boot, Heartbeat, StatusNotification (re-sent even if
   unchanged), MeterValues, Firmware/Diagnostics/Log status.
-* GetConfiguration (1.6) / GetVariables (2.0.1), GetDiagnostics / GetLog (with
+* GetConfiguration / ChangeConfiguration (1.6), GetVariables / SetVariables
+  (2.0.1; HeartbeatInterval is the setting it changes), GetDiagnostics / GetLog (with
   Uploading → Uploaded), UpdateFirmware (Downloading → Downloaded → Installing
   → reboot with the new version → Installed; fixes a firmware bug).
 
@@ -1183,6 +1184,25 @@ class _Cp201(Cp201):  # type: ignore[misc]
                 res["attribute_value"] = value
             results.append(res)
         return r201.GetVariables(get_variable_result=results)
+
+    @on("SetVariables")
+    def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_: Any) -> Any:
+        results = []
+        for d in set_variable_data:
+            comp, var = d["component"]["name"], d["variable"]["name"]
+            value = str(d["attribute_value"])
+            if (comp, var) == ("OCPPCommCtrlr", "HeartbeatInterval"):
+                status = "Accepted" if value.isdigit() else "Rejected"
+                if status == "Accepted":
+                    self.sim.heartbeat_s = float(value)
+            elif comp in ("OCPPCommCtrlr", "SampledDataCtrlr", "ChargingStation", "FirmwareCtrlr"):
+                status = "UnknownVariable"
+            else:
+                status = "UnknownComponent"
+            results.append(
+                {"attribute_status": status, "component": d["component"], "variable": d["variable"]}
+            )
+        return r201.SetVariables(set_variable_result=results)
 
     @on("GetLog")
     def on_get_log(self, log: Any, log_type: str, request_id: int, **_: Any) -> Any:

@@ -16,6 +16,11 @@ code in ``techInfo`` and the vendor code in ``techCode``), built on the
   ``Faulted`` unless ``cleared_by`` holds ``"availability"``).
 * ``TriggerMessage StatusNotification`` — re-sends the connector's status.
 * ``UnlockConnector`` — ``Unlocked`` (clears a fault with ``"unlock"``).
+* ``GetConfiguration``/``ChangeConfiguration`` (1.6) and
+  ``GetVariables``/``SetVariables`` (2.0.1, component ``OCPPCommCtrlr``) —
+  read and write ``settings``; ``HeartbeatInterval`` takes whole seconds,
+  ``WebSocketPingInterval`` answers ``RebootRequired``, a read-only key is
+  ``Rejected`` and an unknown one ``NotSupported`` (2.0.1 ``UnknownVariable``).
 
 Every CALL it receives is recorded (``received``: action, payload, unique
 id) across reconnections; :meth:`RebootingCp.wait_for` awaits a condition
@@ -120,6 +125,29 @@ class _Firmware(Cp16):
     def after_unlock(self, connector_id: int) -> None:
         self.owner._spawn(self.owner._cleared_by(connector_id, "unlock"))
 
+    @on(Action.get_configuration)
+    def on_get_configuration(
+        self, call_unique_id: str, key: list[str] | None = None
+    ) -> result16.GetConfiguration:
+        self.owner._record("GetConfiguration", {"key": key}, call_unique_id)
+        known = self.owner.settings
+        keys = key or list(known)
+        return result16.GetConfiguration(
+            configuration_key=[
+                {"key": k, "readonly": k in self.owner.read_only, "value": known[k]}
+                for k in keys
+                if k in known
+            ],
+            unknown_key=[k for k in keys if k not in known] or None,
+        )
+
+    @on(Action.change_configuration)
+    def on_change_configuration(
+        self, key: str, value: str, call_unique_id: str
+    ) -> result16.ChangeConfiguration:
+        self.owner._record("ChangeConfiguration", {"key": key, "value": value}, call_unique_id)
+        return result16.ChangeConfiguration(status=self.owner._set(key, value))
+
 
 class _Firmware201(Cp201):
     """The 2.0.1 handlers of one connection (EVSE ids stand for connectors)."""
@@ -183,6 +211,43 @@ class _Firmware201(Cp201):
     def after_unlock(self, evse_id: int, connector_id: int) -> None:
         self.owner._spawn(self.owner._cleared_by(evse_id, "unlock"))
 
+    @on(Action201.get_variables)
+    def on_get_variables(
+        self, get_variable_data: list[dict[str, Any]], call_unique_id: str
+    ) -> result201.GetVariables:
+        self.owner._record("GetVariables", {"getVariableData": get_variable_data}, call_unique_id)
+        out = []
+        for d in get_variable_data:
+            name = d["variable"]["name"]
+            value = (
+                self.owner.settings.get(name) if d["component"]["name"] == "OCPPCommCtrlr" else None
+            )
+            row: dict[str, Any] = {
+                "attribute_status": "Accepted" if value is not None else "UnknownVariable",
+                "component": d["component"],
+                "variable": d["variable"],
+            }
+            if value is not None:
+                row["attribute_value"] = value
+            out.append(row)
+        return result201.GetVariables(get_variable_result=out)
+
+    @on(Action201.set_variables)
+    def on_set_variables(
+        self, set_variable_data: list[dict[str, Any]], call_unique_id: str
+    ) -> result201.SetVariables:
+        self.owner._record("SetVariables", {"setVariableData": set_variable_data}, call_unique_id)
+        out = []
+        for d in set_variable_data:
+            status = "UnknownComponent"
+            if d["component"]["name"] == "OCPPCommCtrlr":
+                status = self.owner._set(d["variable"]["name"], d["attribute_value"])
+                status = {"NotSupported": "UnknownVariable"}.get(status, status)
+            out.append(
+                {"attribute_status": status, "component": d["component"], "variable": d["variable"]}
+            )
+        return result201.SetVariables(set_variable_result=out)
+
 
 class RebootingCp:
     """A 1.6 charge point at ``{url}/{id}``. ``async with RebootingCp(url, "CP-1") as cp:``."""
@@ -213,6 +278,12 @@ class RebootingCp:
         self.faults: dict[int, InjectedFault] = {}
         self.inoperative: set[int] = set()
         self.transactions: dict[int, int] = {}  # connector → transaction id
+        self.settings = {
+            "HeartbeatInterval": "300",
+            "WebSocketPingInterval": "60",
+            "ChargePointModel": model,
+        }
+        self.read_only = {"ChargePointModel"}
         self.received: list[ReceivedCall] = []
         self.reported: list[tuple[int, str, str]] = []  # (connector, status, errorCode) sent
         self.boots = 0
@@ -252,6 +323,17 @@ class RebootingCp:
     @property
     def connected(self) -> bool:
         return self._ws is not None
+
+    def _set(self, key: str, value: str) -> str:
+        """A configuration change as firmware takes it: the status it answers."""
+        if key not in self.settings:
+            return "NotSupported"
+        if key in self.read_only:
+            return "Rejected"
+        if key == "HeartbeatInterval" and not value.isdigit():
+            return "Rejected"
+        self.settings[key] = value
+        return "RebootRequired" if key == "WebSocketPingInterval" else "Accepted"
 
     # ------------------------------------------------------------ what a test does to it
 

@@ -157,6 +157,27 @@ def test_edge_check_warns_that_a_site_without_a_price_has_no_revenue_figures(
     assert "price_per_kwh" not in priced.stdout
 
 
+def test_edge_check_warns_that_configuration_keys_do_nothing_without_the_request_kind(
+    tmp_path: Path,
+) -> None:
+    listed = GOOD + '\n[uplink]\nconfiguration_keys = ["HeartbeatInterval"]\n'
+    res = cli("edge", "check", "--config", str(write(tmp_path, listed, port=free_port())))
+    assert "cannot change any charger setting" in res.stdout
+    allowed = listed.replace(
+        "[uplink]\n", '[uplink]\nallowed_requests = ["status", "configuration_change"]\n'
+    )
+    res = cli("edge", "check", "--config", str(write(tmp_path, allowed, port=free_port())))
+    assert "charger setting" not in res.stdout
+
+
+def test_edge_config_allows_no_configuration_change_unless_asked() -> None:
+    from chargesight.edge.config import UplinkSection
+
+    assert "configuration_change" not in UplinkSection().allowed_requests
+    with pytest.raises(ValueError, match="allowed_requests"):
+        UplinkSection.model_validate({"allowed_requests": ["reboot_everything"]})
+
+
 def test_edge_check_passes_when_csms_and_broker_answer(tmp_path: Path, mosquitto: object) -> None:
     from tests.servers import Mosquitto
 

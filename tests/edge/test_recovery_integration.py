@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -388,6 +388,36 @@ async def rerun_after_the_blocking_session_ended(root: Path, broker: Mosquitto) 
         )
 
 
+async def configuration_changed_by_the_cloud(root: Path, broker: Mosquitto) -> Record:
+    uplink = {
+        "allowed_requests": ["status", "configuration_change"],
+        "configuration_keys": ["HeartbeatInterval", "WebSocketPingInterval", "ChargePointModel"],
+    }
+    async with Site(root, "rec-config", broker.port, uplink=uplink) as site:
+        await site.charge_point("CP-1")
+        await site.charge_point("CS-2", version="2.0.1", model="DC50", serial="V-2")
+        at = now()
+
+        def ask(cp: str, key: str, value: object, **more: Any) -> Awaitable[dict[str, Any]]:
+            return site.ask(
+                "configuration_change",
+                {"charge_point_id": cp, "key": key, "value": value, **more},
+            )
+
+        replies = {
+            "heartbeat": await ask("CP-1", "HeartbeatInterval", 60),
+            "ping": await ask("CP-1", "WebSocketPingInterval", "30"),
+            "read_only": await ask("CP-1", "ChargePointModel", "X"),
+            "not_listed": await ask("CP-1", "AuthorizationKey", "0badc0de"),
+            "no_component": await ask("CS-2", "HeartbeatInterval", 120),
+            "v201": await ask("CS-2", "HeartbeatInterval", 120, component="OCPPCommCtrlr"),
+            "absent": await ask("CP-9", "HeartbeatInterval", 60),
+        }
+        assert site.agent is not None
+        audit = [r.outcome for r in await site.agent.router.audit()]
+        return await site.record(at, audit=audit, **replies)
+
+
 async def two_charge_points_reset_together(root: Path, broker: Mosquitto) -> Record:
     async with Site(
         root, "rec-two-resets", broker.port, flap_period_s=1, digest_interval_s=1
@@ -438,6 +468,7 @@ SCENARIOS: dict[str, Callable[[Path, Mosquitto], Coroutine[Any, Any, Record]]] =
     "cleared": cleared_after_escalation,
     "rerun": rerun_after_the_blocking_session_ended,
     "two_resets": two_charge_points_reset_together,
+    "configuration": configuration_changed_by_the_cloud,
     "ocpp201": ocpp201_station,
 }
 
@@ -685,6 +716,55 @@ async def test_operator_rerun_after_the_blocking_session_ended_resets_and_clears
     # the re-run's fix is the escalation cleared, not a new self-resolved incident
     resolved = [s for d in seen.digests for s in d["self_resolved"]]
     assert [s for s in resolved if s["incident_id"] == first["incident_id"]] == []
+
+
+async def test_cloud_changes_a_charger_setting_and_hears_what_it_was_and_what_the_charger_said(
+    scenarios: Scenarios,
+) -> None:
+    seen = await scenarios("configuration")
+    x = seen.extra
+    assert x["heartbeat"]["ok"] is True, x["heartbeat"]
+    assert x["heartbeat"]["result"] == {
+        "charge_point_id": "CP-1",
+        "key": "HeartbeatInterval",
+        "value": "60",
+        "previous": "300",
+        "status": "Accepted",
+        "reboot_required": False,
+    }
+    cp, cs = seen.cps["CP-1"], seen.cps["CS-2"]
+    assert cp.settings["HeartbeatInterval"] == "60"
+    assert x["ping"]["ok"] is True
+    assert x["ping"]["result"]["status"] == "RebootRequired"
+    assert x["ping"]["result"]["reboot_required"] is True
+    # refused by the charger: not ok, and the reply says what it answered and what is set
+    assert x["read_only"]["ok"] is False
+    assert "Rejected" in x["read_only"]["error"]
+    assert x["read_only"]["result"]["status"] == "Rejected"
+    assert x["read_only"]["result"]["previous"] == "TestWallbox 22"
+    # a key outside [uplink] configuration_keys is not even read
+    assert x["not_listed"]["ok"] is False
+    assert "configuration_keys" in x["not_listed"]["error"]
+    assert cp.calls("ChangeConfiguration") == [
+        {"key": "HeartbeatInterval", "value": "60"},
+        {"key": "WebSocketPingInterval", "value": "30"},
+        {"key": "ChargePointModel", "value": "X"},
+    ]
+    # 2.0.1: the component is required, then GetVariables and SetVariables
+    assert x["no_component"]["ok"] is False
+    assert "params.component is required" in x["no_component"]["error"]
+    assert x["v201"]["ok"] is True, x["v201"]
+    assert x["v201"]["result"]["previous"] == "300"
+    assert x["v201"]["result"]["component"] == "OCPPCommCtrlr"
+    assert cs.settings["HeartbeatInterval"] == "120"
+    assert len(cs.calls("SetVariables")) == 1
+    assert x["absent"]["ok"] is False
+    assert "CP-9 is not connected" in x["absent"]["error"]
+    # injected: the CSMS never saw the calls nor their answers
+    for raw in seen.csms.values():
+        assert not any("Configuration" in f or "Variables" in f for f in raw)
+    # every request audited at the edge with how it went
+    assert sorted(seen.extra["audit"]) == sorted(["ok"] * 3 + ["failed"] + ["error"] * 3)
 
 
 async def test_resets_the_agent_ordered_at_two_charge_points_are_not_a_site_outage(

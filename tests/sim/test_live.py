@@ -224,7 +224,9 @@ async def test_firmware_update_fixes_the_firmware_bug_for_good(csms: Csms) -> No
         assert cp.firmware == "5.2.4" and not cp.faults
 
 
-async def test_trigger_get_configuration_and_diagnostics_answer_like_a_charger(csms: Csms) -> None:
+async def test_trigger_configuration_variables_and_diagnostics_answer_like_a_charger(
+    csms: Csms,
+) -> None:
     async with running(csms, AC16, DC201):
         mark = len(csms.received(AC16))
         res = await csms.call(
@@ -257,6 +259,26 @@ async def test_trigger_get_configuration_and_diagnostics_answer_like_a_charger(c
             "Accepted",
             "UnknownComponent",
         ]
+        hb = {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
+        changed = await csms.call(
+            DC201,
+            c201.SetVariables(
+                set_variable_data=[
+                    {**hb, "attribute_value": "120"},
+                    {
+                        "component": {"name": "Nope"},
+                        "variable": {"name": "X"},
+                        "attribute_value": "1",
+                    },
+                ]
+            ),
+        )
+        assert [r["attribute_status"] for r in changed.set_variable_result] == [
+            "Accepted",
+            "UnknownComponent",
+        ]
+        again = await csms.call(DC201, c201.GetVariables(get_variable_data=[hb]))
+        assert again.get_variable_result[0]["attribute_value"] == "120"
         log = await csms.call(
             DC201,
             c201.GetLog(
