@@ -12,7 +12,8 @@ What it detects (CONTRACT.md, "Recovery semantics"):
   ``techInfo``/``techCode`` enrich the incident whichever comes first; a
   ``ChargingStation`` problem opens a charge point incident by itself);
 * **connectivity** — a lost connection, missed heartbeats
-  (``heartbeat_grace`` × the interval with no message at all);
+  (``heartbeat_grace`` × the interval with no message at all; the incident
+  starts at the last message);
 * **performance** — sessions failing to start (``session_fail_threshold``
   sessions in a row ending with no energy) and power below rated
   (``low_power_threshold`` sessions in a row whose peak stayed under the
@@ -41,7 +42,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from chargesight.common import taxonomy
@@ -303,13 +304,16 @@ class Detector:
                 key = ("connectivity", cp.id)
                 current = self._by_key.get(key)
                 if current is None or current.state != "open":
+                    silent = mono - cp.last_seen_mono
                     fault = taxonomy.connectivity_fault(
                         taxonomy.MISSED_HEARTBEATS,
-                        f"no message for {mono - cp.last_seen_mono:.0f} s "
-                        f"(heartbeat interval {interval:.0f} s)",
+                        f"no message for {silent:.0f} s (heartbeat interval {interval:.0f} s)",
                     )
+                    # the outage counts from the last message, not from when the silence
+                    # grew long enough to notice (``heartbeat_grace`` intervals later)
+                    since = now - timedelta(seconds=silent)
                     self._open_or_reopen(
-                        key, "connectivity", "charge_point", cp.id, None, fault, now, mono, out
+                        key, "connectivity", "charge_point", cp.id, None, fault, since, mono, out
                     )
         for incident in list(self.incidents.values()):
             if (

@@ -116,15 +116,20 @@ def test_lost_connection_recovers_after_reconnect_and_connector_reports() -> Non
     assert kinds(det.feed(ConnectorStatus("CP1", at(6), 2, "Available"), 6)) == ["Recovered"]
 
 
-def test_missed_heartbeats_open_a_connectivity_incident_and_any_message_recovers_it() -> None:
+def test_missed_heartbeats_open_an_incident_from_the_last_message_and_any_message_recovers_it() -> (
+    None
+):
     det = make(heartbeat_grace=2)
     up(det, "CP1", 0)
     det.feed(HeartbeatInterval("CP1", at(0), 60), 0)
+    det.feed(Heartbeat("CP1", at(10)), 10)
     assert kinds(det.tick(at(100), 100)) == []
-    out = det.tick(at(121), 121)
+    out = det.tick(at(131), 131)
     assert kinds(out) == ["Opened"] and out[0].incident.fault.code == "MissedHeartbeats"  # type: ignore[union-attr]
-    assert kinds(det.tick(at(130), 130)) == []
-    assert kinds(det.feed(Heartbeat("CP1", at(131)), 131)) == ["Recovered"]
+    # silent since the last message: the outage counts from then, not from its detection
+    assert out[0].incident.started_at == at(10)  # type: ignore[union-attr]
+    assert kinds(det.tick(at(140), 140)) == []
+    assert kinds(det.feed(Heartbeat("CP1", at(141)), 141)) == ["Recovered"]
 
 
 def test_flapping_fault_reopens_the_same_incident_then_closes_after_the_flap_period() -> None:
