@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing as mp
 import statistics
 import sys
@@ -489,6 +490,7 @@ def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> di
     by_kind: dict[str, list[float]] = {}
     by_site: dict[str, list[float]] = {}
     sum_ours = sum_truth = 0.0
+    floor: list[float] = []
     for t, i in matches:
         tr = t["revenue_lost"]
         ours = i["revenue_lost"]
@@ -499,6 +501,12 @@ def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> di
             by_kind.setdefault(str(t["kind"]), []).append(e)
             sum_ours += float(ours["amount"])
             sum_truth += float(tr["amount"])
+            lost = float(t.get("sessions_lost") or 0)  # type: ignore[arg-type]
+            if lost > 0:
+                # the truth is what happened: how many drivers came is a Poisson draw around
+                # the rate an estimate from past weeks can know; its median relative deviation
+                # (normal approximation) is the error no estimate of the rate gets below
+                floor.append(0.6745 / math.sqrt(lost))
             site = by_site.setdefault(str(t["site_id"]), [0.0, 0.0])
             site[0] += float(ours["amount"])
             site[1] += float(tr["amount"])
@@ -524,6 +532,9 @@ def score(issues: list[dict[str, object]], truth: list[dict[str, object]]) -> di
             k: f"median {statistics.median(v):.3f} over {len(v)}"
             for k, v in sorted(by_kind.items())
         },
+        "revenue error floor, drivers' arrivals alone (median)": (
+            statistics.median(floor) if floor else None
+        ),
         "revenue error per site (median)": statistics.median(site_errs) if site_errs else None,
         "revenue, all issues (sum ours / sum truth)": sum_ours / sum_truth if sum_truth else None,
         "revenue (ours / truth)": [

@@ -139,6 +139,12 @@ def recommend(
             f"{conc[1]:.0%} of its units"
         )
     words = _words(issue)
+    if issue.fault.category == "configuration" and not issue.fault.safety_critical:
+        return "configuration_change", (
+            "the charge point's settings disagree with the CSMS (e.g. its local authorisation"
+            " list); no reset changes them: correct them from the CSMS or through the agent"
+            " (request configuration_change)"
+        )
     if issue.repeats is not None and not issue.fault.safety_critical:
         return _recommend_repeat(issue, issue.repeats, firmware, words)
     if issue.fault.safety_critical:

@@ -341,6 +341,8 @@ def test_uk_reliability_figure_flags_a_network_below_99_percent() -> None:
         ({"code": "SessionStartFailures", "category": "performance", "component": "control_pilot",
           "kind": "performance", "vendor_code": None}, "field_technician"),
         ({"code": "ConnectionLost", "category": "connectivity", "kind": "connectivity"}, "network_fix"),
+        ({"code": "LocalListConflict", "category": "configuration", "component": "local_auth_list"},
+         "configuration_change"),
     ],
 )  # fmt: skip
 def test_recommended_action_follows_the_fault_not_its_wording(
