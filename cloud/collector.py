@@ -176,6 +176,7 @@ class BatchReport:
     seconds: float = 0.0  # time to store the batch
     lag: float = 0.0  # receipt of its oldest message → commit
     depth: int = 0  # messages still waiting in that process's buffer
+    id_conflicts: int = 0  # charge point ids two sites reported (ingest.IdConflict)
 
 
 def apply_report(metrics: Metrics, r: BatchReport) -> None:
@@ -186,6 +187,7 @@ def apply_report(metrics: Metrics, r: BatchReport) -> None:
     metrics.duplicates.inc(r.duplicates)
     metrics.dead_letters.inc(r.dead_letters)
     metrics.db_errors.inc(r.db_errors)
+    metrics.id_conflicts.inc(r.id_conflicts)
     metrics.batch_seconds.observe(r.seconds)
     metrics.lag_seconds.set(r.lag)
 
@@ -273,6 +275,7 @@ class IngestLoop:
             result = await self._store_singly(msgs, dead, report, payloads or {})
         report.duplicates = result.duplicates
         report.dead_letters = result.dead_letters
+        report.id_conflicts = len(result.id_conflicts)
         stored = {
             "escalation": len(result.escalations),
             "digest": len(result.digests),

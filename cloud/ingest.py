@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import operator
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from psycopg.pq import Format
 from pydantic import ValidationError
 
 from chargesight.cloud.fastdigest import ChargerRecord, DigestRecord, decode_digest, out_of_range
+from chargesight.common.logs import get_logger
 from chargesight.common.messages import (
     SCHEMA_VERSION,
     ChargerCounters,
@@ -42,6 +44,8 @@ from chargesight.common.messages import (
     parse_edge_message,
     parse_site_topic,
 )
+
+log = get_logger("chargesight.cloud.ingest")
 
 KINDS = ("escalations", "digests", "state", "replies")
 MAX_PAYLOAD = 4 * 1024 * 1024
@@ -155,6 +159,37 @@ class DigestSummary:
         return cls(str(v[0]), datetime.fromisoformat(v[1]), tuple(v[2]), bool(v[3]), bool(v[4]))
 
 
+@dataclass(frozen=True, slots=True)
+class IdConflict:
+    """One charge point id that two sites reported within a day of each other."""
+
+    charge_point_id: str
+    site_a: str
+    site_b: str
+
+
+# when each conflict was last logged: once an hour each, not once a batch
+_warned: dict[IdConflict, float] = {}
+WARN_EVERY_S = 3600.0
+
+
+def _warn_conflicts(conflicts: list[IdConflict]) -> None:
+    now = time.monotonic()
+    for c in conflicts:
+        if now - _warned.get(c, -WARN_EVERY_S) >= WARN_EVERY_S:
+            _warned[c] = now
+            log.warning(
+                "charge_point_id_conflict",
+                charge_point_id=c.charge_point_id,
+                sites=[c.site_a, c.site_b],
+                error=(
+                    f"sites {c.site_a} and {c.site_b} both report a charge point"
+                    f" {c.charge_point_id}; the cloud keys chargers by id alone, so their data"
+                    " mix: give each charge point an id unique across the fleet"
+                ),
+            )
+
+
 @dataclass
 class StoreResult:
     """What a batch added: only messages that were new (digests as what the analysis reads)."""
@@ -168,6 +203,8 @@ class StoreResult:
     sites: set[str] = field(default_factory=set)
     # the ``unanalysed`` rows written with it (store_batch's ``owner``): deleted once analysed
     batch_keys: list[str] = field(default_factory=list)
+    # charge point ids two sites report (seen when a charger's metadata changed)
+    id_conflicts: list[IdConflict] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -182,6 +219,7 @@ class StoreResult:
         self.duplicates += other.duplicates
         self.sites |= other.sites
         self.batch_keys += other.batch_keys
+        self.id_conflicts += other.id_conflicts
 
 
 def _kind(msg: Received) -> str:
@@ -330,9 +368,10 @@ async def store_batch(
         charger_updates = _charger_meta(digests, _db_key(conn))
         await _stage_intervals(conn, digests)
         # everything below depends only on ``fresh``: sent in one pipeline, one round trip
+        conflicts = conn.cursor()
         async with conn.pipeline():
             await _write_escalations(conn, result.escalations)
-            await _write_digests(conn, digests, charger_updates)
+            await _write_digests(conn, digests, charger_updates, conflicts)
             await _write_states(conn, [m for m in new if isinstance(m, SiteState)])
             replies = [m for m in new if isinstance(m, Reply)]
             if replies:
@@ -356,6 +395,13 @@ async def store_batch(
                     (to_analyse[0], owner, to_analyse),
                 )
                 result.batch_keys.append(to_analyse[0])
+        if charger_updates:
+            result.id_conflicts = [
+                IdConflict(str(r["charge_point_id"]), str(r["site_a"]), str(r["site_b"]))
+                for r in await conflicts.fetchall()
+            ]
+        await conflicts.close()
+    _warn_conflicts(result.id_conflicts)
     if charger_updates:
         _known_chargers.setdefault(_db_key(conn), {}).update(charger_updates)
     in_order = sorted(digests, key=lambda d: (d.interval_end, d.message_id))
@@ -513,7 +559,9 @@ SELECT DISTINCT ON (charge_point_id) charge_point_id, site_id, vendor, model, fi
     rated_power_w, interval_end
 FROM stage_intervals WHERE charge_point_id = ANY(%s)
 ORDER BY charge_point_id, interval_end DESC
-ON CONFLICT (charge_point_id) DO UPDATE SET site_id = EXCLUDED.site_id,
+ON CONFLICT (charge_point_id) DO UPDATE SET
+    site_id = CASE WHEN EXCLUDED.last_data_at >= coalesce(chargers.last_data_at, '-infinity')
+        THEN EXCLUDED.site_id ELSE chargers.site_id END,
     vendor = coalesce(EXCLUDED.vendor, chargers.vendor),
     model = coalesce(EXCLUDED.model, chargers.model),
     firmware = CASE WHEN EXCLUDED.last_data_at >= coalesce(chargers.last_data_at, '-infinity')
@@ -522,6 +570,21 @@ ON CONFLICT (charge_point_id) DO UPDATE SET site_id = EXCLUDED.site_id,
     connectors = coalesce(EXCLUDED.connectors, chargers.connectors),
     rated_power_w = coalesce(EXCLUDED.rated_power_w, chargers.rated_power_w),
     last_data_at = greatest(EXCLUDED.last_data_at, chargers.last_data_at)
+"""
+
+# Charge point ids reported by two sites within a day of each other: the cloud keys a charger by
+# its id alone (CONTRACT.md's /chargers/{id}), so their data mix. Asked (after the batch's rows
+# are in charger_intervals) for the chargers whose metadata, their site among it, changed
+# against what this process last wrote: two sites reporting one id keep changing it.
+_ID_CONFLICTS = """
+SELECT DISTINCT s.charge_point_id, least(s.site_id, ci.site_id) AS site_a,
+    greatest(s.site_id, ci.site_id) AS site_b
+FROM stage_intervals s JOIN charger_intervals ci ON ci.charge_point_id = s.charge_point_id
+    AND ci.interval_start > s.interval_start - interval '1 day'
+    AND ci.interval_start < s.interval_start + interval '1 day'
+    AND ci.site_id <> s.site_id
+WHERE s.charge_point_id = ANY(%(cps)s)
+ORDER BY 1, 2, 3
 """
 
 # Charger metadata this process last wrote, per database (charge point → site, vendor, model,
@@ -611,9 +674,11 @@ async def _write_digests(
     conn: psycopg.AsyncConnection[dict[str, object]],
     digests: list[Digest | DigestRecord],
     updates: dict[str, tuple[object, ...]],
+    conflicts: psycopg.AsyncCursor[dict[str, object]],
 ) -> None:
     """Digest rows, self-resolved incidents, charger intervals (the staging table, then one
-    INSERT … SELECT), the daily roll-ups and changed charger metadata."""
+    INSERT … SELECT), the daily roll-ups and changed charger metadata; ``conflicts`` gets the
+    charge point ids two sites report (:data:`_ID_CONFLICTS`), when metadata changed."""
     if not digests:
         return
     async with conn.cursor() as cur:
@@ -672,6 +737,7 @@ async def _write_digests(
         await cur.execute(_ROLLUP)
         await cur.execute(_MODEL_ROLLUP)
         if updates:
+            await conflicts.execute(_ID_CONFLICTS, {"cps": sorted(updates)})
             await cur.execute(_CHARGERS, (sorted(updates),))
 
 

@@ -39,6 +39,12 @@ class Metrics:
         self.db_errors = Counter(
             "chargesight_ingest_db_errors", "Batches retried after a database error", registry=r
         )
+        self.id_conflicts = Counter(
+            "chargesight_ingest_charger_id_conflicts",
+            "Batches in which two sites reported the same charge point id (logged as"
+            " charge_point_id_conflict)",
+            registry=r,
+        )
         self.issues = Gauge("chargesight_issues", "Issues by status", ["status"], registry=r)
         self.analysis_seconds = Histogram(
             "chargesight_analysis_seconds", "Time to analyse one stored batch", registry=r

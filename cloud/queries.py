@@ -55,6 +55,17 @@ async def site_summary(conn: Conn, engine: Engine, site_id: str) -> dict[str, An
         (site_id,),
     )
     chargers = await cur.fetchall()
+    # ``chargers.last_data_at`` moves only when a charger's metadata is written (ingest skips
+    # unchanged chargers): the newest interval of the last two days says when it last reported
+    cur = await conn.execute(
+        "SELECT charge_point_id, max(interval_end) AS last FROM charger_intervals"
+        " WHERE site_id = %s AND interval_start >= %s GROUP BY charge_point_id",
+        (site_id, as_of - timedelta(days=2)),
+    )
+    recent = {str(r["charge_point_id"]): r["last"] for r in await cur.fetchall()}
+    for c in chargers:
+        seen = [t for t in (c["last_data_at"], recent.get(str(c["charge_point_id"]))) if t]
+        c["last_data_at"] = max(seen, default=None)
     spans = await engine.outage_spans(conn, site_id=site_id)
     start30 = as_of - timedelta(days=30)
     avail = {

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
@@ -161,7 +161,8 @@ async def test_flaky_wifi_site_gets_one_site_issue_with_its_cost(running: Runnin
     r = running
     cps = ["w-1", "w-2", "w-3"]
     await send(r, *usage_history("cafe", cps, T0 - 2 * WEEK, 14 * 24))
-    await send(r, *flaky_day("cafe", cps))
+    day = flaky_day("cafe", cps)
+    await send(r, *day)
     issues = (await r.get("/issues")).json()["issues"]
     assert len(issues) == 1
     issue = issues[0]
@@ -174,6 +175,10 @@ async def test_flaky_wifi_site_gets_one_site_issue_with_its_cost(running: Runnin
     assert issue["revenue_lost"]["amount"] == pytest.approx(240.0)
     site = (await r.get("/sites/cafe")).json()
     assert [p["id"] for p in site["recurring_problems"]] == [issue["id"]]
+    # each charger's last report is its newest digest, though its metadata never changed
+    last = max(d.interval_end for d in day)
+    seen = {datetime.fromisoformat(c["last_data_at"]) for c in site["chargers"]}
+    assert seen == {last}
 
 
 async def test_a_flaky_sites_cost_counts_the_sessions_its_drops_cut_as_the_edge_saw_them(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from chargesight.cloud.db import Database
-from chargesight.cloud.ingest import store_batch
+from chargesight.cloud.ingest import IdConflict, store_batch
 from tests.cloud.helpers import T0, counters, digest
 
 pytestmark = pytest.mark.postgres
@@ -64,3 +65,42 @@ async def test_charger_metadata_follows_the_newest_digest(database: Database) ->
         assert await cur.fetchone() == {"firmware": "1.1", "last_data_at": T0 + timedelta(hours=2)}
         cur = await conn.execute("SELECT sum(intervals) AS n FROM charger_daily")
         assert await cur.fetchone() == {"n": 3}
+
+
+async def test_two_sites_reporting_one_charge_point_id_are_flagged_and_a_real_move_is_not(
+    database: Database,
+) -> None:
+    async with database.pool.connection() as conn:
+        with capture_logs() as logs:
+            # two sites' digests in one batch
+            same = await store_batch(
+                conn,
+                [
+                    digest("dup-a", T0, [counters("dup-1")]),
+                    digest("dup-b", T0, [counters("dup-1")]),
+                ],
+            )
+            # and in batches of their own, an hour apart, twice
+            alone = [
+                await store_batch(
+                    conn, [digest(site, T0 + timedelta(hours=h), [counters("dup-2")])]
+                )
+                for h, site in enumerate(("dup-a", "dup-b", "dup-a"))
+            ]
+        assert same.id_conflicts == [IdConflict("dup-1", "dup-a", "dup-b")]
+        assert [r.id_conflicts for r in alone] == [
+            [],
+            *[[IdConflict("dup-2", "dup-a", "dup-b")]] * 2,
+        ]
+        warned = [e for e in logs if e["event"] == "charge_point_id_conflict"]
+        assert len(warned) == 2  # once an hour for each id, not once a batch
+        assert "unique across the fleet" in warned[0]["error"]
+
+        # a charger moved: three days later at another site, then a late digest of the old one
+        moved = [
+            await store_batch(conn, [digest(site, T0 + timedelta(days=d), [counters("mov-1")])])
+            for d, site in ((0, "mov-a"), (3, "mov-b"), (0.1, "mov-a"))
+        ]
+        assert [r.id_conflicts for r in moved] == [[], [], []]
+        cur = await conn.execute("SELECT site_id FROM chargers WHERE charge_point_id = 'mov-1'")
+        assert await cur.fetchone() == {"site_id": "mov-b"}  # the late digest did not move it back
