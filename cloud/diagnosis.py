@@ -141,9 +141,10 @@ def recommend(
     words = _words(issue)
     if issue.fault.category == "configuration" and not issue.fault.safety_critical:
         return "configuration_change", (
-            "the charge point's settings disagree with the CSMS (e.g. its local authorisation"
-            " list); no reset changes them: correct them from the CSMS or through the agent"
-            " (request configuration_change)"
+            "the charge point's configuration disagrees with the CSMS (e.g. its local"
+            " authorisation list); no reset changes it: send the list again from the CSMS"
+            " (SendLocalList), or correct the setting behind it (a configuration_change request,"
+            " where the site's agent allows it)"
         )
     if issue.repeats is not None and not issue.fault.safety_critical:
         return _recommend_repeat(issue, issue.repeats, firmware, words)

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from chargesight.common.events import HeartbeatInterval
 from chargesight.common.logs import configure_logging, get_logger
 from chargesight.common.messages import (
     Digest,
@@ -444,7 +445,17 @@ class Agent:
         }
 
     async def _request_configuration_change(self, params: dict[str, Any]) -> dict[str, Any]:
-        return await change_configuration(self.proxy, params, self.config.uplink.configuration_keys)
+        def heartbeat_changed(cp: str, seconds: int) -> None:
+            # as if the CSMS had told it: the detector (and the identity store) expect the new
+            # interval from now on, not a silence after the old one
+            self.proxy.emit(HeartbeatInterval(cp, utcnow(), seconds))
+
+        return await change_configuration(
+            self.proxy,
+            params,
+            self.config.uplink.configuration_keys,
+            heartbeat_changed=heartbeat_changed,
+        )
 
     def write_status(self, running: bool = True) -> None:
         data = self.status()

@@ -1047,7 +1047,7 @@ class _Cp16(Cp16):  # type: ignore[misc]
 
     @on("ChangeConfiguration")
     def on_change_configuration(self, key: str, value: str) -> Any:
-        if key == "HeartbeatInterval" and value.isdigit():
+        if key == "HeartbeatInterval" and value.isdigit() and int(value) > 0:
             self.sim.heartbeat_s = float(value)
             return r16.ChangeConfiguration("Accepted")
         return r16.ChangeConfiguration("NotSupported")
@@ -1192,7 +1192,7 @@ class _Cp201(Cp201):  # type: ignore[misc]
             comp, var = d["component"]["name"], d["variable"]["name"]
             value = str(d["attribute_value"])
             if (comp, var) == ("OCPPCommCtrlr", "HeartbeatInterval"):
-                status = "Accepted" if value.isdigit() else "Rejected"
+                status = "Accepted" if value.isdigit() and int(value) > 0 else "Rejected"
                 if status == "Accepted":
                     self.sim.heartbeat_s = float(value)
             elif comp in ("OCPPCommCtrlr", "SampledDataCtrlr", "ChargingStation", "FirmwareCtrlr"):

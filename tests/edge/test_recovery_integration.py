@@ -415,7 +415,9 @@ async def configuration_changed_by_the_cloud(root: Path, broker: Mosquitto) -> R
         }
         assert site.agent is not None
         audit = [r.outcome for r in await site.agent.router.audit()]
-        return await site.record(at, audit=audit, **replies)
+        detector = site.agent.engine.detector.charge_points
+        heartbeats = {cp: detector[cp].heartbeat_interval_s for cp in ("CP-1", "CS-2")}
+        return await site.record(at, audit=audit, heartbeats=heartbeats, **replies)
 
 
 async def two_charge_points_reset_together(root: Path, broker: Mosquitto) -> Record:
@@ -763,6 +765,9 @@ async def test_cloud_changes_a_charger_setting_and_hears_what_it_was_and_what_th
     # injected: the CSMS never saw the calls nor their answers
     for raw in seen.csms.values():
         assert not any("Configuration" in f or "Variables" in f for f in raw)
+    # the agent now expects heartbeats at the new intervals (else a slower charger would
+    # look silent and be reset)
+    assert x["heartbeats"] == {"CP-1": 60.0, "CS-2": 120.0}
     # every request audited at the edge with how it went
     assert sorted(seen.extra["audit"]) == sorted(["ok"] * 3 + ["failed"] + ["error"] * 3)
 
