@@ -968,6 +968,10 @@ class SimChargePoint:
         }
 
 
+# the 2.0.1 components the station has variables of (GetVariables, SetVariables)
+_COMPONENTS_201 = frozenset(
+    {"OCPPCommCtrlr", "SampledDataCtrlr", "ChargingStation", "FirmwareCtrlr", "EVSE"}
+)
 _STATUS_201 = {
     "Available": "Available",
     "Unavailable": "Unavailable",
@@ -1165,7 +1169,6 @@ class _Cp201(Cp201):  # type: ignore[misc]
             ("FirmwareCtrlr", "FirmwareVersion"): sim.firmware,
             ("EVSE", "Power"): str(sim.spec.hw.connector_power_w),
         }
-        comps = {c for c, _ in known}
         results = []
         for d in get_variable_data:
             comp, var = d["component"]["name"], d["variable"]["name"]
@@ -1173,7 +1176,7 @@ class _Cp201(Cp201):  # type: ignore[misc]
             status = (
                 "Accepted"
                 if value is not None
-                else ("UnknownVariable" if comp in comps else "UnknownComponent")
+                else ("UnknownVariable" if comp in _COMPONENTS_201 else "UnknownComponent")
             )
             res: dict[str, Any] = {
                 "attribute_status": status,
@@ -1195,7 +1198,7 @@ class _Cp201(Cp201):  # type: ignore[misc]
                 status = "Accepted" if value.isdigit() and int(value) > 0 else "Rejected"
                 if status == "Accepted":
                     self.sim.heartbeat_s = float(value)
-            elif comp in ("OCPPCommCtrlr", "SampledDataCtrlr", "ChargingStation", "FirmwareCtrlr"):
+            elif comp in _COMPONENTS_201:
                 status = "UnknownVariable"
             else:
                 status = "UnknownComponent"

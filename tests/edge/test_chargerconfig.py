@@ -3,69 +3,54 @@ proxy to ``ocpp``-library chargers over MQTT, is in test_recovery_integration.py
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from chargesight.edge.chargerconfig import ConfigurationRefused, change_configuration
 from chargesight.edge.errors import CallTimeout
+from tests.edge.fake_charger import FakeCharger, Handler
 
 
-class Scripted:
-    """Answers each action from ``answers`` (an exception is raised); records the calls."""
+def charger(version: str, **answers: Handler) -> FakeCharger:
+    return FakeCharger(versions={"CP-1": version}, handlers=answers)
 
-    def __init__(self, version: str, answers: dict[str, Any]) -> None:
-        self._version = version
-        self.answers = answers
-        self.calls: list[tuple[str, dict[str, Any], float | None]] = []
 
-    async def call(
-        self,
-        charge_point_id: str,
-        action: str,
-        payload: dict[str, Any],
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        self.calls.append((action, payload, timeout))
-        answer = self.answers[action]
-        if isinstance(answer, Exception):
-            raise answer
-        return dict(answer)
+def answer(payload: dict[str, Any]) -> Handler:
+    return lambda cp, request: payload
 
-    def version(self, charge_point_id: str) -> str | None:
-        return self._version
+
+def silent(cp: str, request: dict[str, Any]) -> NoReturn:
+    raise CallTimeout("no answer", charge_point_id=cp)
 
 
 HB = {"charge_point_id": "CP-1", "key": "HeartbeatInterval", "value": 600}
 
 
 async def test_a_change_the_charger_never_answers_says_it_may_have_been_applied() -> None:
-    cp = Scripted(
+    cp = charger(
         "1.6",
-        {
-            "GetConfiguration": {"configurationKey": [{"key": "HeartbeatInterval", "value": "60"}]},
-            "ChangeConfiguration": CallTimeout("no answer"),
-        },
+        GetConfiguration=answer(
+            {"configurationKey": [{"key": "HeartbeatInterval", "value": "60"}]}
+        ),
+        ChangeConfiguration=silent,
     )
     with pytest.raises(ConfigurationRefused, match="may or may not have applied it") as exc:
         await change_configuration(cp, HB)
     assert exc.value.result["status"] == "NoAnswer"
     assert exc.value.result["previous"] == "60"
     # the read is short: the change goes ahead without it inside the request's 30 s
-    assert [t for _, _, t in cp.calls] == [5.0, 20.0]
+    assert cp.timeouts == [5.0, 20.0]
 
 
 async def test_an_unreadable_setting_is_still_changed_and_a_new_heartbeat_is_handed_on() -> None:
-    cp = Scripted(
-        "1.6",
-        {"GetConfiguration": CallTimeout("busy"), "ChangeConfiguration": {"status": "Accepted"}},
-    )
+    cp = charger("1.6", GetConfiguration=silent)  # the change: Accepted
     told: list[tuple[str, int]] = []
     result = await change_configuration(cp, HB, heartbeat_changed=lambda c, s: told.append((c, s)))
     assert result["previous"] is None and result["status"] == "Accepted"
     assert told == [("CP-1", 600)]
-    refused = Scripted(
-        "1.6", {"GetConfiguration": {}, "ChangeConfiguration": {"status": "Rejected"}}
+    refused = charger(
+        "1.6", GetConfiguration=answer({}), ChangeConfiguration=answer({"status": "Rejected"})
     )
     with pytest.raises(ConfigurationRefused):
         await change_configuration(refused, HB, heartbeat_changed=lambda c, s: told.append((c, s)))
@@ -85,22 +70,25 @@ async def test_an_unreadable_setting_is_still_changed_and_a_new_heartbeat_is_han
 async def test_a_change_ocpp_would_refuse_is_not_sent(
     version: str, params: dict[str, Any], error: str
 ) -> None:
-    cp = Scripted(version, {})
+    cp = charger(version)
     with pytest.raises(ValueError, match=error):
         await change_configuration(cp, params)
-    assert cp.calls == []
+    assert cp.sent == []
 
 
 async def test_a_component_variable_entry_allows_that_component_only() -> None:
-    ok = {"GetVariables": {"getVariableResult": []},
-          "SetVariables": {"setVariableResult": [{"attributeStatus": "Accepted"}]}}  # fmt: skip
+    def ok() -> FakeCharger:
+        return charger(
+            "2.0.1",
+            GetVariables=answer({"getVariableResult": []}),
+            SetVariables=answer({"setVariableResult": [{"attributeStatus": "Accepted"}]}),
+        )
+
     allowed = ["OCPPCommCtrlr.MessageTimeout"]
     params = {**HB, "key": "MessageTimeout", "value": 30}
-    got = await change_configuration(
-        Scripted("2.0.1", ok), {**params, "component": "OCPPCommCtrlr"}, allowed
-    )
+    got = await change_configuration(ok(), {**params, "component": "OCPPCommCtrlr"}, allowed)
     assert got["status"] == "Accepted"
-    other = Scripted("2.0.1", ok)
+    other = ok()
     with pytest.raises(ValueError, match="configuration_keys"):
         await change_configuration(other, {**params, "component": "SampledDataCtrlr"}, allowed)
-    assert other.calls == []
+    assert other.sent == []

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,46 +24,13 @@ from chargesight.common.events import (
 from chargesight.common.messages import Escalation, EvidenceFrame
 from chargesight.edge.audit import AuditEntry, AuditLog, Auditor, MemoryAudit
 from chargesight.edge.config import RecoverySection
-from chargesight.edge.errors import CallTimeout, ChargePointNotConnected
+from chargesight.edge.errors import CallTimeout
 from chargesight.edge.hooks import HookResult, HookRunner
 from chargesight.edge.profiles import ProfileRegistry
 from chargesight.edge.recovery import FakeClock, RecoveryEngine
+from tests.edge.fake_charger import FakeCharger
 
 WINDOW = 20.0
-
-Handler = Callable[[str, dict[str, Any]], dict[str, Any] | None]
-
-
-@dataclass
-class FakeCharger:
-    """Stands in for the proxy: records injected calls, answers Accepted unless told otherwise."""
-
-    versions: dict[str, str] = field(default_factory=dict)
-    sent: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    handlers: dict[str, Handler] = field(default_factory=dict)
-    offline: set[str] = field(default_factory=set)
-
-    async def call(
-        self,
-        charge_point_id: str,
-        action: str,
-        payload: dict[str, Any],
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        if charge_point_id in self.offline:
-            raise ChargePointNotConnected("offline", charge_point_id=charge_point_id)
-        self.sent.append((charge_point_id, action, payload))
-        handler = self.handlers.get(action)
-        answer = handler(charge_point_id, payload) if handler else None
-        return answer if answer is not None else {"status": "Accepted"}
-
-    def version(self, charge_point_id: str) -> str | None:
-        return (
-            None if charge_point_id in self.offline else self.versions.get(charge_point_id, "1.6")
-        )
-
-    def actions(self, action: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
-        return [s for s in self.sent if action is None or s[1] == action]
 
 
 @dataclass
